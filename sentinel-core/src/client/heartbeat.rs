@@ -1,0 +1,285 @@
+//! The client's one background task that renews everything it holds, in one store call per tick.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::authority::{Authority, AuthorityCell, LostReason};
+use crate::store::{CoordinationStore, Renewal};
+use crate::ttl::Ttl;
+
+/// The smallest pause between retries of a failed heartbeat.
+const MIN_RETRY: Duration = Duration::from_millis(5);
+
+/// The registry of held executions and leases, and the task renewing them.
+#[derive(Debug)]
+pub(crate) struct Heartbeat {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Arc<dyn CoordinationStore>,
+    held: Mutex<Registry>,
+    wake: Notify,
+    closed: AtomicBool,
+    started: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next_id: u64,
+    entries: HashMap<u64, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    renewal: Renewal,
+    ttl: Duration,
+    /// When the next renewal is due.
+    due: Instant,
+    cell: AuthorityCell,
+}
+
+impl Held {
+    fn period(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(1))
+    }
+}
+
+/// Keeps one held record in the heartbeat; dropping it stops the renewals and marks authority
+/// lost as [`LostReason::Released`].
+#[derive(Debug)]
+pub(crate) struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Some(held) = self.shared.registry().entries.remove(&self.id) {
+            held.cell.lose(LostReason::Released);
+        }
+    }
+}
+
+impl Heartbeat {
+    pub(crate) fn new(store: Arc<dyn CoordinationStore>) -> Self {
+        Heartbeat {
+            shared: Arc::new(Shared {
+                store,
+                held: Mutex::new(Registry::default()),
+                wake: Notify::new(),
+                closed: AtomicBool::new(false),
+                started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts renewing `renewal`, granted by a request sent at `sent` with `ttl`.
+    ///
+    /// Must be called inside a tokio runtime: the task is spawned on first use.
+    pub(crate) fn register(
+        &self,
+        renewal: Renewal,
+        ttl: Ttl,
+        sent: Instant,
+    ) -> (Registration, Authority) {
+        let (cell, authority) =
+            AuthorityCell::new(renewal.token, sent + ttl.ttl(), sent + ttl.hard());
+        let held = Held {
+            renewal,
+            ttl: ttl.ttl(),
+            due: sent,
+            cell,
+        };
+        let first_due = sent + held.period();
+        let id = {
+            let mut registry = self.shared.registry();
+            let id = registry.next_id;
+            registry.next_id += 1;
+            registry.entries.insert(
+                id,
+                Held {
+                    due: first_due,
+                    ..held
+                },
+            );
+            id
+        };
+        self.ensure_task();
+        self.shared.wake.notify_one();
+        (
+            Registration {
+                shared: Arc::clone(&self.shared),
+                id,
+            },
+            authority,
+        )
+    }
+
+    /// How many executions and leases are held right now.
+    pub(crate) fn held(&self) -> usize {
+        self.shared.registry().entries.len()
+    }
+
+    fn ensure_task(&self) {
+        if self.shared.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(run(shared));
+    }
+
+    /// Stops the task; held records lose authority at their deadlines.
+    pub(crate) fn shutdown(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the map inconsistent: every update is a
+        // single insert, remove or field write.
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.registry()
+            .entries
+            .values()
+            .map(|h| h.due.min(h.cell.state().deadline))
+            .min()
+    }
+
+    /// Drops what has lost authority, then renews everything due soon in one store call.
+    async fn tick(&self) {
+        let now = Instant::now();
+        let batch: Vec<(u64, Renewal, Duration)> = {
+            let mut registry = self.registry();
+            registry.entries.retain(|_, held| {
+                let state = held.cell.state();
+                if state.lost.is_some() {
+                    return false;
+                }
+                if now >= state.deadline {
+                    let reason = if state.deadline >= state.hard_deadline {
+                        LostReason::HardTtl
+                    } else {
+                        LostReason::Expired
+                    };
+                    tracing::warn!(
+                        keyspace = %held.renewal.keyspace,
+                        id = %held.renewal.id,
+                        token = %held.renewal.token,
+                        %reason,
+                        "authority lost"
+                    );
+                    held.cell.lose(reason);
+                    return false;
+                }
+                true
+            });
+            registry
+                .entries
+                .iter_mut()
+                .filter_map(|(id, held)| {
+                    let state = held.cell.state();
+                    if state.deadline >= state.hard_deadline {
+                        // Nothing left to extend: wait for the hard deadline.
+                        held.due = state.hard_deadline;
+                        return None;
+                    }
+                    (held.due <= now + held.period() / 2)
+                        .then(|| (*id, held.renewal.clone(), held.ttl))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let renewals: Vec<Renewal> = batch.iter().map(|(_, r, _)| r.clone()).collect();
+        let budget = batch
+            .iter()
+            .map(|(_, _, ttl)| *ttl / 3)
+            .min()
+            .unwrap_or(MIN_RETRY)
+            .max(MIN_RETRY);
+        let sent = Instant::now();
+        let span = tracing::debug_span!("heartbeat", held = batch.len());
+        let answer = {
+            let _enter = span.enter();
+            tokio::time::timeout(budget, self.store.heartbeat(&renewals)).await
+        };
+        let mut registry = self.registry();
+        match answer {
+            Ok(Ok(results)) if results.len() == batch.len() => {
+                for ((id, renewal, ttl), result) in batch.into_iter().zip(results) {
+                    let Some(held) = registry.entries.get_mut(&id) else {
+                        continue;
+                    };
+                    match result {
+                        Ok(_) => {
+                            held.cell.extend(sent + ttl);
+                            held.due = sent + held.period();
+                        }
+                        Err(rejection) => {
+                            tracing::warn!(
+                                keyspace = %renewal.keyspace,
+                                id = %renewal.id,
+                                token = %renewal.token,
+                                %rejection,
+                                "renewal refused: authority lost"
+                            );
+                            held.cell.lose(LostReason::Rejected(rejection));
+                            registry.entries.remove(&id);
+                        }
+                    }
+                }
+            }
+            failed => {
+                match failed {
+                    Ok(Ok(results)) => tracing::warn!(
+                        sent = batch.len(),
+                        answered = results.len(),
+                        "heartbeat answered the wrong number of renewals; retrying"
+                    ),
+                    Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed; retrying"),
+                    Err(_) => tracing::warn!(after = ?budget, "heartbeat timed out; retrying"),
+                }
+                for (id, _, ttl) in &batch {
+                    if let Some(held) = registry.entries.get_mut(id) {
+                        held.due = Instant::now() + (*ttl / 12).max(MIN_RETRY);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run(shared: Arc<Shared>) {
+    loop {
+        let notified = shared.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        match shared.next_due() {
+            None => notified.await,
+            Some(due) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(due) => shared.tick().await,
+                    () = &mut notified => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! Leases through the client: a guard that renews itself, signals loss, and releases.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::Sentinel;
+use super::authority::{Authority, LostReason};
+use super::heartbeat::Registration;
+use crate::error::{Error, Result};
+use crate::key::{Keyspace, RecordId};
+use crate::lease::{Acquisition, LeaseRequest};
+use crate::owner::{OwnerId, RequestId};
+use crate::rejection::RejectReason;
+use crate::store::Renewal;
+use crate::time::Timestamp;
+use crate::token::FencingToken;
+
+/// Per-call settings for [`Sentinel::lease_with`]; anything unset takes the client's default.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseOptions {
+    ttl: Option<Duration>,
+    hard_ttl: Option<Duration>,
+}
+
+impl LeaseOptions {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lease window heartbeats renew.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The ceiling no heartbeat extends past, counted from the acquisition.
+    pub fn hard_ttl(mut self, hard_ttl: Duration) -> Self {
+        self.hard_ttl = Some(hard_ttl);
+        self
+    }
+}
+
+/// What an attempt to take a lease found.
+#[derive(Debug)]
+#[must_use]
+pub enum LeaseAttempt {
+    /// The lease is ours until the guard is released or dropped.
+    Acquired(LeaseGuard),
+    /// Someone else holds it.
+    Held {
+        /// The holder.
+        owner: OwnerId,
+        /// The holder's token.
+        token: FencingToken,
+        /// When the holder's lease ends unless renewed (store time).
+        lease_expires_at: Timestamp,
+    },
+}
+
+impl LeaseAttempt {
+    /// The guard, if the lease was acquired.
+    pub fn acquired(self) -> Option<LeaseGuard> {
+        match self {
+            LeaseAttempt::Acquired(guard) => Some(guard),
+            LeaseAttempt::Held { .. } => None,
+        }
+    }
+}
+
+/// What [`Sentinel::with_lease`] did.
+#[derive(Debug)]
+#[must_use]
+pub enum Leased<T> {
+    /// The lease was acquired, the work ran and the lease was released.
+    Ran(T),
+    /// Someone else holds the lease; the work did not run.
+    Held {
+        /// The holder.
+        owner: OwnerId,
+        /// The holder's token.
+        token: FencingToken,
+    },
+}
+
+/// A held lease. The client's heartbeat renews it (up to its hard ttl) while the guard lives.
+///
+/// Release it with [`LeaseGuard::release`]; dropping the guard releases it in the background as a
+/// fallback.
+#[derive(Debug)]
+pub struct LeaseGuard {
+    id: RecordId,
+    authority: Authority,
+    registration: Option<Registration>,
+    sentinel: Sentinel,
+}
+
+impl LeaseGuard {
+    /// The fencing token of this acquisition: pass it to every downstream write.
+    pub fn token(&self) -> FencingToken {
+        self.authority.token()
+    }
+
+    /// The lease's address.
+    pub fn id(&self) -> &RecordId {
+        &self.id
+    }
+
+    /// True while the lease still holds (see [`Authority::is_held`]).
+    pub fn is_held(&self) -> bool {
+        self.authority.is_held()
+    }
+
+    /// Resolves when the lease is lost, with the reason.
+    pub async fn lost(&self) -> LostReason {
+        self.authority.lost().await
+    }
+
+    /// The authority handle, to hand to other tasks.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Stops renewing and frees the lease in the store.
+    ///
+    /// A lease that expired and was taken by someone else is reported as
+    /// [`crate::RejectReason::Fenced`]: work done after it expired was not protected.
+    pub async fn release(mut self) -> Result<()> {
+        drop(self.registration.take());
+        let token = self.authority.token();
+        let store = &self.sentinel.inner.store;
+        let id = &self.id;
+        match self
+            .sentinel
+            .call("release", || store.release_lease(id, token))
+            .await
+        {
+            // Already free: an earlier attempt of this release was applied.
+            Err(Error::Rejected(r)) if r.reason == RejectReason::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let Some(registration) = self.registration.take() else {
+            return;
+        };
+        drop(registration);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = Arc::clone(&self.sentinel.inner.store);
+            let id = self.id.clone();
+            let token = self.authority.token();
+            runtime.spawn(async move {
+                if let Err(error) = store.release_lease(&id, token).await {
+                    tracing::debug!(%error, %id, "release on drop not recorded");
+                }
+            });
+        }
+    }
+}
+
+impl Sentinel {
+    /// Tries to take the lease `key` with the client's default ttl.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use sentinel_core::{LeaseAttempt, Sentinel};
+    /// let sentinel = Sentinel::builder(sentinel_memory::MemoryStore::new()).build()?;
+    ///
+    /// let LeaseAttempt::Acquired(guard) = sentinel.lease("nightly-report").await? else {
+    ///     return Ok(()); // another worker runs it
+    /// };
+    /// assert!(sentinel.lease("nightly-report").await?.acquired().is_none());
+    /// // ... work, passing guard.token() downstream ...
+    /// guard.release().await?;
+    /// # Ok::<(), sentinel_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn lease(&self, key: &str) -> Result<LeaseAttempt> {
+        self.lease_with(key, &LeaseOptions::default()).await
+    }
+
+    /// [`Sentinel::lease`] with per-call options.
+    pub async fn lease_with(&self, key: &str, options: &LeaseOptions) -> Result<LeaseAttempt> {
+        let id = self.record_id(key)?;
+        let ttl = super::resolve_ttl(options.ttl, options.hard_ttl, self.inner.ttl)?;
+        let request = LeaseRequest {
+            owner: self.inner.owner.clone(),
+            ttl,
+            request_id: RequestId::random(),
+        };
+        let sent = Instant::now();
+        let store = &self.inner.store;
+        let acquired = self
+            .call("acquire", || store.acquire_lease(&id, &request))
+            .await?;
+        Ok(match acquired {
+            Acquisition::Acquired(grant) => {
+                let renewal = Renewal {
+                    keyspace: Keyspace::Lease,
+                    id: id.clone(),
+                    token: grant.token,
+                };
+                let (registration, authority) = self.inner.heartbeat.register(renewal, ttl, sent);
+                LeaseAttempt::Acquired(LeaseGuard {
+                    id,
+                    authority,
+                    registration: Some(registration),
+                    sentinel: self.clone(),
+                })
+            }
+            Acquisition::Held {
+                owner,
+                token,
+                lease_expires_at,
+            } => LeaseAttempt::Held {
+                owner,
+                token,
+                lease_expires_at,
+            },
+        })
+    }
+
+    /// Takes the lease `key`, runs `work` with its authority, and releases it.
+    ///
+    /// If releasing fails the work's value is still returned; the lease then simply expires.
+    pub async fn with_lease<T, F, Fut>(&self, key: &str, work: F) -> Result<Leased<T>>
+    where
+        F: FnOnce(Authority) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        match self.lease(key).await? {
+            LeaseAttempt::Held { owner, token, .. } => Ok(Leased::Held { owner, token }),
+            LeaseAttempt::Acquired(guard) => {
+                let value = work(guard.authority().clone()).await;
+                if let Err(error) = guard.release().await {
+                    tracing::warn!(%error, key, "lease not released; it will expire");
+                }
+                Ok(Leased::Ran(value))
+            }
+        }
+    }
+}

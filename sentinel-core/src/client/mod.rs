@@ -1,0 +1,275 @@
+//! The `Sentinel` client: `once`, leases, heartbeats and the reconcile API over any store.
+
+mod authority;
+mod failure;
+mod heartbeat;
+mod lease;
+mod once;
+mod reconcile;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use authority::{Authority, LostReason};
+pub use failure::Failure;
+pub use lease::{LeaseAttempt, LeaseGuard, LeaseOptions, Leased};
+pub use once::{ExecutionContext, Once, OnceOptions};
+
+use heartbeat::Heartbeat;
+
+use crate::error::{Error, InvalidInput, Result};
+use crate::key::{Key, Namespace, RecordId};
+use crate::owner::OwnerId;
+use crate::store::CoordinationStore;
+use crate::ttl::Ttl;
+
+/// The client: a store, a namespace, a default ttl and this worker's owner id.
+///
+/// Cheap to clone; clones share one heartbeat task, which renews every execution and lease the
+/// client holds in one store call per tick (about a third of the shortest ttl held).
+///
+/// ```
+/// use std::time::Duration;
+/// use sentinel_core::Sentinel;
+///
+/// # fn main() -> Result<(), sentinel_core::Error> {
+/// let sentinel = Sentinel::builder(sentinel_memory::MemoryStore::new())
+///     .namespace("payments")
+///     .ttl(Duration::from_secs(5))
+///     .hard_ttl(Duration::from_secs(120))
+///     .build()?;
+/// assert_eq!(sentinel.namespace().as_str(), "payments");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Sentinel {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn CoordinationStore>,
+    namespace: Namespace,
+    ttl: Ttl,
+    owner: OwnerId,
+    max_result_bytes: usize,
+    attempts: u32,
+    backoff: Duration,
+    call_timeout: Duration,
+    heartbeat: Heartbeat,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.heartbeat.shutdown();
+    }
+}
+
+impl fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinel")
+            .field("store", &self.inner.store.backend())
+            .field("namespace", &self.inner.namespace)
+            .field("ttl", &self.inner.ttl)
+            .field("owner", &self.inner.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Sentinel`]; see [`Sentinel::builder`].
+#[derive(Debug)]
+#[must_use]
+pub struct SentinelBuilder {
+    store: Arc<dyn CoordinationStore>,
+    namespace: String,
+    ttl: Duration,
+    hard_ttl: Option<Duration>,
+    owner: Option<OwnerId>,
+    max_result_bytes: usize,
+    attempts: u32,
+    backoff: Duration,
+    call_timeout: Duration,
+}
+
+impl SentinelBuilder {
+    /// The namespace every key of this client lives in (default `"default"`).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// The default lease window (default 10 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The default ceiling no heartbeat extends past (default: equal to the ttl, so long work
+    /// must ask for room explicitly).
+    pub fn hard_ttl(mut self, hard_ttl: Duration) -> Self {
+        self.hard_ttl = Some(hard_ttl);
+        self
+    }
+
+    /// This worker's owner id (default `host:pid:random`).
+    pub fn owner(mut self, owner: OwnerId) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// The largest result `once` records, in bytes of JSON (default 1 MiB).
+    pub fn max_result_bytes(mut self, max: usize) -> Self {
+        self.max_result_bytes = max;
+        self
+    }
+
+    /// How often a store call that failed transiently (unavailable, timeout) is tried in all,
+    /// and the first pause between tries, doubled each time (default 3 tries, 50 ms).
+    /// Every command is safe to send again, so retries never apply a transition twice.
+    pub fn retries(mut self, attempts: u32, backoff: Duration) -> Self {
+        self.attempts = attempts.max(1);
+        self.backoff = backoff;
+        self
+    }
+
+    /// How long one store call may take before it counts as timed out (default 5 s).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Checks the settings and builds the client.
+    pub fn build(self) -> Result<Sentinel> {
+        let namespace = Namespace::new(self.namespace)?;
+        let ttl = resolve_ttl(Some(self.ttl), self.hard_ttl, Ttl::new(self.ttl)?)?;
+        if self.call_timeout.is_zero() {
+            return Err(InvalidInput::Malformed {
+                what: "call timeout",
+                detail: "must be above zero".to_owned(),
+            }
+            .into());
+        }
+        let heartbeat = Heartbeat::new(Arc::clone(&self.store));
+        Ok(Sentinel {
+            inner: Arc::new(Inner {
+                store: self.store,
+                namespace,
+                ttl,
+                owner: self.owner.unwrap_or_else(OwnerId::generate),
+                max_result_bytes: self.max_result_bytes,
+                attempts: self.attempts,
+                backoff: self.backoff,
+                call_timeout: self.call_timeout,
+                heartbeat,
+            }),
+        })
+    }
+}
+
+/// Resolves per-call ttl settings against a default: an omitted hard ttl equals the ttl given
+/// with it, or the default's hard ttl when no ttl is given either.
+pub(crate) fn resolve_ttl(
+    ttl: Option<Duration>,
+    hard_ttl: Option<Duration>,
+    default: Ttl,
+) -> Result<Ttl, InvalidInput> {
+    match (ttl, hard_ttl) {
+        (None, None) => Ok(default),
+        (Some(ttl), None) => Ttl::new(ttl),
+        (ttl, Some(hard)) => Ttl::with_hard(ttl.unwrap_or(default.ttl()), hard),
+    }
+}
+
+impl Sentinel {
+    /// Starts building a client over `store`.
+    pub fn builder(store: impl CoordinationStore) -> SentinelBuilder {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// Starts building a client over a shared store.
+    pub fn builder_shared(store: Arc<dyn CoordinationStore>) -> SentinelBuilder {
+        SentinelBuilder {
+            store,
+            namespace: "default".to_owned(),
+            ttl: Duration::from_secs(10),
+            hard_ttl: None,
+            owner: None,
+            max_result_bytes: 1 << 20,
+            attempts: 3,
+            backoff: Duration::from_millis(50),
+            call_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The client's namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// This worker's owner id.
+    pub fn owner(&self) -> &OwnerId {
+        &self.inner.owner
+    }
+
+    /// The default ttl.
+    pub fn ttl(&self) -> Ttl {
+        self.inner.ttl
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn CoordinationStore> {
+        &self.inner.store
+    }
+
+    /// How many executions and leases this client is renewing right now.
+    pub fn held(&self) -> usize {
+        self.inner.heartbeat.held()
+    }
+
+    fn record_id(&self, key: &str) -> Result<RecordId> {
+        Ok(RecordId::new(self.inner.namespace.clone(), Key::new(key)?))
+    }
+
+    fn check_result_size(&self, result: &serde_json::Value) -> Result<()> {
+        let len = serde_json::to_vec(result).map_or(usize::MAX, |bytes| bytes.len());
+        if len > self.inner.max_result_bytes {
+            return Err(InvalidInput::ResultTooLarge {
+                len,
+                max: self.inner.max_result_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Runs one store call with the client's timeout, trying again on transient failures.
+    async fn call<T, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pause = self.inner.backoff;
+        let mut tries = 1;
+        loop {
+            let answer = tokio::time::timeout(self.inner.call_timeout, attempt())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Timeout {
+                        store: self.inner.store.backend(),
+                        operation,
+                        after: self.inner.call_timeout,
+                    })
+                });
+            match answer {
+                Err(error) if error.is_transient() && tries < self.inner.attempts => {
+                    tracing::warn!(%error, operation, tries, "store call failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = pause.saturating_mul(2);
+                    tries += 1;
+                }
+                answer => return answer,
+            }
+        }
+    }
+}

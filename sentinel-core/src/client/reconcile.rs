@@ -1,0 +1,171 @@
+//! The reconcile API: look at executions and resolve the uncertain ones.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Sentinel;
+use crate::error::{InvalidInput, Result};
+use crate::event::Event;
+use crate::execution::ExecutionRecord;
+use crate::key::{Key, Keyspace};
+use crate::lease::LeaseRecord;
+use crate::store::{HistoryQuery, LeaseListQuery, ListFilter, ListQuery, Page};
+use crate::token::FencingToken;
+
+/// How many records one purge call removes at most.
+const PURGE_BATCH: u32 = 500;
+
+impl Sentinel {
+    /// The execution record of `key`, if any.
+    pub async fn inspect(&self, key: &str) -> Result<Option<ExecutionRecord>> {
+        let id = self.record_id(key)?;
+        let store = &self.inner.store;
+        self.call("inspect", || store.inspect(&id)).await
+    }
+
+    /// Starts resolving an uncertain execution: fences out its worker with a new token (a late
+    /// completion from it is refused from now on) and moves it to `reconciling`.
+    ///
+    /// Refused while the execution is alive, or when it is not `executing`. Then check the
+    /// downstream system and finish with [`Sentinel::force_complete`] (it happened) or
+    /// [`Sentinel::reset_to_claimed`] (it did not: run it again).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use std::time::Duration;
+    /// use sentinel_core::{ManualClock, Once, Sentinel, TimeSource};
+    /// use sentinel_memory::MemoryStore;
+    ///
+    /// let clock = ManualClock::new();
+    /// let store = MemoryStore::with_time(TimeSource::Manual(clock.clone()));
+    /// let sentinel = Sentinel::builder(store).build()?;
+    ///
+    /// // A worker dies mid-charge (its work fails without saying nothing was applied).
+    /// let died: Once<String> = sentinel
+    ///     .once("charge-1", |_| async { Err(std::io::Error::other("connection reset").into()) })
+    ///     .await?;
+    /// assert!(died.is_uncertain());
+    ///
+    /// sentinel.reconcile("charge-1").await?;
+    /// // The gateway's ledger shows the charge went through:
+    /// sentinel.force_complete("charge-1", &"receipt-77").await?;
+    /// let replay: Once<String> = sentinel.once("charge-1", |_| async { unreachable!() }).await?;
+    /// assert_eq!(replay.value().map(String::as_str), Some("receipt-77"));
+    /// # Ok::<(), sentinel_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn reconcile(&self, key: &str) -> Result<FencingToken> {
+        let id = self.record_id(key)?;
+        let store = &self.inner.store;
+        let owner = &self.inner.owner;
+        let token = self
+            .call("reconcile", || store.reconcile(&id, owner))
+            .await?;
+        tracing::info!(namespace = %id.namespace, key = %id.key, %token, "reconciling");
+        Ok(token)
+    }
+
+    /// Resolves a reconciling execution as completed with `result`, which later `once` calls
+    /// replay.
+    pub async fn force_complete<T: Serialize>(&self, key: &str, result: &T) -> Result<()> {
+        let id = self.record_id(key)?;
+        let json =
+            serde_json::to_value(result).map_err(|e| InvalidInput::ResultNotJson(e.to_string()))?;
+        self.check_result_size(&json)?;
+        let store = &self.inner.store;
+        let owner = &self.inner.owner;
+        self.call("force_complete", || store.force_complete(&id, owner, &json))
+            .await?;
+        tracing::info!(namespace = %id.namespace, key = %id.key, "force-completed");
+        Ok(())
+    }
+
+    /// Resolves a reconciling execution by returning it to `claimed`: the next `once` runs it again.
+    pub async fn reset_to_claimed(&self, key: &str) -> Result<()> {
+        let id = self.record_id(key)?;
+        let store = &self.inner.store;
+        let owner = &self.inner.owner;
+        self.call("reset_to_claimed", || store.reset_to_claimed(&id, owner))
+            .await?;
+        tracing::info!(namespace = %id.namespace, key = %id.key, "reset to claimed");
+        Ok(())
+    }
+
+    /// A page of the namespace's execution records matching `filter`, in key order, starting
+    /// after `after`.
+    pub async fn list(
+        &self,
+        filter: ListFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page<ExecutionRecord>> {
+        let query = ListQuery {
+            namespace: self.inner.namespace.clone(),
+            filter,
+            after: after.map(Key::new).transpose()?,
+            limit,
+        };
+        query.validate()?;
+        let store = &self.inner.store;
+        self.call("list", || store.list(&query)).await
+    }
+
+    /// The history of `key`'s execution record, oldest first (up to the store's page limit).
+    pub async fn history(&self, key: &str) -> Result<Vec<Event>> {
+        self.history_of(Keyspace::Execution, key, &HistoryQuery::default())
+            .await
+    }
+
+    /// A page of the history of `key` in either keyspace, oldest first.
+    pub async fn history_of(
+        &self,
+        keyspace: Keyspace,
+        key: &str,
+        query: &HistoryQuery,
+    ) -> Result<Vec<Event>> {
+        query.validate()?;
+        let id = self.record_id(key)?;
+        let store = &self.inner.store;
+        self.call("history", || store.history(keyspace, &id, query))
+            .await
+    }
+
+    /// Removes completed records whose last transition is at least `older_than` old, in batches,
+    /// keeping their tokens so tokens stay increasing. Uncertain and reconciling records are never
+    /// purged. Returns how many were removed.
+    pub async fn purge(&self, older_than: Duration) -> Result<u64> {
+        let store = &self.inner.store;
+        let namespace = &self.inner.namespace;
+        let mut total = 0;
+        loop {
+            let removed = self
+                .call("purge", || store.purge(namespace, older_than, PURGE_BATCH))
+                .await?;
+            total += removed;
+            if removed < u64::from(PURGE_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The lease record of `key`, if held.
+    pub async fn inspect_lease(&self, key: &str) -> Result<Option<LeaseRecord>> {
+        let id = self.record_id(key)?;
+        let store = &self.inner.store;
+        self.call("inspect_lease", || store.inspect_lease(&id))
+            .await
+    }
+
+    /// A page of the namespace's leases, in key order.
+    pub async fn list_leases(&self, after: Option<&str>, limit: u32) -> Result<Page<LeaseRecord>> {
+        let query = LeaseListQuery {
+            namespace: self.inner.namespace.clone(),
+            after: after.map(Key::new).transpose()?,
+            limit,
+        };
+        query.validate()?;
+        let store = &self.inner.store;
+        self.call("list_leases", || store.list_leases(&query)).await
+    }
+}
