@@ -1,5 +1,7 @@
 //! One test per row of the execution state machine (DESIGN §3), on the pure transition function.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use serde_json::json;

@@ -2,6 +2,8 @@
 //! increase per key, authority never revives, `lease <= hard`, `completed` only leaves by purge,
 //! and reconcile always issues a new token.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 

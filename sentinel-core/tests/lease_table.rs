@@ -1,5 +1,7 @@
 //! One test per row of the lease state machine (DESIGN §3, lease keyspace).
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use sentinel_core::lease::transition;

@@ -123,11 +123,6 @@ impl MemoryStore {
         }
     }
 
-    /// The store's current time.
-    pub fn now(&self) -> Timestamp {
-        self.shared.clock.now()
-    }
-
     fn shard(&self, id: &RecordId) -> MutexGuard<'_, Shard> {
         let index = (self.shared.hasher.hash_one(id) % SHARDS as u64) as usize;
         lock(&self.shared.shards[index])

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -10,7 +11,8 @@ use crate::rejection::Rejection;
 use crate::token::FencingToken;
 
 /// Why authority over an execution or lease was lost.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LostReason {
     /// No renewal succeeded before the local deadline (the store was unreachable or slow). The

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test of the workspace.
+#
+#   ./scripts/test.sh
+#
+# Backend suites talk to real servers; this script makes sure they are up first (see
+# scripts/services.sh). With SENTINEL_REQUIRE_BACKENDS=1 (CI sets it) a backend that cannot be
+# reached fails the run instead of being reported as skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "services"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+ensure_services
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+export PROPTEST_CASES="${PROPTEST_CASES:-256}"
+cargo test --workspace --all-targets
+cargo test --workspace --doc
+
+step "demo"
+cargo run --quiet --example payments >/dev/null
+
+echo
+echo "all checks passed"

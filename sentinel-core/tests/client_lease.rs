@@ -1,0 +1,152 @@
+//! The lease client on the memory store: acquire, renew, release, release on drop, the closure
+//! form and lost authority.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use sentinel_core::{
+    Error, EventKind, Keyspace, LeaseAttempt, LeaseOptions, Leased, LostReason, RecordId,
+    RejectReason, Sentinel,
+};
+use sentinel_memory::MemoryStore;
+use support::{Faulty, Renewals, TokioClock};
+
+fn clients(store: MemoryStore) -> (Sentinel, Sentinel) {
+    let build = |store: MemoryStore| {
+        Sentinel::builder(store)
+            .namespace("jobs")
+            .ttl(Duration::from_secs(1))
+            .hard_ttl(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    (build(store.clone()), build(store))
+}
+
+#[tokio::test]
+async fn acquire_excludes_others_and_release_frees_with_a_higher_token_next() {
+    let (a, b) = clients(MemoryStore::with_manual_clock().0);
+    let guard = a.lease("report").await.unwrap().acquired().unwrap();
+    let LeaseAttempt::Held { owner, token, .. } = b.lease("report").await.unwrap() else {
+        panic!("held by a")
+    };
+    assert_eq!((&owner, token), (a.owner(), guard.token()));
+    let first = guard.token();
+    guard.release().await.unwrap();
+    let next = b.lease("report").await.unwrap().acquired().unwrap();
+    assert!(next.token() > first);
+    let kinds: Vec<_> = b
+        .history_of(Keyspace::Lease, "report", &Default::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::LeaseAcquired,
+            EventKind::LeaseReleased,
+            EventKind::LeaseAcquired
+        ]
+    );
+    next.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_renews_a_held_lease_past_its_ttl() {
+    let (a, b) = clients(MemoryStore::with_clock(TokioClock::new()));
+    let guard = a.lease("poller").await.unwrap().acquired().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(guard.is_held(), "five ttls later the lease still holds");
+    assert!(b.lease("poller").await.unwrap().acquired().is_none());
+    let record = b.inspect_lease("poller").await.unwrap().unwrap();
+    assert!(record.lease_expires_at > record.acquired_at.saturating_add(Duration::from_secs(4)));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!guard.is_held(), "no renewal passes the hard ttl");
+    assert_eq!(guard.lost().await, LostReason::HardTtl);
+    assert!(b.lease("poller").await.unwrap().acquired().is_some());
+}
+
+#[tokio::test]
+async fn dropping_the_guard_releases_the_lease() {
+    let (a, b) = clients(MemoryStore::with_manual_clock().0);
+    let guard = a.lease("drop-me").await.unwrap().acquired().unwrap();
+    drop(guard);
+    assert_eq!(a.held(), 0, "renewals stop at once");
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(b.inspect_lease("drop-me").await.unwrap().is_none());
+    assert!(b.lease("drop-me").await.unwrap().acquired().is_some());
+}
+
+#[tokio::test]
+async fn the_closure_form_runs_only_when_acquired_and_releases_after() {
+    let (a, b) = clients(MemoryStore::with_manual_clock().0);
+    let ran = a
+        .with_lease("compact", |authority| async move { authority.token() })
+        .await
+        .unwrap();
+    let Leased::Ran(token) = ran else {
+        panic!("acquired")
+    };
+    assert!(
+        a.inspect_lease("compact").await.unwrap().is_none(),
+        "released after the work"
+    );
+    let holder = b.lease("compact").await.unwrap().acquired().unwrap();
+    assert!(holder.token() > token);
+    let blocked = a
+        .with_lease("compact", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(matches!(blocked, Leased::Held { token, .. } if token == holder.token()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_renewals_signal_the_guard() {
+    let faulty = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = Sentinel::builder(faulty.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let guard = sentinel.lease("fenced").await.unwrap().acquired().unwrap();
+    faulty.set(Renewals::Refused);
+    let reason = tokio::time::timeout(Duration::from_secs(2), guard.lost())
+        .await
+        .unwrap();
+    assert!(matches!(reason, LostReason::Rejected(_)), "{reason:?}");
+    assert!(!guard.is_held());
+}
+
+#[tokio::test]
+async fn releasing_after_another_worker_took_over_reports_the_fence() {
+    let (store, clock) = MemoryStore::with_manual_clock();
+    let (a, b) = clients(store);
+    let options = LeaseOptions::new().ttl(Duration::from_secs(1));
+    let stale = a
+        .lease_with("k", &options)
+        .await
+        .unwrap()
+        .acquired()
+        .unwrap();
+    clock.advance(Duration::from_secs(2));
+    let fresh = b.lease("k").await.unwrap().acquired().unwrap();
+    let error = stale.release().await.unwrap_err();
+    assert!(
+        matches!(&error, Error::Rejected(r) if r.reason == RejectReason::Fenced),
+        "{error}"
+    );
+    assert!(
+        b.inspect_lease("k").await.unwrap().is_some(),
+        "the new holder keeps it"
+    );
+    fresh.release().await.unwrap();
+    let id = RecordId::parse("jobs", "k").unwrap();
+    assert!(b.store().inspect_lease(&id).await.unwrap().is_none());
+}

@@ -1,0 +1,632 @@
+//! The `once` client on the memory store: replay, races, failures, panics, cancellation,
+//! heartbeats, lost authority and the reconcile flow.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use sentinel_core::{
+    CoordinationStore, Disposition, Error, EventKind, ExecutionState, Failure, InvalidInput,
+    ListFilter, LostReason, ManualClock, Once, OnceOptions, RejectReason, Sentinel, TimeSource,
+};
+use sentinel_memory::MemoryStore;
+use support::{Faulty, Renewals, TokioClock};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Receipt {
+    payment_id: String,
+    amount_cents: u64,
+}
+
+fn manual() -> (Sentinel, ManualClock) {
+    let (store, clock) = MemoryStore::with_manual_clock();
+    let sentinel = Sentinel::builder(store)
+        .namespace("payments")
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    (sentinel, clock)
+}
+
+#[tokio::test]
+async fn executes_once_then_replays_the_typed_result() {
+    let (sentinel, _clock) = manual();
+    let runs = AtomicUsize::new(0);
+    let charge = |_| async {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, Failure>(Receipt {
+            payment_id: "pay_1".into(),
+            amount_cents: 9_900,
+        })
+    };
+    let first = sentinel.once("order-1", charge).await.unwrap();
+    assert!(first.is_executed() && !first.is_cached());
+    assert_eq!(first.status(), Some(ExecutionState::Completed));
+    let second: Once<Receipt> = sentinel
+        .once("order-1", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(second.is_cached());
+    assert_eq!(second.value(), first.value());
+    assert_eq!(second.token(), first.token());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    // A cached value that does not fit the caller's type is a typed error, not a panic.
+    let wrong: Result<Once<Vec<bool>>, _> =
+        sentinel.once("order-1", |_| async { unreachable!() }).await;
+    assert!(matches!(wrong, Err(Error::ResultDecode(_))));
+
+    let kinds: Vec<_> = sentinel
+        .history("order-1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixty_four_racing_callers_run_the_work_exactly_once_per_key() {
+    let sentinel = Sentinel::builder(MemoryStore::new()).build().unwrap();
+    for key in 0..200 {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (sentinel, runs, barrier) =
+                    (sentinel.clone(), Arc::clone(&runs), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    sentinel
+                        .once(&format!("race-{key}"), |_| async move {
+                            runs.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<_, Failure>(key)
+                        })
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut executed = 0;
+        for task in tasks {
+            let outcome = task.await.unwrap();
+            match &outcome {
+                Once::Executed { .. } => executed += 1,
+                Once::Cached { value, .. } => assert_eq!(*value, key),
+                Once::InProgress { .. } => {}
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        assert_eq!(executed, 1, "key {key}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "key {key}");
+    }
+}
+
+#[tokio::test]
+async fn an_error_leaves_the_execution_uncertain() {
+    let (sentinel, _clock) = manual();
+    let outcome: Once<()> = sentinel
+        .once("order-2", |_| async {
+            // `?` on any error: the charge may have gone through.
+            Err(std::io::Error::other("gateway timed out"))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let Once::Failed { failure, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(failure.disposition(), Disposition::Uncertain);
+    assert!(failure.downcast_ref::<std::io::Error>().is_some());
+    assert!(outcome.is_uncertain());
+    let again: Once<()> = sentinel
+        .once("order-2", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(matches!(again, Once::Uncertain { .. }), "{again:?}");
+    assert!(again.is_uncertain() && !again.is_execution_alive());
+    let queue = sentinel
+        .list(ListFilter::uncertain(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(queue.items.len(), 1);
+}
+
+#[tokio::test]
+async fn not_applied_makes_the_key_claimable_again() {
+    let (sentinel, _clock) = manual();
+    let declined: Once<String> = sentinel
+        .once("order-3", |_| async {
+            Err(Failure::not_applied("card declined before any charge"))
+        })
+        .await
+        .unwrap();
+    assert!(!declined.is_uncertain());
+    assert_eq!(declined.status(), Some(ExecutionState::Claimed));
+    let retried = sentinel
+        .once("order-3", |_| async {
+            Ok::<_, Failure>("charged".to_owned())
+        })
+        .await
+        .unwrap();
+    assert!(retried.is_executed());
+    assert!(retried.token() > declined.token());
+}
+
+#[tokio::test]
+async fn a_panic_is_caught_and_leaves_the_execution_uncertain() {
+    let (sentinel, _clock) = manual();
+    let outcome: Once<u8> = sentinel
+        .once("order-4", |_| async {
+            if true {
+                panic!("gateway client bug");
+            }
+            Ok(1)
+        })
+        .await
+        .unwrap();
+    let Once::Panicked { message, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(message, "gateway client bug");
+    assert!(outcome.is_uncertain());
+    let again: Once<u8> = sentinel.once("order-4", |_| async { Ok(2) }).await.unwrap();
+    assert!(matches!(again, Once::Uncertain { .. }), "{again:?}");
+    assert_eq!(sentinel.held(), 0);
+}
+
+#[tokio::test]
+async fn a_dropped_once_future_leaves_the_execution_uncertain_and_stops_heartbeats() {
+    let (sentinel, _clock) = manual();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let worker = sentinel.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .once("order-5", |_| async move {
+                started_tx.send(()).unwrap();
+                std::future::pending::<Result<u8, Failure>>().await
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    assert_eq!(sentinel.held(), 1);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(
+        sentinel.held(),
+        0,
+        "heartbeats for a cancelled execution stop"
+    );
+    // The abort runs in the background; give it a moment.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let record = sentinel.inspect("order-5").await.unwrap().unwrap();
+    assert_eq!(
+        record.state,
+        ExecutionState::Executing,
+        "never completed, never re-claimable"
+    );
+    let again: Once<u8> = sentinel.once("order-5", |_| async { Ok(2) }).await.unwrap();
+    assert!(matches!(again, Once::Uncertain { .. }), "{again:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_carry_long_work_past_the_ttl_up_to_the_hard_ttl_and_no_further() {
+    let store = MemoryStore::with_clock(TokioClock::new());
+    let worker = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let observer = Sentinel::builder(store)
+        .ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let options = OnceOptions::new()
+        .ttl(Duration::from_secs(1))
+        .hard_ttl(Duration::from_secs(5));
+    let started = tokio::time::Instant::now();
+
+    let work = worker.once_with("long-job", &options, |ctx| async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            ctx.is_authoritative(),
+            "three ttls in, heartbeats still hold the lease"
+        );
+        let reason = ctx.authority_lost().await;
+        let lost_after = started.elapsed();
+        // Keep working past the hard ttl: nothing renews the lease any more.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok::<_, Failure>((reason, lost_after))
+    });
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let mid: Once<(LostReason, Duration)> = observer
+            .once("long-job", |_| async { unreachable!() })
+            .await
+            .unwrap();
+        assert!(mid.is_execution_alive(), "alive past its ttl: {mid:?}");
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        let late: Once<(LostReason, Duration)> = observer
+            .once("long-job", |_| async { unreachable!() })
+            .await
+            .unwrap();
+        late
+    };
+    let (worked, late) = tokio::join!(work, watch);
+    let Once::Executed {
+        value: (reason, lost_after),
+        ..
+    } = worked.unwrap()
+    else {
+        panic!("the work completes")
+    };
+    assert_eq!(reason, LostReason::HardTtl);
+    assert!(
+        lost_after <= Duration::from_secs(5),
+        "authority ends by the hard ttl, not after: {lost_after:?}"
+    );
+    assert!(
+        lost_after >= Duration::from_millis(4_900),
+        "heartbeats kept it until the hard ttl: {lost_after:?}"
+    );
+    // At 5.5 s the work still runs but its lease has ended: observers see it uncertain.
+    assert!(matches!(late, Once::Uncertain { .. }), "{late:?}");
+    let record = observer.inspect("long-job").await.unwrap().unwrap();
+    assert_eq!(
+        record.lease_expires_at, record.hard_expires_at,
+        "renewed right up to the hard ttl"
+    );
+    assert_eq!(
+        record.state,
+        ExecutionState::Completed,
+        "a late completion with the current token is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_renewals_signal_lost_authority_to_the_work() {
+    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    store.set(Renewals::Refused);
+    let started = tokio::time::Instant::now();
+    let outcome = sentinel
+        .once("order-6", |ctx| async move {
+            let reason = ctx.authority_lost().await;
+            assert!(!ctx.is_authoritative());
+            Ok::<_, Failure>((format!("{reason:?}"), started.elapsed()))
+        })
+        .await
+        .unwrap();
+    let (reason, after) = outcome.into_value().unwrap();
+    assert!(reason.starts_with("Rejected"), "{reason}");
+    assert!(
+        after < Duration::from_secs(3),
+        "signalled at the first refused renewal, not at expiry: {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
+    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    store.set(Renewals::Unreachable);
+    let started = tokio::time::Instant::now();
+    let outcome = sentinel
+        .once("order-7", |ctx| async move {
+            let reason = ctx.authority_lost().await;
+            Ok::<_, Failure>((reason, started.elapsed()))
+        })
+        .await
+        .unwrap();
+    let (reason, after) = outcome.into_value().unwrap();
+    assert_eq!(reason, LostReason::Expired);
+    assert!(after <= Duration::from_secs(3), "{after:?}");
+    assert!(
+        store.heartbeats.lock().unwrap().len() >= 2,
+        "the heartbeat kept retrying"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_heartbeat_call_renews_every_held_execution_and_lease() {
+    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut guards = Vec::new();
+    for n in 0..5 {
+        guards.push(
+            sentinel
+                .lease(&format!("lease-{n}"))
+                .await
+                .unwrap()
+                .acquired()
+                .unwrap(),
+        );
+    }
+    let mut works = tokio::task::JoinSet::new();
+    for n in 0..5 {
+        let sentinel = sentinel.clone();
+        works.spawn(async move {
+            sentinel
+                .once(&format!("job-{n}"), |_| async {
+                    tokio::time::sleep(Duration::from_millis(9_500)).await;
+                    Ok::<_, Failure>(())
+                })
+                .await
+        });
+    }
+    while let Some(outcome) = works.join_next().await {
+        assert!(outcome.unwrap().unwrap().is_executed());
+    }
+    let calls = store.heartbeats.lock().unwrap().clone();
+    assert!(
+        calls.len() >= 9,
+        "one tick per second (a third of the ttl) for 9.5 seconds: {calls:?}"
+    );
+    assert!(
+        calls.iter().all(|&n| n == 10),
+        "every tick renews all ten held records in one call: {calls:?}"
+    );
+    assert!(guards.iter().all(|g| g.is_held()));
+}
+
+#[tokio::test]
+async fn reconcile_then_force_complete_replays_the_known_result() {
+    let (sentinel, _clock) = manual();
+    let died: Once<Receipt> = sentinel
+        .once("order-8", |_| async {
+            Err(Failure::uncertain("worker lost mid-charge"))
+        })
+        .await
+        .unwrap();
+    assert!(died.is_uncertain());
+    let token = sentinel.reconcile("order-8").await.unwrap();
+    assert!(token > died.token());
+    let busy: Once<Receipt> = sentinel
+        .once("order-8", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(matches!(busy, Once::Reconciling { .. }));
+    let receipt = Receipt {
+        payment_id: "pay_8".into(),
+        amount_cents: 100,
+    };
+    sentinel.force_complete("order-8", &receipt).await.unwrap();
+    let replay: Once<Receipt> = sentinel
+        .once("order-8", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert_eq!(replay.into_value(), Some(receipt));
+    let kinds: Vec<_> = sentinel
+        .history("order-8")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Claimed,
+            EventKind::Aborted,
+            EventKind::Reconciling,
+            EventKind::ForceCompleted
+        ]
+    );
+}
+
+#[tokio::test]
+async fn reconcile_then_reset_runs_the_work_again() {
+    let (sentinel, _clock) = manual();
+    let _: Once<u8> = sentinel
+        .once("order-9", |_| async { Err(Failure::uncertain("lost")) })
+        .await
+        .unwrap();
+    sentinel.reconcile("order-9").await.unwrap();
+    sentinel.reset_to_claimed("order-9").await.unwrap();
+    let rerun = sentinel
+        .once("order-9", |_| async { Ok::<_, Failure>(9u8) })
+        .await
+        .unwrap();
+    assert!(rerun.is_executed());
+    assert_eq!(rerun.into_value(), Some(9));
+}
+
+#[tokio::test]
+async fn reconcile_of_a_live_execution_is_refused() {
+    let (sentinel, _clock) = manual();
+    let observer = sentinel.clone();
+    let outcome = sentinel
+        .once("order-10", |_| async move {
+            let refused = observer.reconcile("order-10").await.unwrap_err();
+            Ok::<_, Failure>(refused.rejection().map(|r| r.reason.clone()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome.into_value(), Some(Some(RejectReason::StillAlive)));
+}
+
+#[tokio::test]
+async fn a_stale_workers_completion_is_rejected_after_reconcile() {
+    let (store, clock) = MemoryStore::with_manual_clock();
+    let stale = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let operator = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let outcome = stale
+        .once("order-11", |_| async {
+            // The worker freezes past its lease; an operator reconciles meanwhile.
+            clock.advance(Duration::from_secs(6));
+            operator.reconcile("order-11").await.unwrap();
+            Ok::<_, Failure>("charged late".to_owned())
+        })
+        .await
+        .unwrap();
+    let Once::CompletionFailed { value, error, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(value, "charged late");
+    assert_eq!(error.rejection().unwrap().reason, RejectReason::Fenced);
+    assert!(outcome.is_uncertain());
+    assert_eq!(outcome.status(), Some(ExecutionState::Reconciling));
+    let record = operator.inspect("order-11").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Reconciling);
+    let history = operator.history("order-11").await.unwrap();
+    let rejected = history
+        .iter()
+        .find(|e| e.kind == EventKind::CompletionRejected)
+        .unwrap();
+    assert_eq!(
+        rejected.detail.as_ref().unwrap()["result"],
+        "charged late",
+        "the operator can see the late result"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_a_typed_error_and_writes_nothing() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = Sentinel::builder(store.clone())
+        .namespace("ns")
+        .max_result_bytes(64)
+        .build()
+        .unwrap();
+    let work = |_| async { Ok::<_, Failure>(1u8) };
+    let invalid = |r: Result<Once<u8>, Error>| match r {
+        Err(Error::InvalidInput(e)) => e,
+        other => panic!("expected invalid input, got {other:?}"),
+    };
+    assert_eq!(
+        invalid(sentinel.once("", work).await),
+        InvalidInput::Empty { what: "key" }
+    );
+    assert!(matches!(
+        invalid(sentinel.once(&"k".repeat(1025), work).await),
+        InvalidInput::TooLong {
+            len: 1025,
+            max: 1024,
+            ..
+        }
+    ));
+    assert_eq!(
+        invalid(sentinel.once("a\0b", work).await),
+        InvalidInput::Nul { what: "key" }
+    );
+    let zero = OnceOptions::new().ttl(Duration::ZERO);
+    assert!(matches!(
+        invalid(sentinel.once_with("k", &zero, work).await),
+        InvalidInput::TtlTooShort { .. }
+    ));
+    let below = OnceOptions::new()
+        .ttl(Duration::from_secs(2))
+        .hard_ttl(Duration::from_secs(1));
+    assert!(matches!(
+        invalid(sentinel.once_with("k", &below, work).await),
+        InvalidInput::HardTtlBelowTtl { .. }
+    ));
+    let fingerprint = OnceOptions::new().fingerprint("");
+    assert!(matches!(
+        invalid(sentinel.once_with("k", &fingerprint, work).await),
+        InvalidInput::Empty { .. }
+    ));
+    assert!(matches!(
+        sentinel.lease("").await,
+        Err(Error::InvalidInput(InvalidInput::Empty { .. }))
+    ));
+    assert!(matches!(
+        sentinel.force_complete("k", &"x".repeat(100)).await,
+        Err(Error::InvalidInput(InvalidInput::ResultTooLarge { .. }))
+    ));
+    assert!(matches!(
+        sentinel.list(ListFilter::default(), None, 0).await,
+        Err(Error::InvalidInput(_))
+    ));
+    for builder in [
+        Sentinel::builder(store.clone()).namespace(""),
+        Sentinel::builder(store.clone()).ttl(Duration::ZERO),
+        Sentinel::builder(store.clone())
+            .ttl(Duration::from_secs(5))
+            .hard_ttl(Duration::from_secs(1)),
+    ] {
+        assert!(matches!(builder.build(), Err(Error::InvalidInput(_))));
+    }
+    let namespace = sentinel.namespace().clone();
+    let page = store
+        .list(&sentinel_core::ListQuery::new(namespace.clone()))
+        .await
+        .unwrap();
+    assert!(page.items.is_empty(), "nothing was written: {page:?}");
+    let leases = store
+        .list_leases(&sentinel_core::LeaseListQuery::new(namespace))
+        .await
+        .unwrap();
+    assert!(leases.items.is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_result_is_not_recorded_and_the_execution_is_left_uncertain() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = Sentinel::builder(store)
+        .max_result_bytes(16)
+        .build()
+        .unwrap();
+    let outcome = sentinel
+        .once("big", |_| async { Ok::<_, Failure>("y".repeat(100)) })
+        .await
+        .unwrap();
+    let Once::CompletionFailed { error, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(matches!(
+        error,
+        Error::InvalidInput(InvalidInput::ResultTooLarge { len: 102, max: 16 })
+    ));
+    let again: Once<String> = sentinel
+        .once("big", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(matches!(again, Once::Uncertain { .. }));
+}
+
+#[tokio::test]
+async fn the_same_key_in_two_namespaces_is_two_executions() {
+    let store = MemoryStore::with_time(TimeSource::Manual(ManualClock::new()));
+    let a = Sentinel::builder(store.clone())
+        .namespace("a:b")
+        .build()
+        .unwrap();
+    let b = Sentinel::builder(store).namespace("a").build().unwrap();
+    let x = a
+        .once("c", |_| async { Ok::<_, Failure>(1) })
+        .await
+        .unwrap();
+    let y = b
+        .once("b:c", |_| async { Ok::<_, Failure>(2) })
+        .await
+        .unwrap();
+    assert!(x.is_executed() && y.is_executed());
+}
