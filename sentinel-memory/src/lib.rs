@@ -55,11 +55,11 @@ const BACKEND: &str = "memory";
 /// The in-memory store. Clones share the same records.
 #[derive(Clone)]
 pub struct MemoryStore {
-    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    data: Arc<Data>,
 }
 
-struct Shared {
-    clock: Arc<dyn Clock>,
+struct Data {
     hasher: RandomState,
     shards: Box<[Mutex<Shard>]>,
     next_event_id: AtomicI64,
@@ -80,7 +80,7 @@ struct Entry<S> {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("clock", &self.shared.clock)
+            .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
@@ -114,8 +114,8 @@ impl MemoryStore {
     /// An empty store on any clock.
     pub fn with_clock(clock: impl Clock) -> Self {
         MemoryStore {
-            shared: Arc::new(Shared {
-                clock: Arc::new(clock),
+            clock: Arc::new(clock),
+            data: Arc::new(Data {
                 hasher: RandomState::new(),
                 shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
                 next_event_id: AtomicI64::new(1),
@@ -123,20 +123,33 @@ impl MemoryStore {
         }
     }
 
+    /// A new store instance over the same records, on another clock: what a process restart looks
+    /// like for the conformance suite. Records, tokens and history carry over.
+    pub fn restarted(&self, time: TimeSource) -> MemoryStore {
+        let clock: Arc<dyn Clock> = match time {
+            TimeSource::Server => Arc::new(SystemClock),
+            TimeSource::Manual(clock) => Arc::new(clock),
+        };
+        MemoryStore {
+            clock,
+            data: Arc::clone(&self.data),
+        }
+    }
+
     fn shard(&self, id: &RecordId) -> MutexGuard<'_, Shard> {
-        let index = (self.shared.hasher.hash_one(id) % SHARDS as u64) as usize;
-        lock(&self.shared.shards[index])
+        let index = (self.data.hasher.hash_one(id) % SHARDS as u64) as usize;
+        lock(&self.data.shards[index])
     }
 
     fn shards(&self) -> impl Iterator<Item = MutexGuard<'_, Shard>> {
-        self.shared.shards.iter().map(lock)
+        self.data.shards.iter().map(lock)
     }
 
     /// Applies one execution command atomically: under the shard lock, read the slot and the
     /// clock, run the core's transition, write the slot and the event.
     fn execute(&self, id: &RecordId, command: &ExecutionCommand) -> Result<ExecutionOutcome> {
         let mut shard = self.shard(id);
-        let now = self.shared.clock.now();
+        let now = self.clock.now();
         self.apply(&mut shard.executions, id, |slot| {
             execution::transition(id, slot, command, now)
         })
@@ -145,7 +158,7 @@ impl MemoryStore {
     /// Applies one lease command atomically.
     fn lease(&self, id: &RecordId, command: &LeaseCommand) -> Result<LeaseOutcome> {
         let mut shard = self.shard(id);
-        let now = self.shared.clock.now();
+        let now = self.clock.now();
         self.apply(&mut shard.leases, id, |slot| {
             lease::transition(id, slot, command, now)
         })
@@ -170,7 +183,7 @@ impl MemoryStore {
                 entry.events.clear();
             }
             if let Some(draft) = step.event {
-                let event_id = self.shared.next_event_id.fetch_add(1, Ordering::Relaxed);
+                let event_id = self.data.next_event_id.fetch_add(1, Ordering::Relaxed);
                 entry.events.push(draft.into_event(event_id));
             }
         }
@@ -213,7 +226,7 @@ impl CoordinationStore for MemoryStore {
     }
 
     async fn now(&self) -> Result<Timestamp> {
-        Ok(self.shared.clock.now())
+        Ok(self.clock.now())
     }
 
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
@@ -301,7 +314,7 @@ impl CoordinationStore for MemoryStore {
     }
 
     async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
-        let completed_before = self.shared.clock.now().saturating_sub(older_than);
+        let completed_before = self.clock.now().saturating_sub(older_than);
         let mut candidates: Vec<(Timestamp, RecordId)> = self
             .shards()
             .flat_map(|shard| {
@@ -339,7 +352,7 @@ impl CoordinationStore for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Page<ExecutionRecord>> {
         query.validate()?;
-        let now = self.shared.clock.now();
+        let now = self.clock.now();
         let items = self
             .shards()
             .flat_map(|shard| {

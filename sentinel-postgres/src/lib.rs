@@ -1,0 +1,1 @@
+//! The PostgreSQL store for Sentinel (under construction).
