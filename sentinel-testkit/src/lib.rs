@@ -2,6 +2,8 @@
 //!
 //! (Under construction: the factory trait and the test macro are the stable entry points.)
 
+pub mod servers;
+
 use async_trait::async_trait;
 use sentinel_core::{CoordinationStore, Result, TimeSource};
 

@@ -1,0 +1,1 @@
+//! Real PostgreSQL and Redis servers for backend test suites (under construction).
