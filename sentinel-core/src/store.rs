@@ -202,7 +202,8 @@ pub trait CoordinationStore: Send + Sync + fmt::Debug + 'static {
     async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp>;
 
     /// Renews many held executions and leases in one round trip. The results are in the order of
-    /// `renewals`; a refused renewal is an `Err` item, not a failed call.
+    /// `renewals`; a refused renewal is an `Err` item, not a failed call. A batch names each record
+    /// at most once (the client's heartbeat never sends duplicates).
     async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>>;
 
     /// Records the result of an execution.
