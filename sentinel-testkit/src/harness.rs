@@ -7,8 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use sentinel_core::{
-    ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, FencingToken, Grant, HistoryQuery, Key, Keyspace,
-    LeaseRequest, ManualClock, Namespace, OwnerId, RecordId, RequestId, TimeSource, Ttl,
+    ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, FencingToken, Grant, HistoryQuery,
+    Key, Keyspace, LeaseRequest, ManualClock, Namespace, OwnerId, RecordId, RequestId, TimeSource,
+    Ttl,
 };
 
 use crate::StoreFactory;
@@ -66,7 +67,9 @@ impl<S: CoordinationStore + Clone> Harness<S> {
 
     /// Claims `key` for `owner` with the default ttl of [`ttl`].
     pub async fn claim(&self, key: &str, owner: &str, start: bool) -> Result<ClaimOutcome, Error> {
-        self.store.claim(&self.id(key), &claim_request(owner, start)).await
+        self.store
+            .claim(&self.id(key), &claim_request(owner, start))
+            .await
     }
 
     /// The history of `key`.

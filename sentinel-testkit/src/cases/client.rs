@@ -39,7 +39,9 @@ pub async fn once_with_concurrent_callers<F: StoreFactory>(factory: &F) {
                         .await
                         .expect("once answers");
                     match outcome {
-                        Once::InProgress { .. } => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Once::InProgress { .. } => {
+                            tokio::time::sleep(Duration::from_millis(10)).await
+                        }
                         other => return other,
                     }
                 }
@@ -55,10 +57,17 @@ pub async fn once_with_concurrent_callers<F: StoreFactory>(factory: &F) {
             other => panic!("[once_with_concurrent_callers] unexpected outcome {other:?}"),
         }
     }
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "[once_with_concurrent_callers] the work ran more than once");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "[once_with_concurrent_callers] the work ran more than once"
+    );
     assert_eq!(executed.len(), 1);
     assert_eq!(cached.len(), 15);
-    assert!(cached.iter().all(|v| *v == executed[0]), "[once_with_concurrent_callers] everyone reads the one result");
+    assert!(
+        cached.iter().all(|v| *v == executed[0]),
+        "[once_with_concurrent_callers] everyone reads the one result"
+    );
 }
 
 /// A lease guard held well past its ttl stays held: the client's heartbeat renews it in the store.
@@ -67,7 +76,9 @@ pub async fn lease_renews_under_heartbeat<F: StoreFactory>(factory: &F) {
     let store = factory
         .create(TimeSource::Server)
         .await
-        .unwrap_or_else(|e| panic!("[lease_renews_under_heartbeat] the factory could not create a store: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("[lease_renews_under_heartbeat] the factory could not create a store: {e}")
+        });
     let namespace = unique_namespace("lease_hb");
     let client = |who: &str| {
         Sentinel::builder(store.clone())
@@ -77,16 +88,48 @@ pub async fn lease_renews_under_heartbeat<F: StoreFactory>(factory: &F) {
             .expect("client")
     };
     let (holder, rival) = (client("holder"), client("rival"));
-    let options = LeaseOptions::new().ttl(Duration::from_millis(600)).hard_ttl(Duration::from_secs(30));
-    let guard = holder.lease_with("poller", &options).await.expect("acquire").acquired().expect("free");
+    let options = LeaseOptions::new()
+        .ttl(Duration::from_millis(600))
+        .hard_ttl(Duration::from_secs(30));
+    let guard = holder
+        .lease_with("poller", &options)
+        .await
+        .expect("acquire")
+        .acquired()
+        .expect("free");
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    assert!(guard.is_held(), "[lease_renews_under_heartbeat] three ttls later the guard still holds");
-    assert!(rival.lease("poller").await.expect("acquire").acquired().is_none(), "[lease_renews_under_heartbeat] still held in the store");
-    let record = rival.inspect_lease("poller").await.expect("inspect").expect("held");
     assert!(
-        record.lease_expires_at > record.acquired_at.saturating_add(Duration::from_millis(1_500)),
+        guard.is_held(),
+        "[lease_renews_under_heartbeat] three ttls later the guard still holds"
+    );
+    assert!(
+        rival
+            .lease("poller")
+            .await
+            .expect("acquire")
+            .acquired()
+            .is_none(),
+        "[lease_renews_under_heartbeat] still held in the store"
+    );
+    let record = rival
+        .inspect_lease("poller")
+        .await
+        .expect("inspect")
+        .expect("held");
+    assert!(
+        record.lease_expires_at
+            > record
+                .acquired_at
+                .saturating_add(Duration::from_millis(1_500)),
         "[lease_renews_under_heartbeat] the store's lease moved forward: {record:?}"
     );
     guard.release().await.expect("release");
-    assert!(rival.lease("poller").await.expect("acquire").acquired().is_some());
+    assert!(
+        rival
+            .lease("poller")
+            .await
+            .expect("acquire")
+            .acquired()
+            .is_some()
+    );
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use sentinel_core::store::{LeaseListQuery, ListQuery};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Error, Failure, HistoryQuery, InvalidInput, Key, Keyspace,
-    Namespace, Once, RecordId, Sentinel,
+    Acquisition, ClaimOutcome, CoordinationStore, Error, Failure, HistoryQuery, InvalidInput, Key,
+    Keyspace, Namespace, Once, RecordId, Sentinel,
 };
 
 use crate::StoreFactory;
@@ -18,9 +18,43 @@ use crate::harness::{Harness, claim_request, lease_request, unique_namespace};
 /// Keys that trip naive layouts: separators, hash-tag braces, escapes, quotes, unicode, 1 KiB.
 pub fn awkward_keys() -> Vec<String> {
     let mut keys: Vec<String> = [
-        "plain", "a:b", "a", "b:c", ":", "::", "{", "}", "{}", "{a}", "a}b{c", "%", "%25", "%3A", "/", "a/b", "\\",
-        "'", "\"", "`", "' OR '1'='1", "*", "?", "[a]", "\n", "\t", " ", "  leading", "trailing  ", "ü", "é",
-        "e\u{301}", "日本語", "🔑", "💸:{payment}", "a\u{1}b", "\u{7f}",
+        "plain",
+        "a:b",
+        "a",
+        "b:c",
+        ":",
+        "::",
+        "{",
+        "}",
+        "{}",
+        "{a}",
+        "a}b{c",
+        "%",
+        "%25",
+        "%3A",
+        "/",
+        "a/b",
+        "\\",
+        "'",
+        "\"",
+        "`",
+        "' OR '1'='1",
+        "*",
+        "?",
+        "[a]",
+        "\n",
+        "\t",
+        " ",
+        "  leading",
+        "trailing  ",
+        "ü",
+        "é",
+        "e\u{301}",
+        "日本語",
+        "🔑",
+        "💸:{payment}",
+        "a\u{1}b",
+        "\u{7f}",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -43,19 +77,41 @@ pub async fn keys_round_trip_and_never_collide<F: StoreFactory>(factory: &F) {
             .unwrap_or_else(|e| panic!("[keys] completing {key:?}: {e}"));
     }
     for (n, key) in keys.iter().enumerate() {
-        let record = h.store.inspect(&h.id(key)).await.expect("inspect").unwrap_or_else(|| panic!("[keys] {key:?} is missing"));
-        assert_eq!(record.key.as_str(), key, "[keys] the key comes back byte for byte");
+        let record = h
+            .store
+            .inspect(&h.id(key))
+            .await
+            .expect("inspect")
+            .unwrap_or_else(|| panic!("[keys] {key:?} is missing"));
+        assert_eq!(
+            record.key.as_str(),
+            key,
+            "[keys] the key comes back byte for byte"
+        );
         assert_eq!(record.namespace, h.namespace);
-        assert_eq!(record.result, Some(json!({ "key": key, "n": n })), "[keys] {key:?} collided with another key");
+        assert_eq!(
+            record.result,
+            Some(json!({ "key": key, "n": n })),
+            "[keys] {key:?} collided with another key"
+        );
         let history = h.history(Keyspace::Execution, key).await;
-        assert_eq!(history.len(), 2, "[keys] {key:?} has its own history: {history:?}");
+        assert_eq!(
+            history.len(),
+            2,
+            "[keys] {key:?} has its own history: {history:?}"
+        );
     }
     let mut listed = Vec::new();
     let mut after = None;
     loop {
         let page = h
             .store
-            .list(&ListQuery { namespace: h.namespace.clone(), filter: Default::default(), after, limit: 7 })
+            .list(&ListQuery {
+                namespace: h.namespace.clone(),
+                filter: Default::default(),
+                after,
+                limit: 7,
+            })
             .await
             .expect("list");
         listed.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
@@ -66,7 +122,10 @@ pub async fn keys_round_trip_and_never_collide<F: StoreFactory>(factory: &F) {
     }
     let mut expected = keys.clone();
     expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    assert_eq!(listed, expected, "[keys] list returns every key once, in bytewise order");
+    assert_eq!(
+        listed, expected,
+        "[keys] list returns every key once, in bytewise order"
+    );
 }
 
 /// The same key in two namespaces (including ones that look like prefixes of each other) is two
@@ -82,28 +141,74 @@ pub async fn namespaces_are_separate<F: StoreFactory>(factory: &F) {
     let pairs = [(0, ":a:b"), (1, "a:b"), (2, ":b"), (3, "k"), (4, "k")];
     for (n, (space, key)) in pairs.iter().enumerate() {
         let id = RecordId::new(spaces[*space].clone(), Key::new(*key).expect("key"));
-        let ClaimOutcome::Acquired(grant) = h.store.claim(&id, &claim_request("w", true)).await.expect("claim") else {
+        let ClaimOutcome::Acquired(grant) = h
+            .store
+            .claim(&id, &claim_request("w", true))
+            .await
+            .expect("claim")
+        else {
             panic!("[namespaces] {id} collided with another record")
         };
-        h.store.complete(&id, grant.token, &json!(n)).await.expect("complete");
+        h.store
+            .complete(&id, grant.token, &json!(n))
+            .await
+            .expect("complete");
     }
     for (n, (space, key)) in pairs.iter().enumerate() {
         let id = RecordId::new(spaces[*space].clone(), Key::new(*key).expect("key"));
-        let record = h.store.inspect(&id).await.expect("inspect").expect("present");
+        let record = h
+            .store
+            .inspect(&id)
+            .await
+            .expect("inspect")
+            .expect("present");
         assert_eq!(record.result, Some(json!(n)), "[namespaces] {id}");
-        let page = h.store.list(&ListQuery::new(spaces[*space].clone())).await.expect("list");
-        let listed: BTreeSet<_> = page.items.iter().map(|r| r.key.as_str().to_owned()).collect();
-        assert_eq!(listed, BTreeSet::from([key.to_string()]), "[namespaces] {} lists only its own records", spaces[*space]);
+        let page = h
+            .store
+            .list(&ListQuery::new(spaces[*space].clone()))
+            .await
+            .expect("list");
+        let listed: BTreeSet<_> = page
+            .items
+            .iter()
+            .map(|r| r.key.as_str().to_owned())
+            .collect();
+        assert_eq!(
+            listed,
+            BTreeSet::from([key.to_string()]),
+            "[namespaces] {} lists only its own records",
+            spaces[*space]
+        );
     }
     // Same key, same namespace, other keyspace: a lease never sees the execution record.
     let id = RecordId::new(spaces[3].clone(), Key::new("k").expect("key"));
-    assert!(h.store.inspect_lease(&id).await.expect("inspect").is_none(), "[namespaces] keyspaces are separate");
-    let Acquisition::Acquired(_) = h.store.acquire_lease(&id, &lease_request("w")).await.expect("acquire") else {
+    assert!(
+        h.store.inspect_lease(&id).await.expect("inspect").is_none(),
+        "[namespaces] keyspaces are separate"
+    );
+    let Acquisition::Acquired(_) = h
+        .store
+        .acquire_lease(&id, &lease_request("w"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[namespaces] the lease keyspace is separate from executions")
     };
-    let leases = h.store.list_leases(&LeaseListQuery::new(spaces[3].clone())).await.expect("list leases");
+    let leases = h
+        .store
+        .list_leases(&LeaseListQuery::new(spaces[3].clone()))
+        .await
+        .expect("list leases");
     assert_eq!(leases.items.len(), 1);
-    assert_eq!(h.store.list(&ListQuery::new(spaces[3].clone())).await.expect("list").items.len(), 1);
+    assert_eq!(
+        h.store
+            .list(&ListQuery::new(spaces[3].clone()))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
 }
 
 /// Bad input never reaches the store as a write: the typed error comes back and nothing is
@@ -117,31 +222,81 @@ pub async fn invalid_input_writes_nothing<F: StoreFactory>(factory: &F) {
         .expect("client");
     let work = |_| async { Ok::<_, Failure>(1u8) };
     let refused = |r: Result<Once<u8>, Error>| matches!(r, Err(Error::InvalidInput(_)));
-    assert!(refused(sentinel.once("", work).await), "[invalid] empty key");
-    assert!(refused(sentinel.once(&"k".repeat(1025), work).await), "[invalid] 1025-byte key");
-    assert!(refused(sentinel.once("nul\0key", work).await), "[invalid] NUL in key");
-    let zero = sentinel_core::OnceOptions::new().ttl(Duration::ZERO);
-    assert!(refused(sentinel.once_with("k", &zero, work).await), "[invalid] zero ttl");
-    let below = sentinel_core::OnceOptions::new().ttl(Duration::from_secs(2)).hard_ttl(Duration::from_secs(1));
-    assert!(refused(sentinel.once_with("k", &below, work).await), "[invalid] hard ttl below ttl");
-    assert!(matches!(sentinel.lease("").await, Err(Error::InvalidInput(_))), "[invalid] empty lease key");
     assert!(
-        matches!(sentinel.force_complete("k", &"x".repeat(200)).await, Err(Error::InvalidInput(InvalidInput::ResultTooLarge { .. }))),
+        refused(sentinel.once("", work).await),
+        "[invalid] empty key"
+    );
+    assert!(
+        refused(sentinel.once(&"k".repeat(1025), work).await),
+        "[invalid] 1025-byte key"
+    );
+    assert!(
+        refused(sentinel.once("nul\0key", work).await),
+        "[invalid] NUL in key"
+    );
+    let zero = sentinel_core::OnceOptions::new().ttl(Duration::ZERO);
+    assert!(
+        refused(sentinel.once_with("k", &zero, work).await),
+        "[invalid] zero ttl"
+    );
+    let below = sentinel_core::OnceOptions::new()
+        .ttl(Duration::from_secs(2))
+        .hard_ttl(Duration::from_secs(1));
+    assert!(
+        refused(sentinel.once_with("k", &below, work).await),
+        "[invalid] hard ttl below ttl"
+    );
+    assert!(
+        matches!(sentinel.lease("").await, Err(Error::InvalidInput(_))),
+        "[invalid] empty lease key"
+    );
+    assert!(
+        matches!(
+            sentinel.force_complete("k", &"x".repeat(200)).await,
+            Err(Error::InvalidInput(InvalidInput::ResultTooLarge { .. }))
+        ),
         "[invalid] oversized result"
     );
     for limit in [0, sentinel_core::store::MAX_PAGE + 1] {
-        let query = ListQuery { namespace: h.namespace.clone(), filter: Default::default(), after: None, limit };
-        assert!(matches!(h.store.list(&query).await, Err(Error::InvalidInput(_))), "[invalid] the store refuses page size {limit}");
+        let query = ListQuery {
+            namespace: h.namespace.clone(),
+            filter: Default::default(),
+            after: None,
+            limit,
+        };
+        assert!(
+            matches!(h.store.list(&query).await, Err(Error::InvalidInput(_))),
+            "[invalid] the store refuses page size {limit}"
+        );
         let history = HistoryQuery { after: None, limit };
         assert!(
-            matches!(h.store.history(Keyspace::Execution, &h.id("k"), &history).await, Err(Error::InvalidInput(_))),
+            matches!(
+                h.store
+                    .history(Keyspace::Execution, &h.id("k"), &history)
+                    .await,
+                Err(Error::InvalidInput(_))
+            ),
             "[invalid] the store refuses history page size {limit}"
         );
     }
     assert!(Namespace::new("").is_err() && Key::new("").is_err());
-    let page = h.store.list(&ListQuery::new(h.namespace.clone())).await.expect("list");
-    assert!(page.items.is_empty(), "[invalid] nothing was written: {page:?}");
-    let leases = h.store.list_leases(&LeaseListQuery::new(h.namespace.clone())).await.expect("list leases");
+    let page = h
+        .store
+        .list(&ListQuery::new(h.namespace.clone()))
+        .await
+        .expect("list");
+    assert!(
+        page.items.is_empty(),
+        "[invalid] nothing was written: {page:?}"
+    );
+    let leases = h
+        .store
+        .list_leases(&LeaseListQuery::new(h.namespace.clone()))
+        .await
+        .expect("list leases");
     assert!(leases.items.is_empty(), "[invalid] no lease was written");
-    assert!(h.history(Keyspace::Execution, "k").await.is_empty(), "[invalid] no event was written");
+    assert!(
+        h.history(Keyspace::Execution, "k").await.is_empty(),
+        "[invalid] no event was written"
+    );
 }

@@ -13,8 +13,15 @@ mod tokens;
 pub use client::{lease_renews_under_heartbeat, once_with_concurrent_callers};
 pub use clock::server_clock;
 pub use events::{event_log_ignores_reads_and_refusals, event_log_records_every_transition};
-pub use keys::{awkward_keys, invalid_input_writes_nothing, keys_round_trip_and_never_collide, namespaces_are_separate};
+pub use keys::{
+    awkward_keys, invalid_input_writes_nothing, keys_round_trip_and_never_collide,
+    namespaces_are_separate,
+};
 pub use model::model_based;
-pub use operations::{heartbeat_batch, list_filters_and_pages, purge_in_batches, retries_after_a_lost_reply};
-pub use races::{claim_race, lease_acquire_race, reconcile_vs_complete_race, renewal_vs_expiry_race};
+pub use operations::{
+    heartbeat_batch, list_filters_and_pages, purge_in_batches, retries_after_a_lost_reply,
+};
+pub use races::{
+    claim_race, lease_acquire_race, reconcile_vs_complete_race, renewal_vs_expiry_race,
+};
 pub use tokens::{tokens_strictly_increase, tokens_survive_restart};

@@ -13,9 +13,10 @@ use sentinel_core::execution::{self, ExecutionCommand};
 use sentinel_core::lease::{self, LeaseCommand};
 use sentinel_core::store::{ListFilter, ListQuery, Renewal};
 use sentinel_core::{
-    ClaimRequest, CoordinationStore, Disposition, Error, EventDraft, ExecutionOutcome, ExecutionSlot,
-    ExecutionState, FencingToken, Fingerprint, HistoryQuery, Key, Keyspace, LeaseOutcome, LeaseRequest, LeaseSlot,
-    ManualClock, Namespace, RecordId, Rejection, RequestId, Step, Timestamp, Ttl,
+    ClaimRequest, CoordinationStore, Disposition, Error, EventDraft, ExecutionOutcome,
+    ExecutionSlot, ExecutionState, FencingToken, Fingerprint, HistoryQuery, Key, Keyspace,
+    LeaseOutcome, LeaseRequest, LeaseSlot, ManualClock, Namespace, RecordId, Rejection, RequestId,
+    Step, Timestamp, Ttl,
 };
 
 use crate::StoreFactory;
@@ -110,7 +111,11 @@ struct Model {
 
 impl Model {
     fn token(&self, keyspace: Keyspace, key: u8, pick: &Pick) -> FencingToken {
-        let issued = self.issued.get(&(keyspace, key)).map(Vec::as_slice).unwrap_or(&[]);
+        let issued = self
+            .issued
+            .get(&(keyspace, key))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         match pick {
             Pick::Current => issued.last().copied().unwrap_or_else(bogus_token),
             Pick::Older(n) => {
@@ -125,27 +130,45 @@ impl Model {
         }
     }
 
-    fn execution(&mut self, key: u8, command: &ExecutionCommand, id: &RecordId, now: Timestamp) -> Result<ExecutionOutcome, Rejection> {
+    fn execution(
+        &mut self,
+        key: u8,
+        command: &ExecutionCommand,
+        id: &RecordId,
+        now: Timestamp,
+    ) -> Result<ExecutionOutcome, Rejection> {
         let entry = self.executions.entry(key).or_default();
         let step = execution::transition(id, &entry.0, command, now);
         let before = entry.0.last_token;
         let outcome = apply(entry, step);
         if entry.0.last_token != before {
             if let Some(token) = entry.0.last_token {
-                self.issued.entry((Keyspace::Execution, key)).or_default().push(token);
+                self.issued
+                    .entry((Keyspace::Execution, key))
+                    .or_default()
+                    .push(token);
             }
         }
         outcome
     }
 
-    fn lease(&mut self, key: u8, command: &LeaseCommand, id: &RecordId, now: Timestamp) -> Result<LeaseOutcome, Rejection> {
+    fn lease(
+        &mut self,
+        key: u8,
+        command: &LeaseCommand,
+        id: &RecordId,
+        now: Timestamp,
+    ) -> Result<LeaseOutcome, Rejection> {
         let entry = self.leases.entry(key).or_default();
         let step = lease::transition(id, &entry.0, command, now);
         let before = entry.0.last_token;
         let outcome = apply(entry, step);
         if entry.0.last_token != before {
             if let Some(token) = entry.0.last_token {
-                self.issued.entry((Keyspace::Lease, key)).or_default().push(token);
+                self.issued
+                    .entry((Keyspace::Lease, key))
+                    .or_default()
+                    .push(token);
             }
         }
         outcome
@@ -167,7 +190,11 @@ fn apply<S, O>(entry: &mut (S, Vec<EventDraft>), step: Step<S, O>) -> Result<O, 
 
 /// The store's answer as the model states it: an outcome or a rejection. Any other error fails
 /// the case.
-fn answer<T, O>(what: &str, result: Result<T, Error>, into: impl FnOnce(T) -> O) -> Result<O, Rejection> {
+fn answer<T, O>(
+    what: &str,
+    result: Result<T, Error>,
+    into: impl FnOnce(T) -> O,
+) -> Result<O, Rejection> {
     match result {
         Ok(value) => Ok(into(value)),
         Err(Error::Rejected(rejection)) => Err(rejection),
@@ -188,34 +215,52 @@ struct Run<'a, S> {
 
 impl<S: CoordinationStore> Run<'_, S> {
     fn id(&self, key: u8) -> RecordId {
-        RecordId::new(self.namespace.clone(), Key::new(KEYS[usize::from(key)]).expect("a valid key"))
+        RecordId::new(
+            self.namespace.clone(),
+            Key::new(KEYS[usize::from(key)]).expect("a valid key"),
+        )
     }
 
     async fn step(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.clock.now();
         let store = self.store;
         let touched: Vec<(Keyspace, u8)> = match op {
-            Op::Claim { key, owner: o, start, request, fingerprint } => {
+            Op::Claim {
+                key,
+                owner: o,
+                start,
+                request,
+                fingerprint,
+            } => {
                 let request = ClaimRequest {
                     owner: owner(&format!("w{o}")),
                     ttl: ttl(),
                     start: *start,
                     request_id: RequestId::from_u128(u128::from(*request)),
-                    fingerprint: fingerprint.map(|f| Fingerprint::new(format!("fp{f}")).expect("valid")),
+                    fingerprint: fingerprint
+                        .map(|f| Fingerprint::new(format!("fp{f}")).expect("valid")),
                 };
                 let id = self.id(*key);
-                let got = answer("claim", store.claim(&id, &request).await, ExecutionOutcome::Claim);
-                let want = self.model.execution(*key, &ExecutionCommand::Claim(request), &id, now);
+                let got = answer(
+                    "claim",
+                    store.claim(&id, &request).await,
+                    ExecutionOutcome::Claim,
+                );
+                let want = self
+                    .model
+                    .execution(*key, &ExecutionCommand::Claim(request), &id, now);
                 prop_assert_eq!(got, want, "claim of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
             Op::Start(key, pick) => {
                 let token = self.model.token(Keyspace::Execution, *key, pick);
                 let id = self.id(*key);
-                let got = answer("start", store.start(&id, token).await, |lease_expires_at| ExecutionOutcome::Started {
-                    lease_expires_at,
+                let got = answer("start", store.start(&id, token).await, |lease_expires_at| {
+                    ExecutionOutcome::Started { lease_expires_at }
                 });
-                let want = self.model.execution(*key, &ExecutionCommand::Start { token }, &id, now);
+                let want = self
+                    .model
+                    .execution(*key, &ExecutionCommand::Start { token }, &id, now);
                 prop_assert_eq!(got, want, "start of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
@@ -226,33 +271,62 @@ impl<S: CoordinationStore> Run<'_, S> {
                     // A batch names each held record once, as the client sends it.
                     if seen.insert((*keyspace, *key)) {
                         let token = self.model.token(*keyspace, *key, pick);
-                        renewals.push((*key, Renewal { keyspace: *keyspace, id: self.id(*key), token }));
+                        renewals.push((
+                            *key,
+                            Renewal {
+                                keyspace: *keyspace,
+                                id: self.id(*key),
+                                token,
+                            },
+                        ));
                     }
                 }
                 let batch: Vec<Renewal> = renewals.iter().map(|(_, r)| r.clone()).collect();
                 let got = match store.heartbeat(&batch).await {
                     Ok(results) => results,
-                    Err(error) => panic!("heartbeat: the store failed instead of answering: {error}"),
+                    Err(error) => {
+                        panic!("heartbeat: the store failed instead of answering: {error}")
+                    }
                 };
                 prop_assert_eq!(got.len(), batch.len(), "one result per renewal");
                 for ((key, renewal), got) in renewals.iter().zip(got) {
                     let want = match renewal.keyspace {
                         Keyspace::Execution => self
                             .model
-                            .execution(*key, &ExecutionCommand::Heartbeat { token: renewal.token }, &renewal.id, now)
+                            .execution(
+                                *key,
+                                &ExecutionCommand::Heartbeat {
+                                    token: renewal.token,
+                                },
+                                &renewal.id,
+                                now,
+                            )
                             .map(|o| match o {
                                 ExecutionOutcome::Renewed { lease_expires_at } => lease_expires_at,
                                 other => panic!("the model renewed into {other:?}"),
                             }),
                         Keyspace::Lease => self
                             .model
-                            .lease(*key, &LeaseCommand::Renew { token: renewal.token }, &renewal.id, now)
+                            .lease(
+                                *key,
+                                &LeaseCommand::Renew {
+                                    token: renewal.token,
+                                },
+                                &renewal.id,
+                                now,
+                            )
                             .map(|o| match o {
                                 LeaseOutcome::Renewed { lease_expires_at } => lease_expires_at,
                                 other => panic!("the model renewed into {other:?}"),
                             }),
                     };
-                    prop_assert_eq!(got, want, "renewal of {} {:?}", renewal.keyspace, renewal.id.key);
+                    prop_assert_eq!(
+                        got,
+                        want,
+                        "renewal of {} {:?}",
+                        renewal.keyspace,
+                        renewal.id.key
+                    );
                 }
                 renewals.iter().map(|(key, r)| (r.keyspace, *key)).collect()
             }
@@ -260,27 +334,54 @@ impl<S: CoordinationStore> Run<'_, S> {
                 let token = self.model.token(Keyspace::Execution, *key, pick);
                 let result = json!({ "receipt": result });
                 let id = self.id(*key);
-                let got = answer("complete", store.complete(&id, token, &result).await, |()| ExecutionOutcome::Completed);
-                let want = self.model.execution(*key, &ExecutionCommand::Complete { token, result }, &id, now);
+                let got = answer(
+                    "complete",
+                    store.complete(&id, token, &result).await,
+                    |()| ExecutionOutcome::Completed,
+                );
+                let want = self.model.execution(
+                    *key,
+                    &ExecutionCommand::Complete { token, result },
+                    &id,
+                    now,
+                );
                 prop_assert_eq!(got, want, "completion of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
             Op::Abort(key, pick, not_applied) => {
                 let token = self.model.token(Keyspace::Execution, *key, pick);
-                let disposition = if *not_applied { Disposition::NotApplied } else { Disposition::Uncertain };
+                let disposition = if *not_applied {
+                    Disposition::NotApplied
+                } else {
+                    Disposition::Uncertain
+                };
                 let id = self.id(*key);
-                let got = answer("abort", store.abort(&id, token, disposition).await, |()| ExecutionOutcome::Aborted);
-                let want = self.model.execution(*key, &ExecutionCommand::Abort { token, disposition }, &id, now);
+                let got = answer("abort", store.abort(&id, token, disposition).await, |()| {
+                    ExecutionOutcome::Aborted
+                });
+                let want = self.model.execution(
+                    *key,
+                    &ExecutionCommand::Abort { token, disposition },
+                    &id,
+                    now,
+                );
                 prop_assert_eq!(got, want, "abort of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
             Op::Reconcile(key) => {
                 let operator = owner("operator");
                 let id = self.id(*key);
-                let got = answer("reconcile", store.reconcile(&id, &operator).await, |token| {
-                    ExecutionOutcome::Reconciling { token }
-                });
-                let want = self.model.execution(*key, &ExecutionCommand::Reconcile { owner: operator }, &id, now);
+                let got = answer(
+                    "reconcile",
+                    store.reconcile(&id, &operator).await,
+                    |token| ExecutionOutcome::Reconciling { token },
+                );
+                let want = self.model.execution(
+                    *key,
+                    &ExecutionCommand::Reconcile { owner: operator },
+                    &id,
+                    now,
+                );
                 prop_assert_eq!(got, want, "reconcile of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
@@ -288,10 +389,15 @@ impl<S: CoordinationStore> Run<'_, S> {
                 let operator = owner("operator");
                 let result = json!({ "receipt": result, "forced": true });
                 let id = self.id(*key);
-                let got = answer("force_complete", store.force_complete(&id, &operator, &result).await, |()| {
-                    ExecutionOutcome::ForceCompleted
-                });
-                let command = ExecutionCommand::ForceComplete { owner: operator, result };
+                let got = answer(
+                    "force_complete",
+                    store.force_complete(&id, &operator, &result).await,
+                    |()| ExecutionOutcome::ForceCompleted,
+                );
+                let command = ExecutionCommand::ForceComplete {
+                    owner: operator,
+                    result,
+                };
                 let want = self.model.execution(*key, &command, &id, now);
                 prop_assert_eq!(got, want, "force_complete of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
@@ -299,31 +405,54 @@ impl<S: CoordinationStore> Run<'_, S> {
             Op::Reset(key) => {
                 let operator = owner("operator");
                 let id = self.id(*key);
-                let got = answer("reset_to_claimed", store.reset_to_claimed(&id, &operator).await, |()| {
-                    ExecutionOutcome::Reset
-                });
-                let want = self.model.execution(*key, &ExecutionCommand::ResetToClaimed { owner: operator }, &id, now);
+                let got = answer(
+                    "reset_to_claimed",
+                    store.reset_to_claimed(&id, &operator).await,
+                    |()| ExecutionOutcome::Reset,
+                );
+                let want = self.model.execution(
+                    *key,
+                    &ExecutionCommand::ResetToClaimed { owner: operator },
+                    &id,
+                    now,
+                );
                 prop_assert_eq!(got, want, "reset of {:?}", id.key);
                 vec![(Keyspace::Execution, *key)]
             }
             Op::Purge { older_ms, limit } => self.purge(*older_ms, *limit, now).await?,
-            Op::Acquire { key, owner: o, request } => {
+            Op::Acquire {
+                key,
+                owner: o,
+                request,
+            } => {
                 let request = LeaseRequest {
                     owner: owner(&format!("w{o}")),
                     ttl: ttl(),
                     request_id: RequestId::from_u128(u128::from(*request)),
                 };
                 let id = self.id(*key);
-                let got = answer("acquire_lease", store.acquire_lease(&id, &request).await, LeaseOutcome::Acquire);
-                let want = self.model.lease(*key, &LeaseCommand::Acquire(request), &id, now);
+                let got = answer(
+                    "acquire_lease",
+                    store.acquire_lease(&id, &request).await,
+                    LeaseOutcome::Acquire,
+                );
+                let want = self
+                    .model
+                    .lease(*key, &LeaseCommand::Acquire(request), &id, now);
                 prop_assert_eq!(got, want, "acquire of {:?}", id.key);
                 vec![(Keyspace::Lease, *key)]
             }
             Op::Release(key, pick) => {
                 let token = self.model.token(Keyspace::Lease, *key, pick);
                 let id = self.id(*key);
-                let got = answer("release_lease", store.release_lease(&id, token).await, |()| LeaseOutcome::Released);
-                let want = self.model.lease(*key, &LeaseCommand::Release { token }, &id, now);
+                let got = answer(
+                    "release_lease",
+                    store.release_lease(&id, token).await,
+                    |()| LeaseOutcome::Released,
+                );
+                let want = self
+                    .model
+                    .lease(*key, &LeaseCommand::Release { token }, &id, now);
                 prop_assert_eq!(got, want, "release of {:?}", id.key);
                 vec![(Keyspace::Lease, *key)]
             }
@@ -338,9 +467,11 @@ impl<S: CoordinationStore> Run<'_, S> {
                         .executions
                         .get(key)
                         .and_then(|e| e.0.record.as_ref().map(|r| r.lease_expires_at)),
-                    Keyspace::Lease => {
-                        self.model.leases.get(key).and_then(|e| e.0.record.as_ref().map(|r| r.lease_expires_at))
-                    }
+                    Keyspace::Lease => self
+                        .model
+                        .leases
+                        .get(key)
+                        .and_then(|e| e.0.record.as_ref().map(|r| r.lease_expires_at)),
                 };
                 if let Some(expiry) = expiry {
                     let target = Timestamp::from_micros(expiry.as_micros() + i64::from(*offset));
@@ -350,7 +481,13 @@ impl<S: CoordinationStore> Run<'_, S> {
                 }
                 Vec::new()
             }
-            Op::List { state, uncertain, expired, older_ms, limit } => {
+            Op::List {
+                state,
+                uncertain,
+                expired,
+                older_ms,
+                limit,
+            } => {
                 let filter = ListFilter {
                     state: state.and_then(|s| ExecutionState::ALL.get(usize::from(s)).copied()),
                     uncertain: *uncertain,
@@ -369,16 +506,30 @@ impl<S: CoordinationStore> Run<'_, S> {
 
     /// Bulk purge: oldest first, at most `limit`. Records tied on their last transition time may
     /// be taken in any order, so the model follows the store's choice among equals.
-    async fn purge(&mut self, older_ms: u16, limit: u8, now: Timestamp) -> Result<Vec<(Keyspace, u8)>, TestCaseError> {
+    async fn purge(
+        &mut self,
+        older_ms: u16,
+        limit: u8,
+        now: Timestamp,
+    ) -> Result<Vec<(Keyspace, u8)>, TestCaseError> {
         let older_than = Duration::from_millis(u64::from(older_ms));
         let cutoff = now.saturating_sub(older_than);
         let candidates: Vec<(Timestamp, u8)> = self
             .model
             .executions
             .iter()
-            .filter_map(|(key, (slot, _))| slot.record.as_ref().filter(|r| execution::purgeable(r, cutoff)).map(|r| (r.updated_at, *key)))
+            .filter_map(|(key, (slot, _))| {
+                slot.record
+                    .as_ref()
+                    .filter(|r| execution::purgeable(r, cutoff))
+                    .map(|r| (r.updated_at, *key))
+            })
             .collect();
-        let purged = match self.store.purge(&self.namespace, older_than, u32::from(limit)).await {
+        let purged = match self
+            .store
+            .purge(&self.namespace, older_than, u32::from(limit))
+            .await
+        {
             Ok(n) => n,
             Err(error) => panic!("purge: the store failed instead of answering: {error}"),
         };
@@ -387,8 +538,16 @@ impl<S: CoordinationStore> Run<'_, S> {
         let mut gone = Vec::new();
         let mut kept = Vec::new();
         for (updated_at, key) in &candidates {
-            let present = self.store.inspect(&self.id(*key)).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
-            if present.is_none() { gone.push((*updated_at, *key)) } else { kept.push((*updated_at, *key)) }
+            let present = self
+                .store
+                .inspect(&self.id(*key))
+                .await
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            if present.is_none() {
+                gone.push((*updated_at, *key))
+            } else {
+                kept.push((*updated_at, *key))
+            }
         }
         prop_assert_eq!(gone.len(), expected, "purged records");
         for (g, _) in &gone {
@@ -398,13 +557,30 @@ impl<S: CoordinationStore> Run<'_, S> {
         }
         for (_, key) in &gone {
             let id = self.id(*key);
-            let outcome = self.model.execution(*key, &ExecutionCommand::Purge { completed_before: cutoff }, &id, now);
+            let outcome = self.model.execution(
+                *key,
+                &ExecutionCommand::Purge {
+                    completed_before: cutoff,
+                },
+                &id,
+                now,
+            );
             prop_assert_eq!(outcome, Ok(ExecutionOutcome::Purged));
         }
-        Ok(self.model.executions.keys().map(|k| (Keyspace::Execution, *k)).collect())
+        Ok(self
+            .model
+            .executions
+            .keys()
+            .map(|k| (Keyspace::Execution, *k))
+            .collect())
     }
 
-    async fn list(&self, filter: ListFilter, limit: u32, now: Timestamp) -> Result<(), TestCaseError> {
+    async fn list(
+        &self,
+        filter: ListFilter,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<(), TestCaseError> {
         let mut want: Vec<_> = self
             .model
             .executions
@@ -416,9 +592,21 @@ impl<S: CoordinationStore> Run<'_, S> {
         let mut got = Vec::new();
         let mut after = None;
         for _ in 0..=KEYS.len() {
-            let query = ListQuery { namespace: self.namespace.clone(), filter: filter.clone(), after: after.clone(), limit };
-            let page = self.store.list(&query).await.map_err(|e| TestCaseError::fail(format!("list: {e}")))?;
-            prop_assert!(page.items.len() <= limit as usize, "a page holds at most `limit` records");
+            let query = ListQuery {
+                namespace: self.namespace.clone(),
+                filter: filter.clone(),
+                after: after.clone(),
+                limit,
+            };
+            let page = self
+                .store
+                .list(&query)
+                .await
+                .map_err(|e| TestCaseError::fail(format!("list: {e}")))?;
+            prop_assert!(
+                page.items.len() <= limit as usize,
+                "a page holds at most `limit` records"
+            );
             got.extend(page.items);
             match page.next {
                 Some(next) => after = Some(next),
@@ -433,27 +621,58 @@ impl<S: CoordinationStore> Run<'_, S> {
         let id = self.id(key);
         let (history, want_history) = match keyspace {
             Keyspace::Execution => {
-                let got = self.store.inspect(&id).await.map_err(|e| TestCaseError::fail(format!("inspect: {e}")))?;
-                let want = self.model.executions.get(&key).and_then(|e| e.0.record.clone());
+                let got = self
+                    .store
+                    .inspect(&id)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("inspect: {e}")))?;
+                let want = self
+                    .model
+                    .executions
+                    .get(&key)
+                    .and_then(|e| e.0.record.clone());
                 prop_assert_eq!(got, want, "execution record {:?}", id.key);
-                (self.history(keyspace, &id).await?, self.model.executions.get(&key).map(|e| e.1.clone()))
+                (
+                    self.history(keyspace, &id).await?,
+                    self.model.executions.get(&key).map(|e| e.1.clone()),
+                )
             }
             Keyspace::Lease => {
-                let got = self.store.inspect_lease(&id).await.map_err(|e| TestCaseError::fail(format!("inspect_lease: {e}")))?;
+                let got = self
+                    .store
+                    .inspect_lease(&id)
+                    .await
+                    .map_err(|e| TestCaseError::fail(format!("inspect_lease: {e}")))?;
                 let want = self.model.leases.get(&key).and_then(|e| e.0.record.clone());
                 prop_assert_eq!(got, want, "lease record {:?}", id.key);
-                (self.history(keyspace, &id).await?, self.model.leases.get(&key).map(|e| e.1.clone()))
+                (
+                    self.history(keyspace, &id).await?,
+                    self.model.leases.get(&key).map(|e| e.1.clone()),
+                )
             }
         };
         let drafts: Vec<EventDraft> = history.iter().map(|e| e.draft()).collect();
-        prop_assert_eq!(drafts, want_history.unwrap_or_default(), "history of {} {:?}", keyspace, id.key);
+        prop_assert_eq!(
+            drafts,
+            want_history.unwrap_or_default(),
+            "history of {} {:?}",
+            keyspace,
+            id.key
+        );
         for pair in history.windows(2) {
-            prop_assert!(pair[0].id < pair[1].id, "event ids increase along a history");
+            prop_assert!(
+                pair[0].id < pair[1].id,
+                "event ids increase along a history"
+            );
         }
         Ok(())
     }
 
-    async fn history(&self, keyspace: Keyspace, id: &RecordId) -> Result<Vec<sentinel_core::Event>, TestCaseError> {
+    async fn history(
+        &self,
+        keyspace: Keyspace,
+        id: &RecordId,
+    ) -> Result<Vec<sentinel_core::Event>, TestCaseError> {
         self.store
             .history(keyspace, id, &HistoryQuery::default())
             .await
@@ -464,7 +683,10 @@ impl<S: CoordinationStore> Run<'_, S> {
 /// Proptest settings: `PROPTEST_CASES` cases (256 by default), no failure files written into the
 /// caller's crate.
 fn config() -> Config {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
     Config {
         cases,
         failure_persistence: None,
@@ -482,7 +704,12 @@ pub async fn model_based<F: StoreFactory>(factory: &F) {
         let mut runner = TestRunner::new(config());
         runner
             .run(&proptest::collection::vec(op(), 1..40), |ops| {
-                let mut run = Run { store: &store, clock: &clock, namespace: unique_namespace("model"), model: Model::default() };
+                let mut run = Run {
+                    store: &store,
+                    clock: &clock,
+                    namespace: unique_namespace("model"),
+                    model: Model::default(),
+                };
                 runtime.block_on(async {
                     for op in &ops {
                         run.step(op).await?;
@@ -499,7 +726,9 @@ pub async fn model_based<F: StoreFactory>(factory: &F) {
     .await;
     match outcome {
         Ok(Ok(())) => {}
-        Ok(Err(failure)) => panic!("[model_based] the store disagrees with the state machine: {failure}"),
+        Ok(Err(failure)) => {
+            panic!("[model_based] the store disagrees with the state machine: {failure}")
+        }
         Err(join) => std::panic::resume_unwind(join.into_panic()),
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use sentinel_core::store::{ListFilter, ListQuery, Renewal};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, ExecutionState, Keyspace, RejectReason, Timestamp,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, ExecutionState, Keyspace,
+    RejectReason, Timestamp,
 };
 
 use crate::StoreFactory;
@@ -17,36 +18,81 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "list").await;
     // Oldest first: completed, reconciling, uncertain, expired claim, then live ones.
     let done = h.acquire("a-done", "w", true).await;
-    h.store.complete(&h.id("a-done"), done.token, &result(1)).await.expect("complete");
+    h.store
+        .complete(&h.id("a-done"), done.token, &result(1))
+        .await
+        .expect("complete");
     h.acquire("b-reconciling", "w", true).await;
     h.acquire("c-uncertain", "w", true).await;
     h.acquire("d-claimed-expired", "w", false).await;
     h.advance(Duration::from_secs(2));
-    h.store.reconcile(&h.id("b-reconciling"), &owner("op")).await.expect("reconcile");
+    h.store
+        .reconcile(&h.id("b-reconciling"), &owner("op"))
+        .await
+        .expect("reconcile");
     h.advance(Duration::from_secs(10));
     h.acquire("e-executing", "w", true).await;
     h.acquire("f-claimed", "w", false).await;
     let now = h.clock.now();
 
     let mut all = Vec::new();
-    for key in ["a-done", "b-reconciling", "c-uncertain", "d-claimed-expired", "e-executing", "f-claimed"] {
-        all.push(h.store.inspect(&h.id(key)).await.expect("inspect").expect("present"));
+    for key in [
+        "a-done",
+        "b-reconciling",
+        "c-uncertain",
+        "d-claimed-expired",
+        "e-executing",
+        "f-claimed",
+    ] {
+        all.push(
+            h.store
+                .inspect(&h.id(key))
+                .await
+                .expect("inspect")
+                .expect("present"),
+        );
     }
     let mut filters = vec![ListFilter::default(), ListFilter::uncertain()];
     for state in ExecutionState::ALL {
-        filters.push(ListFilter { state: Some(state), ..Default::default() });
+        filters.push(ListFilter {
+            state: Some(state),
+            ..Default::default()
+        });
     }
-    filters.push(ListFilter { expired: true, ..Default::default() });
-    filters.push(ListFilter { older_than: Some(Duration::from_secs(5)), ..Default::default() });
-    filters.push(ListFilter { state: Some(ExecutionState::Claimed), expired: true, ..Default::default() });
-    filters.push(ListFilter { uncertain: true, older_than: Some(Duration::from_secs(100)), ..Default::default() });
+    filters.push(ListFilter {
+        expired: true,
+        ..Default::default()
+    });
+    filters.push(ListFilter {
+        older_than: Some(Duration::from_secs(5)),
+        ..Default::default()
+    });
+    filters.push(ListFilter {
+        state: Some(ExecutionState::Claimed),
+        expired: true,
+        ..Default::default()
+    });
+    filters.push(ListFilter {
+        uncertain: true,
+        older_than: Some(Duration::from_secs(100)),
+        ..Default::default()
+    });
     for filter in filters {
-        let want: Vec<_> = all.iter().filter(|r| filter.matches(r, now)).cloned().collect();
+        let want: Vec<_> = all
+            .iter()
+            .filter(|r| filter.matches(r, now))
+            .cloned()
+            .collect();
         for limit in [1, 2, 100] {
             let mut got = Vec::new();
             let mut after = None;
             for _ in 0..10 {
-                let query = ListQuery { namespace: h.namespace.clone(), filter: filter.clone(), after, limit };
+                let query = ListQuery {
+                    namespace: h.namespace.clone(),
+                    filter: filter.clone(),
+                    after,
+                    limit,
+                };
                 let page = h.store.list(&query).await.expect("list");
                 assert!(page.items.len() <= limit as usize);
                 got.extend(page.items);
@@ -55,11 +101,22 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
                     break;
                 }
             }
-            assert_eq!(got, want, "[list_filters_and_pages] filter {filter:?}, {limit} per page");
+            assert_eq!(
+                got, want,
+                "[list_filters_and_pages] filter {filter:?}, {limit} per page"
+            );
         }
     }
-    let uncertain: Vec<_> = all.iter().filter(|r| r.is_uncertain(now)).map(|r| r.key.as_str()).collect();
-    assert_eq!(uncertain, ["c-uncertain"], "[list_filters_and_pages] the reconciliation queue");
+    let uncertain: Vec<_> = all
+        .iter()
+        .filter(|r| r.is_uncertain(now))
+        .map(|r| r.key.as_str())
+        .collect();
+    assert_eq!(
+        uncertain,
+        ["c-uncertain"],
+        "[list_filters_and_pages] the reconciliation queue"
+    );
 }
 
 /// Purge removes completed records older than the cutoff, oldest first, at most `limit` per call;
@@ -70,38 +127,71 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
     for n in 0..7 {
         let key = format!("done-{n}");
         let grant = h.acquire(&key, "w", true).await;
-        h.store.complete(&h.id(&key), grant.token, &result(n)).await.expect("complete");
+        h.store
+            .complete(&h.id(&key), grant.token, &result(n))
+            .await
+            .expect("complete");
         tokens.push(grant.token);
         h.advance(Duration::from_secs(1));
     }
     h.acquire("uncertain", "w", true).await;
     h.acquire("reconciling", "w", true).await;
     h.advance(Duration::from_secs(2));
-    h.store.reconcile(&h.id("reconciling"), &owner("op")).await.expect("reconcile");
+    h.store
+        .reconcile(&h.id("reconciling"), &owner("op"))
+        .await
+        .expect("reconcile");
     h.advance(Duration::from_secs(100));
     let recent = h.acquire("recent", "w", true).await;
-    h.store.complete(&h.id("recent"), recent.token, &result(99)).await.expect("complete");
+    h.store
+        .complete(&h.id("recent"), recent.token, &result(99))
+        .await
+        .expect("complete");
 
     let older_than = Duration::from_secs(50);
     let mut counts = Vec::new();
     loop {
-        let n = h.store.purge(&h.namespace, older_than, 3).await.expect("purge");
+        let n = h
+            .store
+            .purge(&h.namespace, older_than, 3)
+            .await
+            .expect("purge");
         counts.push(n);
         if n < 3 {
             break;
         }
     }
-    assert_eq!(counts, [3, 3, 1], "[purge_in_batches] batches of at most three");
+    assert_eq!(
+        counts,
+        [3, 3, 1],
+        "[purge_in_batches] batches of at most three"
+    );
     for n in 0..7 {
-        assert!(h.store.inspect(&h.id(&format!("done-{n}"))).await.expect("inspect").is_none());
+        assert!(
+            h.store
+                .inspect(&h.id(&format!("done-{n}")))
+                .await
+                .expect("inspect")
+                .is_none()
+        );
     }
     for key in ["uncertain", "reconciling", "recent"] {
-        assert!(h.store.inspect(&h.id(key)).await.expect("inspect").is_some(), "[purge_in_batches] {key} must stay");
+        assert!(
+            h.store
+                .inspect(&h.id(key))
+                .await
+                .expect("inspect")
+                .is_some(),
+            "[purge_in_batches] {key} must stay"
+        );
     }
     // Tokens survive the purge, whatever the clock says.
     h.clock.set(Timestamp::from_micros(1));
     let again = h.acquire("done-6", "w", true).await;
-    assert!(again.token > tokens[6], "[purge_in_batches] a purged key's next token is higher");
+    assert!(
+        again.token > tokens[6],
+        "[purge_in_batches] a purged key's next token is higher"
+    );
 }
 
 /// One heartbeat call carries executions and leases, current and stale tokens, live and expired
@@ -110,15 +200,27 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "heartbeat").await;
     let live = h.acquire("live", "w", true).await;
     let claimed = h.acquire("claimed", "w", false).await;
-    let Acquisition::Acquired(lease) = h.store.acquire_lease(&h.id("lock"), &lease_request("w")).await.expect("acquire") else {
+    let Acquisition::Acquired(lease) = h
+        .store
+        .acquire_lease(&h.id("lock"), &lease_request("w"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[heartbeat_batch] free lease")
     };
     let expired = h.acquire("expired", "w", true).await;
     let done = h.acquire("done", "w", true).await;
-    h.store.complete(&h.id("done"), done.token, &result(1)).await.expect("complete");
+    h.store
+        .complete(&h.id("done"), done.token, &result(1))
+        .await
+        .expect("complete");
     h.advance(Duration::from_millis(900));
     // Renew all but "expired", then let "expired" run out.
-    let keep = |keyspace, key: &str, token| Renewal { keyspace, id: h.id(key), token };
+    let keep = |keyspace, key: &str, token| Renewal {
+        keyspace,
+        id: h.id(key),
+        token,
+    };
     let first = h
         .store
         .heartbeat(&[
@@ -129,7 +231,12 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
         .await
         .expect("heartbeat");
     let at = h.clock.now();
-    assert!(first.iter().all(|r| r.as_ref().is_ok_and(|t| *t == at.saturating_add(Duration::from_secs(1)))), "{first:?}");
+    assert!(
+        first.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|t| *t == at.saturating_add(Duration::from_secs(1)))),
+        "{first:?}"
+    );
     h.advance(Duration::from_millis(200));
     let batch = [
         keep(Keyspace::Execution, "live", live.token),
@@ -141,7 +248,10 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
         keep(Keyspace::Lease, "missing", lease.token),
     ];
     let answers = h.store.heartbeat(&batch).await.expect("heartbeat");
-    let reasons: Vec<_> = answers.iter().map(|a| a.as_ref().err().map(|r| r.reason.clone())).collect();
+    let reasons: Vec<_> = answers
+        .iter()
+        .map(|a| a.as_ref().err().map(|r| r.reason.clone()))
+        .collect();
     assert_eq!(
         reasons,
         [
@@ -155,7 +265,13 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
         ],
         "[heartbeat_batch] {answers:?}"
     );
-    assert!(h.store.heartbeat(&[]).await.expect("an empty batch").is_empty());
+    assert!(
+        h.store
+            .heartbeat(&[])
+            .await
+            .expect("an empty batch")
+            .is_empty()
+    );
 }
 
 /// A reply lost after the store applied the command: sending the same command again is safe.
@@ -165,25 +281,63 @@ pub async fn retries_after_a_lost_reply<F: StoreFactory>(factory: &F) {
     let request = claim_request("w", true);
     let first = h.store.claim(&id, &request).await.expect("claim");
     let again = h.store.claim(&id, &request).await.expect("retried claim");
-    assert_eq!(again, first, "[retries_after_a_lost_reply] the retried claim adopts its own grant");
-    let ClaimOutcome::Acquired(grant) = first else { panic!("[retries_after_a_lost_reply] a grant") };
-    let other = h.store.claim(&id, &claim_request("w", true)).await.expect("claim");
-    assert!(matches!(other, ClaimOutcome::Busy { .. }), "[retries_after_a_lost_reply] another request id is not adopted");
-    h.store.complete(&id, grant.token, &result(1)).await.expect("complete");
-    h.store.complete(&id, grant.token, &result(1)).await.expect("a repeated completion succeeds");
+    assert_eq!(
+        again, first,
+        "[retries_after_a_lost_reply] the retried claim adopts its own grant"
+    );
+    let ClaimOutcome::Acquired(grant) = first else {
+        panic!("[retries_after_a_lost_reply] a grant")
+    };
+    let other = h
+        .store
+        .claim(&id, &claim_request("w", true))
+        .await
+        .expect("claim");
+    assert!(
+        matches!(other, ClaimOutcome::Busy { .. }),
+        "[retries_after_a_lost_reply] another request id is not adopted"
+    );
+    h.store
+        .complete(&id, grant.token, &result(1))
+        .await
+        .expect("complete");
+    h.store
+        .complete(&id, grant.token, &result(1))
+        .await
+        .expect("a repeated completion succeeds");
     let refused = h.store.complete(&id, grant.token, &result(2)).await;
     assert!(
         matches!(&refused, Err(sentinel_core::Error::Rejected(r)) if r.reason == RejectReason::WrongState),
         "[retries_after_a_lost_reply] a different result is refused: {refused:?}"
     );
-    let kinds: Vec<_> = h.history(Keyspace::Execution, "k").await.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds.len(), 3, "[retries_after_a_lost_reply] claimed, completed, completion_rejected: {kinds:?}");
+    let kinds: Vec<_> = h
+        .history(Keyspace::Execution, "k")
+        .await
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds.len(),
+        3,
+        "[retries_after_a_lost_reply] claimed, completed, completion_rejected: {kinds:?}"
+    );
 
     let lease = lease_request("w");
     let first = h.store.acquire_lease(&id, &lease).await.expect("acquire");
-    assert_eq!(h.store.acquire_lease(&id, &lease).await.expect("retried acquire"), first);
-    let Acquisition::Acquired(grant) = first else { panic!("[retries_after_a_lost_reply] a lease") };
-    h.store.release_lease(&id, grant.token).await.expect("release");
+    assert_eq!(
+        h.store
+            .acquire_lease(&id, &lease)
+            .await
+            .expect("retried acquire"),
+        first
+    );
+    let Acquisition::Acquired(grant) = first else {
+        panic!("[retries_after_a_lost_reply] a lease")
+    };
+    h.store
+        .release_lease(&id, grant.token)
+        .await
+        .expect("release");
     let repeated = h.store.release_lease(&id, grant.token).await;
     assert!(
         matches!(&repeated, Err(sentinel_core::Error::Rejected(r)) if r.reason == RejectReason::NotFound),
@@ -191,7 +345,13 @@ pub async fn retries_after_a_lost_reply<F: StoreFactory>(factory: &F) {
     );
 
     let aborted = h.acquire("a", "w", true).await;
-    h.store.abort(&h.id("a"), aborted.token, Disposition::Uncertain).await.expect("abort");
-    h.store.abort(&h.id("a"), aborted.token, Disposition::Uncertain).await.expect("a repeated abort succeeds");
+    h.store
+        .abort(&h.id("a"), aborted.token, Disposition::Uncertain)
+        .await
+        .expect("abort");
+    h.store
+        .abort(&h.id("a"), aborted.token, Disposition::Uncertain)
+        .await
+        .expect("a repeated abort succeeds");
     assert_eq!(h.history(Keyspace::Execution, "a").await.len(), 2);
 }

@@ -7,7 +7,8 @@ use tokio::sync::Barrier;
 
 use sentinel_core::store::Renewal;
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Error, EventKind, ExecutionState, Keyspace, RejectReason,
+    Acquisition, ClaimOutcome, CoordinationStore, Error, EventKind, ExecutionState, Keyspace,
+    RejectReason,
 };
 
 use crate::StoreFactory;
@@ -50,25 +51,44 @@ pub async fn claim_race<F: StoreFactory>(factory: &F) {
         let id = h.id(&format!("race-{k}"));
         let answers = at_once(&h.store, CONTENDERS, |store, n| {
             let id = id.clone();
-            async move { store.claim(&id, &claim_request(&format!("w{n}"), true)).await }
+            async move {
+                store
+                    .claim(&id, &claim_request(&format!("w{n}"), true))
+                    .await
+            }
         })
         .await;
         let mut granted = Vec::new();
         for answer in &answers {
             match answer {
                 Ok(ClaimOutcome::Acquired(grant)) => granted.push(grant.token),
-                Ok(ClaimOutcome::Busy { state: ExecutionState::Executing, .. }) => {}
+                Ok(ClaimOutcome::Busy {
+                    state: ExecutionState::Executing,
+                    ..
+                }) => {}
                 other => panic!("[claim_race] key {k}: unexpected answer {other:?}"),
             }
         }
-        assert_eq!(granted.len(), 1, "[claim_race] key {k}: {} claims were granted, not one", granted.len());
+        assert_eq!(
+            granted.len(),
+            1,
+            "[claim_race] key {k}: {} claims were granted, not one",
+            granted.len()
+        );
         for answer in answers {
             if let Ok(ClaimOutcome::Busy { token, .. }) = answer {
-                assert_eq!(token, granted[0], "[claim_race] key {k}: busy answers name the winner's token");
+                assert_eq!(
+                    token, granted[0],
+                    "[claim_race] key {k}: busy answers name the winner's token"
+                );
             }
         }
         let history = h.history(Keyspace::Execution, &format!("race-{k}")).await;
-        assert_eq!(history.len(), 1, "[claim_race] key {k}: one claim, one event: {history:?}");
+        assert_eq!(
+            history.len(),
+            1,
+            "[claim_race] key {k}: one claim, one event: {history:?}"
+        );
     }
 }
 
@@ -86,30 +106,48 @@ pub async fn reconcile_vs_complete_race<F: StoreFactory>(factory: &F) {
             let id = id.clone();
             async move {
                 if n == 0 {
-                    store.complete(&id, grant.token, &result(k as u64)).await.map(|()| None)
+                    store
+                        .complete(&id, grant.token, &result(k as u64))
+                        .await
+                        .map(|()| None)
                 } else {
                     store.reconcile(&id, &owner("operator")).await.map(Some)
                 }
             }
         })
         .await;
-        let record = h.store.inspect(&id).await.expect("inspect").expect("the record exists");
+        let record = h
+            .store
+            .inspect(&id)
+            .await
+            .expect("inspect")
+            .expect("the record exists");
         match (&answers[0], &answers[1]) {
             (Ok(None), Err(Error::Rejected(r))) => {
                 wins[0] += 1;
-                assert_eq!(r.reason, RejectReason::WrongState, "[reconcile_vs_complete_race] {r}");
+                assert_eq!(
+                    r.reason,
+                    RejectReason::WrongState,
+                    "[reconcile_vs_complete_race] {r}"
+                );
                 assert_eq!(record.state, ExecutionState::Completed);
                 assert_eq!(record.result, Some(result(k as u64)));
                 assert_eq!(record.token, grant.token);
             }
             (Err(Error::Rejected(r)), Ok(Some(token))) => {
                 wins[1] += 1;
-                assert_eq!(r.reason, RejectReason::Fenced, "[reconcile_vs_complete_race] {r}");
+                assert_eq!(
+                    r.reason,
+                    RejectReason::Fenced,
+                    "[reconcile_vs_complete_race] {r}"
+                );
                 assert_eq!(record.state, ExecutionState::Reconciling);
                 assert_eq!(record.token, *token);
                 assert!(*token > grant.token);
             }
-            other => panic!("[reconcile_vs_complete_race] key {k}: not exactly one winner: {other:?}"),
+            other => {
+                panic!("[reconcile_vs_complete_race] key {k}: not exactly one winner: {other:?}")
+            }
         }
     }
     assert_eq!(wins.iter().sum::<usize>(), KEYS);
@@ -122,7 +160,11 @@ pub async fn lease_acquire_race<F: StoreFactory>(factory: &F) {
         let id = h.id(&format!("mutex-{k}"));
         let answers = at_once(&h.store, CONTENDERS, |store, n| {
             let id = id.clone();
-            async move { store.acquire_lease(&id, &lease_request(&format!("w{n}"))).await }
+            async move {
+                store
+                    .acquire_lease(&id, &lease_request(&format!("w{n}")))
+                    .await
+            }
         })
         .await;
         let holders: Vec<_> = answers
@@ -133,8 +175,18 @@ pub async fn lease_acquire_race<F: StoreFactory>(factory: &F) {
                 Err(e) => panic!("[lease_acquire_race] key {k}: {e}"),
             })
             .collect();
-        assert_eq!(holders.len(), 1, "[lease_acquire_race] key {k}: {} holders", holders.len());
-        let record = h.store.inspect_lease(&id).await.expect("inspect").expect("held");
+        assert_eq!(
+            holders.len(),
+            1,
+            "[lease_acquire_race] key {k}: {} holders",
+            holders.len()
+        );
+        let record = h
+            .store
+            .inspect_lease(&id)
+            .await
+            .expect("inspect")
+            .expect("held");
         assert_eq!(record.token, holders[0]);
     }
 }
@@ -148,7 +200,11 @@ pub async fn renewal_vs_expiry_race<F: StoreFactory>(factory: &F) {
     for k in 0..KEYS {
         let key = format!("edge-{k}");
         let grant = h.acquire(&key, "holder", false).await;
-        h.clock.set(grant.lease_expires_at.saturating_sub(Duration::from_micros(1)));
+        h.clock.set(
+            grant
+                .lease_expires_at
+                .saturating_sub(Duration::from_micros(1)),
+        );
         let id = h.id(&key);
         let clock = h.clock.clone();
         let expiry = grant.lease_expires_at;
@@ -156,19 +212,35 @@ pub async fn renewal_vs_expiry_race<F: StoreFactory>(factory: &F) {
             let (id, clock) = (id.clone(), clock.clone());
             async move {
                 if n == 0 {
-                    let renewal = Renewal { keyspace: Keyspace::Execution, id: id.clone(), token: grant.token };
-                    let mut results = store.heartbeat(&[renewal]).await.expect("heartbeat answers");
+                    let renewal = Renewal {
+                        keyspace: Keyspace::Execution,
+                        id: id.clone(),
+                        token: grant.token,
+                    };
+                    let mut results = store
+                        .heartbeat(&[renewal])
+                        .await
+                        .expect("heartbeat answers");
                     (Some(results.remove(0)), None)
                 } else {
                     clock.set(expiry);
-                    (None, Some(store.claim(&id, &claim_request("rival", true)).await))
+                    (
+                        None,
+                        Some(store.claim(&id, &claim_request("rival", true)).await),
+                    )
                 }
             }
         })
         .await;
         let mut answers = answers.into_iter();
-        let renewed = answers.next().and_then(|a| a.0).expect("the renewal's answer");
-        let rival = answers.next().and_then(|a| a.1).expect("the rival's answer");
+        let renewed = answers
+            .next()
+            .and_then(|a| a.0)
+            .expect("the renewal's answer");
+        let rival = answers
+            .next()
+            .and_then(|a| a.1)
+            .expect("the rival's answer");
         let rival_won = match &rival {
             Ok(ClaimOutcome::Acquired(g)) => {
                 assert!(g.token > grant.token);
@@ -178,7 +250,10 @@ pub async fn renewal_vs_expiry_race<F: StoreFactory>(factory: &F) {
             other => panic!("[renewal_vs_expiry_race] key {k}: rival got {other:?}"),
         };
         match &renewed {
-            Ok(_) => assert!(!rival_won, "[renewal_vs_expiry_race] key {k}: renewed and taken over at once"),
+            Ok(_) => assert!(
+                !rival_won,
+                "[renewal_vs_expiry_race] key {k}: renewed and taken over at once"
+            ),
             Err(r) => {
                 assert!(
                     matches!(r.reason, RejectReason::Expired | RejectReason::Fenced),
@@ -189,21 +264,50 @@ pub async fn renewal_vs_expiry_race<F: StoreFactory>(factory: &F) {
         seen[usize::from(rival_won)] += 1;
         // Whatever happened, the old token's authority is gone once the expiry passed unrenewed.
         if renewed.is_err() {
-            let again = Renewal { keyspace: Keyspace::Execution, id: h.id(&key), token: grant.token };
-            let results = h.store.heartbeat(&[again]).await.expect("heartbeat answers");
-            assert!(results[0].is_err(), "[renewal_vs_expiry_race] key {k}: authority revived");
+            let again = Renewal {
+                keyspace: Keyspace::Execution,
+                id: h.id(&key),
+                token: grant.token,
+            };
+            let results = h
+                .store
+                .heartbeat(&[again])
+                .await
+                .expect("heartbeat answers");
+            assert!(
+                results[0].is_err(),
+                "[renewal_vs_expiry_race] key {k}: authority revived"
+            );
         }
         // And whoever holds the key now loses it at the exact instant its lease ends.
-        let holder = h.store.inspect(&h.id(&key)).await.expect("inspect").expect("present");
+        let holder = h
+            .store
+            .inspect(&h.id(&key))
+            .await
+            .expect("inspect")
+            .expect("present");
         h.clock.set(holder.lease_expires_at);
-        let at_expiry = Renewal { keyspace: Keyspace::Execution, id: h.id(&key), token: holder.token };
-        let results = h.store.heartbeat(&[at_expiry]).await.expect("heartbeat answers");
+        let at_expiry = Renewal {
+            keyspace: Keyspace::Execution,
+            id: h.id(&key),
+            token: holder.token,
+        };
+        let results = h
+            .store
+            .heartbeat(&[at_expiry])
+            .await
+            .expect("heartbeat answers");
         assert!(
             matches!(&results[0], Err(r) if r.reason == RejectReason::Expired),
             "[renewal_vs_expiry_race] key {k}: a renewal at the expiry instant must be refused, got {:?}",
             results[0]
         );
-        let claimed = h.history(Keyspace::Execution, &key).await.iter().filter(|e| e.kind == EventKind::Claimed).count();
+        let claimed = h
+            .history(Keyspace::Execution, &key)
+            .await
+            .iter()
+            .filter(|e| e.kind == EventKind::Claimed)
+            .count();
         assert_eq!(claimed, 1 + usize::from(rival_won));
     }
     assert_eq!(seen.iter().sum::<usize>(), KEYS);

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, FencingToken, Keyspace, TimeSource, Timestamp,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, FencingToken, Keyspace, TimeSource,
+    Timestamp,
 };
 
 use crate::StoreFactory;
@@ -12,7 +13,12 @@ use crate::harness::{Harness, lease_request, owner, result};
 
 fn increasing(case: &str, tokens: &[FencingToken]) {
     for pair in tokens.windows(2) {
-        assert!(pair[0] < pair[1], "[{case}] token {} was followed by {}", pair[0], pair[1]);
+        assert!(
+            pair[0] < pair[1],
+            "[{case}] token {} was followed by {}",
+            pair[0],
+            pair[1]
+        );
     }
 }
 
@@ -27,18 +33,41 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     tokens.push(h.acquire(key, "b", true).await.token);
     // Expiry of an execution, then reconcile.
     h.advance(Duration::from_secs(2));
-    tokens.push(h.store.reconcile(&id, &owner("op")).await.expect("reconcile"));
-    h.store.reset_to_claimed(&id, &owner("op")).await.expect("reset");
+    tokens.push(
+        h.store
+            .reconcile(&id, &owner("op"))
+            .await
+            .expect("reconcile"),
+    );
+    h.store
+        .reset_to_claimed(&id, &owner("op"))
+        .await
+        .expect("reset");
     let grant = h.acquire(key, "c", true).await;
     tokens.push(grant.token);
-    h.store.abort(&id, grant.token, Disposition::NotApplied).await.expect("abort");
+    h.store
+        .abort(&id, grant.token, Disposition::NotApplied)
+        .await
+        .expect("abort");
     let grant = h.acquire(key, "d", true).await;
     tokens.push(grant.token);
-    h.store.complete(&id, grant.token, &result(1)).await.expect("complete");
+    h.store
+        .complete(&id, grant.token, &result(1))
+        .await
+        .expect("complete");
     // Purge keeps the token.
     h.advance(Duration::from_secs(10));
-    assert_eq!(h.store.purge(&h.namespace, Duration::from_secs(1), 10).await.expect("purge"), 1);
-    assert!(h.store.inspect(&id).await.expect("inspect").is_none(), "[tokens] the purged record is gone");
+    assert_eq!(
+        h.store
+            .purge(&h.namespace, Duration::from_secs(1), 10)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert!(
+        h.store.inspect(&id).await.expect("inspect").is_none(),
+        "[tokens] the purged record is gone"
+    );
     // The clock jumps back decades: the next token still comes after the purged one.
     h.clock.set(Timestamp::from_micros(1));
     tokens.push(h.acquire(key, "e", true).await.token);
@@ -48,18 +77,36 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     // standing still far in the past.
     let mut leases = Vec::new();
     for _ in 0..3 {
-        let Acquisition::Acquired(grant) = h.store.acquire_lease(&id, &lease_request("x")).await.expect("acquire") else {
+        let Acquisition::Acquired(grant) = h
+            .store
+            .acquire_lease(&id, &lease_request("x"))
+            .await
+            .expect("acquire")
+        else {
             panic!("[tokens] the lease is free")
         };
         leases.push(grant.token);
-        h.store.release_lease(&id, grant.token).await.expect("release");
+        h.store
+            .release_lease(&id, grant.token)
+            .await
+            .expect("release");
     }
-    let Acquisition::Acquired(grant) = h.store.acquire_lease(&id, &lease_request("y")).await.expect("acquire") else {
+    let Acquisition::Acquired(grant) = h
+        .store
+        .acquire_lease(&id, &lease_request("y"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[tokens] the lease is free")
     };
     leases.push(grant.token);
     h.advance(Duration::from_secs(6));
-    let Acquisition::Acquired(grant) = h.store.acquire_lease(&id, &lease_request("z")).await.expect("acquire") else {
+    let Acquisition::Acquired(grant) = h
+        .store
+        .acquire_lease(&id, &lease_request("z"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[tokens] an expired lease can be taken")
     };
     leases.push(grant.token);
@@ -71,9 +118,17 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
 pub async fn tokens_survive_restart<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "restart").await;
     let done = h.acquire("done", "a", true).await;
-    h.store.complete(&h.id("done"), done.token, &result(7)).await.expect("complete");
+    h.store
+        .complete(&h.id("done"), done.token, &result(7))
+        .await
+        .expect("complete");
     let running = h.acquire("running", "a", true).await;
-    let Acquisition::Acquired(lease) = h.store.acquire_lease(&h.id("lock"), &lease_request("a")).await.expect("acquire") else {
+    let Acquisition::Acquired(lease) = h
+        .store
+        .acquire_lease(&h.id("lock"), &lease_request("a"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[restart] the lease is free")
     };
     let before_done = h.store.inspect(&h.id("done")).await.expect("inspect");
@@ -83,25 +138,48 @@ pub async fn tokens_survive_restart<F: StoreFactory>(factory: &F) {
         .reopen(&h.store, TimeSource::Manual(h.clock.clone()))
         .await
         .unwrap_or_else(|e| panic!("[restart] the factory could not reopen the store: {e}"));
-    assert_eq!(restarted.inspect(&h.id("done")).await.expect("inspect"), before_done, "[restart] a completed record survives");
+    assert_eq!(
+        restarted.inspect(&h.id("done")).await.expect("inspect"),
+        before_done,
+        "[restart] a completed record survives"
+    );
     let history = restarted
         .history(Keyspace::Execution, &h.id("done"), &Default::default())
         .await
         .expect("history");
     assert_eq!(history, before_history, "[restart] history survives");
-    match restarted.claim(&h.id("done"), &crate::harness::claim_request("b", true)).await {
+    match restarted
+        .claim(&h.id("done"), &crate::harness::claim_request("b", true))
+        .await
+    {
         Ok(ClaimOutcome::Completed { result: r, .. }) => assert_eq!(r, result(7)),
         other => panic!("[restart] expected the cached result, got {other:?}"),
     }
-    match restarted.claim(&h.id("running"), &crate::harness::claim_request("b", true)).await {
+    match restarted
+        .claim(&h.id("running"), &crate::harness::claim_request("b", true))
+        .await
+    {
         Ok(ClaimOutcome::Busy { token, .. }) => assert_eq!(token, running.token),
         other => panic!("[restart] the live execution is still held: {other:?}"),
     }
     h.advance(Duration::from_secs(6));
-    let token = restarted.reconcile(&h.id("running"), &owner("op")).await.expect("reconcile after restart");
-    assert!(token > running.token, "[restart] tokens keep increasing after a restart");
-    let Acquisition::Acquired(next) = restarted.acquire_lease(&h.id("lock"), &lease_request("b")).await.expect("acquire") else {
+    let token = restarted
+        .reconcile(&h.id("running"), &owner("op"))
+        .await
+        .expect("reconcile after restart");
+    assert!(
+        token > running.token,
+        "[restart] tokens keep increasing after a restart"
+    );
+    let Acquisition::Acquired(next) = restarted
+        .acquire_lease(&h.id("lock"), &lease_request("b"))
+        .await
+        .expect("acquire")
+    else {
         panic!("[restart] the expired lease can be taken")
     };
-    assert!(next.token > lease.token, "[restart] lease tokens keep increasing after a restart");
+    assert!(
+        next.token > lease.token,
+        "[restart] lease tokens keep increasing after a restart"
+    );
 }
