@@ -60,7 +60,7 @@ pub use rejection::{RejectReason, Rejection};
 pub use step::{Grant, Step};
 pub use store::{
     CoordinationStore, HistoryQuery, LeaseListQuery, ListFilter, ListQuery, Page, Renewal,
-    RenewalResult,
+    RenewalResult, Wait,
 };
 pub use time::{Clock, ManualClock, SystemClock, TimeSource, Timestamp};
 pub use token::FencingToken;

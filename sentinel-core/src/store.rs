@@ -255,4 +255,34 @@ pub trait CoordinationStore: Send + Sync + fmt::Debug + 'static {
 
     /// A page of lease records.
     async fn list_leases(&self, query: &LeaseListQuery) -> Result<Page<LeaseRecord>>;
+
+    /// Waits until the execution record of `id` changes, or `timeout` passes.
+    ///
+    /// `since` is when the caller last read the record (the moment it sent the claim that found
+    /// it busy): a change strictly after `since` that happened before this call must return at
+    /// once, so no change falls between reading and waiting. Spurious early returns are allowed. This is a
+    /// notification, not a read: the caller claims again to learn the new state.
+    ///
+    /// Stores that cannot notify keep this default, which answers [`Wait::Unsupported`] at once;
+    /// the client then polls with a bounded backoff.
+    async fn wait_for_change(
+        &self,
+        id: &RecordId,
+        since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        let _ = (id, since, timeout);
+        Ok(Wait::Unsupported)
+    }
+}
+
+/// How a [`CoordinationStore::wait_for_change`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// The record changed (or may have).
+    Changed,
+    /// The timeout passed first.
+    TimedOut,
+    /// The store cannot notify; poll instead.
+    Unsupported,
 }

@@ -37,12 +37,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use sentinel_core::execution::{
     self, ClaimOutcome, ClaimRequest, Disposition, ExecutionCommand, ExecutionOutcome,
 };
 use sentinel_core::lease::{self, Acquisition, LeaseCommand, LeaseOutcome, LeaseRequest};
-use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::store::{
+    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+};
 use sentinel_core::{
     Clock, CoordinationStore, Error, Event, ExecutionRecord, ExecutionSlot, FencingToken, Key,
     Keyspace, LeaseRecord, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId, Result, Step,
@@ -75,6 +79,10 @@ struct Shard {
 struct Entry<S> {
     slot: S,
     events: Vec<Event>,
+    /// When the slot last changed, for [`CoordinationStore::wait_for_change`].
+    changed_at: Option<Instant>,
+    /// Woken on every change, while someone waits.
+    waiters: Option<Arc<Notify>>,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -183,6 +191,11 @@ impl MemoryStore {
                 entry.events.clear();
             }
             if let Some(draft) = step.event {
+                // Waiters care about transitions, not about heartbeats moving a lease.
+                entry.changed_at = Some(Instant::now());
+                if let Some(waiters) = &entry.waiters {
+                    waiters.notify_waiters();
+                }
                 let event_id = self.data.next_event_id.fetch_add(1, Ordering::Relaxed);
                 entry.events.push(draft.into_event(event_id));
             }
@@ -406,6 +419,31 @@ impl CoordinationStore for MemoryStore {
             .leases
             .get(id)
             .and_then(|e| e.slot.record.clone()))
+    }
+
+    async fn wait_for_change(
+        &self,
+        id: &RecordId,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        let notify;
+        let notified = {
+            let mut shard = self.shard(id);
+            let entry = shard.executions.entry(id.clone()).or_default();
+            if entry.changed_at.is_some_and(|at| at > since) {
+                return Ok(Wait::Changed);
+            }
+            notify = Arc::clone(entry.waiters.get_or_insert_with(Default::default));
+            let mut notified = Box::pin(notify.notified());
+            // Registered before the lock is released, so no change can slip in between.
+            notified.as_mut().enable();
+            notified
+        };
+        Ok(match tokio::time::timeout(timeout, notified).await {
+            Ok(()) => Wait::Changed,
+            Err(_) => Wait::TimedOut,
+        })
     }
 
     async fn list_leases(&self, query: &LeaseListQuery) -> Result<Page<LeaseRecord>> {

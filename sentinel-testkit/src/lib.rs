@@ -12,7 +12,9 @@
 //! - tokens across expiry, reconcile, purge, release and a restart of the store;
 //! - the store's own clock in real time; awkward keys and namespaces; invalid input;
 //! - the event log; listing, purging, heartbeat batches, retries after a lost reply;
-//! - the `Sentinel` client on top: 16 concurrent `once` callers, a lease renewed past its ttl.
+//! - the `Sentinel` client on top: 16 concurrent `once` callers, a lease renewed past its ttl;
+//! - payload fingerprints, 50 callers waiting for one slow executor (store calls counted), and
+//!   two-phase execution.
 //!
 //! # Testing your own store
 //!
@@ -53,6 +55,7 @@
 //! ```
 
 pub mod cases;
+mod counted;
 mod harness;
 pub mod servers;
 
@@ -63,6 +66,7 @@ use async_trait::async_trait;
 use sentinel_core::{CoordinationStore, Result, TimeSource};
 use sentinel_memory::MemoryStore;
 
+pub use counted::Counted;
 pub use harness::{Harness, unique_namespace};
 
 /// Builds the stores the suite runs against. Implement it for your store.
@@ -125,7 +129,10 @@ macro_rules! __with_cases {
             heartbeat_batch,
             retries_after_a_lost_reply,
             once_with_concurrent_callers,
-            lease_renews_under_heartbeat
+            lease_renews_under_heartbeat,
+            fingerprints_guard_the_key,
+            waiting_for_a_result,
+            two_phase_execution
         }
     };
 }
@@ -194,7 +201,11 @@ impl Report {
 
     /// The names of the failed cases.
     pub fn failed(&self) -> Vec<&'static str> {
-        self.results.iter().filter(|(_, r)| r.is_err()).map(|(n, _)| *n).collect()
+        self.results
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(n, _)| *n)
+            .collect()
     }
 }
 
@@ -224,11 +235,13 @@ pub async fn run<F: StoreFactory>(factory: F, names: &[&str]) -> Report {
     let mut report = Report::default();
     for name in names {
         let Some(index) = table.iter().position(|(n, _)| n == name) else {
-            report.results.push(("unknown case", Err(format!("no case is named {name:?}"))));
+            report
+                .results
+                .push(("unknown case", Err(format!("no case is named {name:?}"))));
             continue;
         };
         let (name, case) = table.swap_remove(index);
-        let outcome = tokio::spawn(case()).await.map_err(|e| panic_text(e));
+        let outcome = tokio::spawn(case()).await.map_err(panic_text);
         report.results.push((name, outcome));
     }
     report
@@ -257,6 +270,6 @@ mod tests {
         let names = case_names();
         let unique: std::collections::BTreeSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
-        assert!(names.len() >= 19);
+        assert!(names.len() >= 22);
     }
 }

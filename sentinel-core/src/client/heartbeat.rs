@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::authority::{Authority, AuthorityCell, LostReason};
+use super::observe::{Telemetry, TransitionKind};
 use crate::store::{CoordinationStore, Renewal};
 use crate::ttl::Ttl;
 
@@ -24,6 +25,7 @@ pub(crate) struct Heartbeat {
 #[derive(Debug)]
 struct Shared {
     store: Arc<dyn CoordinationStore>,
+    telemetry: Telemetry,
     held: Mutex<Registry>,
     wake: Notify,
     closed: AtomicBool,
@@ -61,17 +63,20 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(held) = self.shared.registry().entries.remove(&self.id) {
+        let removed = self.shared.registry().entries.remove(&self.id);
+        if let Some(held) = removed {
             held.cell.lose(LostReason::Released);
+            self.shared.telemetry.held(held.renewal.keyspace, -1.0);
         }
     }
 }
 
 impl Heartbeat {
-    pub(crate) fn new(store: Arc<dyn CoordinationStore>) -> Self {
+    pub(crate) fn new(store: Arc<dyn CoordinationStore>, telemetry: Telemetry) -> Self {
         Heartbeat {
             shared: Arc::new(Shared {
                 store,
+                telemetry,
                 held: Mutex::new(Registry::default()),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -98,6 +103,7 @@ impl Heartbeat {
             cell,
         };
         let first_due = sent + held.period();
+        self.shared.telemetry.held(held.renewal.keyspace, 1.0);
         let id = {
             let mut registry = self.shared.registry();
             let id = registry.next_id;
@@ -159,6 +165,26 @@ impl Shared {
             .min()
     }
 
+    /// Signals that `held` lost its authority; the caller removes it from the registry.
+    fn lose(&self, held: &Held, reason: LostReason) {
+        let renewal = &held.renewal;
+        tracing::warn!(
+            keyspace = %renewal.keyspace,
+            id = %renewal.id,
+            token = %renewal.token,
+            %reason,
+            "authority lost"
+        );
+        held.cell.lose(reason);
+        self.telemetry.held(renewal.keyspace, -1.0);
+        self.telemetry.transition(
+            renewal.keyspace,
+            Some(&renewal.id),
+            TransitionKind::AuthorityLost,
+            Some(renewal.token),
+        );
+    }
+
     /// Drops what has lost authority, then renews everything due soon in one store call.
     async fn tick(&self) {
         let now = Instant::now();
@@ -166,26 +192,16 @@ impl Shared {
             let mut registry = self.registry();
             registry.entries.retain(|_, held| {
                 let state = held.cell.state();
-                if state.lost.is_some() {
-                    return false;
+                if now < state.deadline && state.lost.is_none() {
+                    return true;
                 }
-                if now >= state.deadline {
-                    let reason = if state.deadline >= state.hard_deadline {
-                        LostReason::HardTtl
-                    } else {
-                        LostReason::Expired
-                    };
-                    tracing::warn!(
-                        keyspace = %held.renewal.keyspace,
-                        id = %held.renewal.id,
-                        token = %held.renewal.token,
-                        %reason,
-                        "authority lost"
-                    );
-                    held.cell.lose(reason);
-                    return false;
-                }
-                true
+                let reason = if state.deadline >= state.hard_deadline {
+                    LostReason::HardTtl
+                } else {
+                    LostReason::Expired
+                };
+                self.lose(held, reason);
+                false
             });
             registry
                 .entries
@@ -221,7 +237,7 @@ impl Shared {
         let mut registry = self.registry();
         match answer {
             Ok(Ok(results)) if results.len() == batch.len() => {
-                for ((id, renewal, ttl), result) in batch.into_iter().zip(results) {
+                for ((id, _, ttl), result) in batch.into_iter().zip(results) {
                     let Some(held) = registry.entries.get_mut(&id) else {
                         continue;
                     };
@@ -231,20 +247,15 @@ impl Shared {
                             held.due = sent + held.period();
                         }
                         Err(rejection) => {
-                            tracing::warn!(
-                                keyspace = %renewal.keyspace,
-                                id = %renewal.id,
-                                token = %renewal.token,
-                                %rejection,
-                                "renewal refused: authority lost"
-                            );
-                            held.cell.lose(LostReason::Rejected(rejection));
-                            registry.entries.remove(&id);
+                            if let Some(held) = registry.entries.remove(&id) {
+                                self.lose(&held, LostReason::Rejected(rejection));
+                            }
                         }
                     }
                 }
             }
             failed => {
+                self.telemetry.heartbeat_failed();
                 match failed {
                     Ok(Ok(results)) => tracing::warn!(
                         sent = batch.len(),

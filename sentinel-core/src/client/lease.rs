@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
 use super::heartbeat::Registration;
+use super::observe::TransitionKind;
 use crate::error::{Error, Result};
 use crate::key::{Keyspace, RecordId};
 use crate::lease::{Acquisition, LeaseRequest};
@@ -133,7 +134,7 @@ impl LeaseGuard {
         let token = self.authority.token();
         let store = &self.sentinel.inner.store;
         let id = &self.id;
-        match self
+        let released = match self
             .sentinel
             .call("release", || store.release_lease(id, token))
             .await
@@ -141,7 +142,16 @@ impl LeaseGuard {
             // Already free: an earlier attempt of this release was applied.
             Err(Error::Rejected(r)) if r.reason == RejectReason::NotFound => Ok(()),
             other => other,
+        };
+        if released.is_ok() {
+            self.sentinel.inner.telemetry.transition(
+                Keyspace::Lease,
+                Some(id),
+                TransitionKind::LeaseReleased,
+                Some(token),
+            );
         }
+        released
     }
 }
 
@@ -199,6 +209,13 @@ impl Sentinel {
         let acquired = self
             .call("acquire", || store.acquire_lease(&id, &request))
             .await?;
+        let (kind, token) = match &acquired {
+            Acquisition::Acquired(grant) => (TransitionKind::LeaseAcquired, grant.token),
+            Acquisition::Held { token, .. } => (TransitionKind::LeaseHeld, *token),
+        };
+        self.inner
+            .telemetry
+            .transition(Keyspace::Lease, Some(&id), kind, Some(token));
         Ok(match acquired {
             Acquisition::Acquired(grant) => {
                 let renewal = Renewal {

@@ -4,20 +4,24 @@ mod authority;
 mod failure;
 mod heartbeat;
 mod lease;
+mod observe;
 mod once;
 mod reconcile;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub use authority::{Authority, LostReason};
 pub use failure::Failure;
 pub use lease::{LeaseAttempt, LeaseGuard, LeaseOptions, Leased};
-pub use once::{ExecutionContext, Once, OnceOptions};
+pub use observe::{Observer, Transition, TransitionKind};
+pub use once::{ExecutionContext, Once, OnceOptions, Preparation};
 
 use heartbeat::Heartbeat;
+use observe::Telemetry;
 
 use crate::error::{Error, InvalidInput, Result};
 use crate::key::{Key, Namespace, RecordId};
@@ -58,6 +62,9 @@ struct Inner {
     backoff: Duration,
     call_timeout: Duration,
     heartbeat: Heartbeat,
+    telemetry: Telemetry,
+    retention: Option<Duration>,
+    retention_started: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -90,6 +97,14 @@ pub struct SentinelBuilder {
     attempts: u32,
     backoff: Duration,
     call_timeout: Duration,
+    observer: Option<Arc<dyn Observer>>,
+    retention: Option<Duration>,
+}
+
+impl fmt::Debug for dyn Observer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 impl SentinelBuilder {
@@ -139,6 +154,21 @@ impl SentinelBuilder {
         self
     }
 
+    /// Calls `observer` for every transition the client causes or observes.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Keeps completed records for `retention`, then purges them: once the client is in use, a
+    /// background task removes completed records older than `retention` from the namespace, in
+    /// bounded batches, every quarter of `retention` (at most hourly, at least every second).
+    /// Uncertain and reconciling records are never purged. Off by default.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
     /// Checks the settings and builds the client.
     pub fn build(self) -> Result<Sentinel> {
         let namespace = Namespace::new(self.namespace)?;
@@ -150,7 +180,8 @@ impl SentinelBuilder {
             }
             .into());
         }
-        let heartbeat = Heartbeat::new(Arc::clone(&self.store));
+        let telemetry = Telemetry::new(self.observer);
+        let heartbeat = Heartbeat::new(Arc::clone(&self.store), telemetry.clone());
         Ok(Sentinel {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -162,6 +193,9 @@ impl SentinelBuilder {
                 backoff: self.backoff,
                 call_timeout: self.call_timeout,
                 heartbeat,
+                telemetry,
+                retention: self.retention,
+                retention_started: AtomicBool::new(false),
             }),
         })
     }
@@ -199,6 +233,8 @@ impl Sentinel {
             attempts: 3,
             backoff: Duration::from_millis(50),
             call_timeout: Duration::from_secs(5),
+            observer: None,
+            retention: None,
         }
     }
 
@@ -243,6 +279,22 @@ impl Sentinel {
         Ok(())
     }
 
+    /// Starts the retention task once, if retention is configured and a runtime is running.
+    fn ensure_retention(&self) {
+        let Some(retention) = self.inner.retention else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.retention_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(retain(weak, retention, every));
+    }
+
     /// Runs one store call with the client's timeout, trying again on transient failures.
     async fn call<T, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T>
     where
@@ -252,6 +304,7 @@ impl Sentinel {
         let mut pause = self.inner.backoff;
         let mut tries = 1;
         loop {
+            let started = tokio::time::Instant::now();
             let answer = tokio::time::timeout(self.inner.call_timeout, attempt())
                 .await
                 .unwrap_or_else(|_| {
@@ -261,6 +314,11 @@ impl Sentinel {
                         after: self.inner.call_timeout,
                     })
                 });
+            self.inner.telemetry.store_call(
+                operation,
+                started.elapsed(),
+                answer.as_ref().map(drop),
+            );
             match answer {
                 Err(error) if error.is_transient() && tries < self.inner.attempts => {
                     tracing::warn!(%error, operation, tries, "store call failed; trying again");
@@ -270,6 +328,24 @@ impl Sentinel {
                 }
                 answer => return answer,
             }
+        }
+    }
+}
+
+/// Purges completed records older than `retention` every `every`, until the client is dropped.
+async fn retain(client: Weak<Inner>, retention: Duration, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = client.upgrade() else {
+            return;
+        };
+        let sentinel = Sentinel { inner };
+        match sentinel.purge(retention).await {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(count, namespace = %sentinel.namespace(), "retention purged completed records")
+            }
+            Err(error) => tracing::warn!(%error, "retention purge failed; trying again later"),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,12 +18,13 @@ use tracing::Instrument;
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
 use super::failure::Failure;
+use super::observe::TransitionKind;
 use crate::error::{Error, InvalidInput, Result};
 use crate::execution::{ClaimOutcome, ClaimRequest, Disposition, ExecutionState, Fingerprint};
 use crate::key::{Key, Keyspace, Namespace, RecordId};
 use crate::owner::{OwnerId, RequestId};
 use crate::step::Grant;
-use crate::store::{CoordinationStore, Renewal};
+use crate::store::{CoordinationStore, Renewal, Wait};
 use crate::time::Timestamp;
 use crate::token::FencingToken;
 use crate::ttl::Ttl;
@@ -33,6 +35,7 @@ pub struct OnceOptions {
     ttl: Option<Duration>,
     hard_ttl: Option<Duration>,
     fingerprint: Option<String>,
+    wait: Option<Duration>,
 }
 
 impl OnceOptions {
@@ -57,6 +60,15 @@ impl OnceOptions {
     /// refused instead of replaying another request's result.
     pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
         self.fingerprint = Some(fingerprint.into());
+        self
+    }
+
+    /// When another worker is executing the key, wait up to `timeout` for it to finish and return
+    /// its result (or the uncertain state, if it dies meanwhile) instead of
+    /// [`Once::InProgress`] at once. Stores that notify (memory, PostgreSQL `LISTEN`, Redis
+    /// pub/sub) wake the waiter on the change; others are polled with a bounded backoff.
+    pub fn wait(mut self, timeout: Duration) -> Self {
+        self.wait = Some(timeout);
         self
     }
 }
@@ -160,12 +172,15 @@ pub enum Once<T> {
         /// The token it ran under.
         token: FencingToken,
     },
-    /// The work panicked. The execution is uncertain.
+    /// The work panicked. The execution is uncertain, unless the work had not crossed the
+    /// side-effect boundary of a two-phase `once`.
     Panicked {
         /// The panic message.
         message: String,
         /// The token it ran under.
         token: FencingToken,
+        /// Whether anything may have been applied.
+        disposition: Disposition,
     },
     /// The work returned a value but its completion could not be recorded (fenced by a
     /// reconciliation, store unreachable, result too large). The side effect happened; the record
@@ -201,7 +216,8 @@ impl<T> Once<T> {
     /// an uncertain failure, a panic, or a completion that could not be recorded.
     pub fn is_uncertain(&self) -> bool {
         match self {
-            Once::Uncertain { .. } | Once::Panicked { .. } | Once::CompletionFailed { .. } => true,
+            Once::Uncertain { .. } | Once::CompletionFailed { .. } => true,
+            Once::Panicked { disposition, .. } => *disposition == Disposition::Uncertain,
             Once::Failed { failure, .. } => !failure.is_not_applied(),
             _ => false,
         }
@@ -213,7 +229,11 @@ impl<T> Once<T> {
         match self {
             Once::Executed { .. } | Once::Cached { .. } => Some(ExecutionState::Completed),
             Once::InProgress { state, .. } => Some(*state),
-            Once::Uncertain { .. } | Once::Panicked { .. } => Some(ExecutionState::Executing),
+            Once::Uncertain { .. } => Some(ExecutionState::Executing),
+            Once::Panicked { disposition, .. } => Some(match disposition {
+                Disposition::NotApplied => ExecutionState::Claimed,
+                Disposition::Uncertain => ExecutionState::Executing,
+            }),
             Once::Reconciling { .. } => Some(ExecutionState::Reconciling),
             Once::Failed { failure, .. } => Some(match failure.disposition() {
                 Disposition::NotApplied => ExecutionState::Claimed,
@@ -313,7 +333,7 @@ impl Sentinel {
         self.once_with(key, &OnceOptions::default(), work).await
     }
 
-    /// [`Sentinel::once`] with per-call options (ttl, hard ttl, fingerprint).
+    /// [`Sentinel::once`] with per-call options (ttl, hard ttl, fingerprint, waiting).
     pub async fn once_with<T, F, Fut>(
         &self,
         key: &str,
@@ -323,6 +343,67 @@ impl Sentinel {
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce(ExecutionContext) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        self.run_once(key, options, true, |ctx, _| work(ctx)).await
+    }
+
+    /// Two-phase `once`: the work starts under `claimed`, where it prepares (validates, reads,
+    /// builds the request) with nothing applied yet, and crosses into `executing` explicitly with
+    /// [`Preparation::begin`] right before its side effect.
+    ///
+    /// Failing, panicking or being cancelled before `begin` leaves the key claimable again at
+    /// once — never uncertain — whatever the error says. After `begin`, the rules of
+    /// [`Sentinel::once`] apply. The crossing costs one more round trip, paid only here.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use sentinel_core::{Failure, Once, OnceOptions, Sentinel};
+    /// let sentinel = Sentinel::builder(sentinel_memory::MemoryStore::new()).build()?;
+    ///
+    /// let outcome: Once<String> = sentinel
+    ///     .once_prepared("refund-3", &OnceOptions::new(), |prep| async move {
+    ///         let amount: u64 = "1250".parse()?; // an error here: nothing applied, safe to retry
+    ///         let ctx = prep.begin().await?;       // the side-effect boundary
+    ///         Ok(format!("refunded {amount} under token {}", ctx.token()))
+    ///     })
+    ///     .await?;
+    /// assert!(outcome.is_executed());
+    /// # Ok::<(), sentinel_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn once_prepared<T, F, Fut>(
+        &self,
+        key: &str,
+        options: &OnceOptions,
+        work: F,
+    ) -> Result<Once<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(Preparation) -> Fut,
+        Fut: Future<Output = std::result::Result<T, Failure>>,
+    {
+        let sentinel = self.clone();
+        self.run_once(key, options, false, move |ctx, boundary| {
+            work(Preparation {
+                ctx,
+                boundary,
+                sentinel,
+            })
+        })
+        .await
+    }
+
+    async fn run_once<T, F, Fut>(
+        &self,
+        key: &str,
+        options: &OnceOptions,
+        start: bool,
+        work: F,
+    ) -> Result<Once<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce(ExecutionContext, Boundary) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
         let id = self.record_id(key)?;
@@ -335,7 +416,7 @@ impl Sentinel {
         let request = ClaimRequest {
             owner: self.inner.owner.clone(),
             ttl,
-            start: true,
+            start,
             request_id: RequestId::random(),
             fingerprint,
         };
@@ -346,62 +427,114 @@ impl Sentinel {
             token = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        self.claim_and_run(id, request, work).instrument(span).await
-    }
-
-    async fn claim_and_run<T, F, Fut>(
-        &self,
-        id: RecordId,
-        request: ClaimRequest,
-        work: F,
-    ) -> Result<Once<T>>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnOnce(ExecutionContext) -> Fut,
-        Fut: Future<Output = std::result::Result<T, Failure>>,
-    {
-        // Measured before the first attempt: a retried claim may adopt the grant of an earlier
-        // attempt, whose lease started no earlier than this.
-        let sent = Instant::now();
-        let store = &self.inner.store;
-        let claimed = self.call("claim", || store.claim(&id, &request)).await?;
-        let span = tracing::Span::current();
-        let outcome = match claimed {
-            ClaimOutcome::Acquired(grant) => {
-                span.record("token", grant.token.get());
-                self.execute(id, grant, request.ttl, sent, work).await
-            }
-            ClaimOutcome::Completed { token, result } => Once::Cached {
-                value: serde_json::from_value(result).map_err(Error::ResultDecode)?,
-                token,
-            },
-            ClaimOutcome::Busy {
-                state,
-                owner,
-                token,
-                lease_expires_at,
-            } => Once::InProgress {
-                state,
-                owner,
-                token,
-                lease_expires_at,
-            },
-            ClaimOutcome::Uncertain {
-                owner,
-                token,
-                expired_at,
-            } => {
-                tracing::warn!(%owner, %token, %expired_at, "execution is uncertain: reconcile it");
-                Once::Uncertain {
+        self.ensure_retention();
+        async {
+            let (claimed, sent) = self.claim_waiting(&id, &request, options.wait).await?;
+            let span = tracing::Span::current();
+            let telemetry = &self.inner.telemetry;
+            let observed = |kind, token| telemetry.transition(Keyspace::Execution, Some(&id), kind, Some(token));
+            let outcome = match claimed {
+                ClaimOutcome::Acquired(grant) => {
+                    span.record("token", grant.token.get());
+                    observed(TransitionKind::Claimed, grant.token);
+                    self.execute(id.clone(), grant, ttl, sent, Boundary::new(start), work).await
+                }
+                ClaimOutcome::Completed { token, result } => {
+                    observed(TransitionKind::Cached, token);
+                    Once::Cached {
+                        value: serde_json::from_value(result).map_err(Error::ResultDecode)?,
+                        token,
+                    }
+                }
+                ClaimOutcome::Busy {
+                    state,
+                    owner,
+                    token,
+                    lease_expires_at,
+                } => {
+                    observed(TransitionKind::Busy, token);
+                    Once::InProgress {
+                        state,
+                        owner,
+                        token,
+                        lease_expires_at,
+                    }
+                }
+                ClaimOutcome::Uncertain {
                     owner,
                     token,
                     expired_at,
+                } => {
+                    observed(TransitionKind::Uncertain, token);
+                    tracing::warn!(%owner, %token, %expired_at, "execution is uncertain: reconcile it");
+                    Once::Uncertain {
+                        owner,
+                        token,
+                        expired_at,
+                    }
+                }
+                ClaimOutcome::Reconciling { owner, token } => {
+                    observed(TransitionKind::Reconciling, token);
+                    Once::Reconciling { owner, token }
+                }
+            };
+            span.record("outcome", outcome.kind());
+            telemetry.once_outcome(outcome.kind(), outcome.is_uncertain());
+            Ok(outcome)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Claims, and while the key is busy and the caller asked to wait, waits for it to change and
+    /// claims again. Returns the last answer and when its request was sent.
+    async fn claim_waiting(
+        &self,
+        id: &RecordId,
+        request: &ClaimRequest,
+        wait: Option<Duration>,
+    ) -> Result<(ClaimOutcome, Instant)> {
+        let store = &self.inner.store;
+        // Measured before the first attempt: a retried claim may adopt the grant of an earlier
+        // attempt, whose lease started no earlier than this.
+        let mut sent = Instant::now();
+        let mut claimed = self.call("claim", || store.claim(id, request)).await?;
+        let Some(wait) = wait else {
+            return Ok((claimed, sent));
+        };
+        let deadline = sent + wait;
+        let mut pause = POLL_START;
+        let mut poll = false;
+        while let ClaimOutcome::Busy { token, .. } = claimed {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let remaining = deadline - now;
+            if poll {
+                tokio::time::sleep(pause.min(remaining)).await;
+                pause = (pause * 2).min(POLL_MAX);
+            } else {
+                match store
+                    .wait_for_change(id, sent, remaining.min(NOTIFIED_RECHECK))
+                    .await?
+                {
+                    Wait::Changed | Wait::TimedOut => {}
+                    Wait::Unsupported => poll = true,
                 }
             }
-            ClaimOutcome::Reconciling { owner, token } => Once::Reconciling { owner, token },
-        };
-        span.record("outcome", outcome.kind());
-        Ok(outcome)
+            let waited = now.elapsed();
+            sent = Instant::now();
+            claimed = self.call("claim", || store.claim(id, request)).await?;
+            // A store that keeps waking us at once with nothing changed is polled instead.
+            if !poll
+                && waited < POLL_START
+                && matches!(&claimed, ClaimOutcome::Busy { token: again, .. } if *again == token)
+            {
+                poll = true;
+            }
+        }
+        Ok((claimed, sent))
     }
 
     async fn execute<T, F, Fut>(
@@ -410,11 +543,12 @@ impl Sentinel {
         grant: Grant,
         ttl: Ttl,
         sent: Instant,
+        boundary: Boundary,
         work: F,
     ) -> Once<T>
     where
         T: Serialize,
-        F: FnOnce(ExecutionContext) -> Fut,
+        F: FnOnce(ExecutionContext, Boundary) -> Fut,
         Fut: Future<Output = std::result::Result<T, Failure>>,
     {
         let token = grant.token;
@@ -428,46 +562,47 @@ impl Sentinel {
             store: Arc::clone(&self.inner.store),
             id: Some(id.clone()),
             token,
+            boundary: boundary.clone(),
         };
         let ctx = ExecutionContext {
             id: id.clone(),
             authority,
         };
-        let ran = match std::panic::catch_unwind(AssertUnwindSafe(|| work(ctx))) {
+        let ran = match std::panic::catch_unwind(AssertUnwindSafe(|| work(ctx, boundary.clone()))) {
             Ok(future) => CatchUnwind(Box::pin(future)).await,
             Err(payload) => Err(payload),
         };
         // The work is over: stop renewing before recording the outcome.
         drop(registration);
         in_flight.disarm();
-        let store = &self.inner.store;
+        // Before the side-effect boundary nothing was applied, whatever the work says.
+        let disposition = boundary.disposition();
         match ran {
-            Ok(Ok(value)) => match self.result_json(&value) {
+            Ok(Ok(value)) => match self.record_completion(&id, token, &boundary, &value).await {
+                Ok(()) => Once::Executed { value, token },
                 Err(error) => {
-                    self.give_up(&id, token, Disposition::Uncertain).await;
-                    tracing::warn!(%error, "result not recorded: execution left uncertain");
+                    self.give_up(&id, token, boundary.disposition()).await;
+                    self.inner.telemetry.transition(
+                        Keyspace::Execution,
+                        Some(&id),
+                        TransitionKind::CompletionFailed,
+                        Some(token),
+                    );
+                    tracing::warn!(%error, "completion not recorded: execution uncertain");
                     Once::CompletionFailed {
                         value,
                         token,
                         error,
                     }
                 }
-                Ok(json) => match self
-                    .call("complete", || store.complete(&id, token, &json))
-                    .await
-                {
-                    Ok(()) => Once::Executed { value, token },
-                    Err(error) => {
-                        tracing::warn!(%error, "completion not recorded: execution uncertain");
-                        Once::CompletionFailed {
-                            value,
-                            token,
-                            error,
-                        }
-                    }
-                },
             },
             Ok(Err(failure)) => {
+                let failure = match disposition {
+                    Disposition::NotApplied if !failure.is_not_applied() => {
+                        Failure::not_applied(failure.into_error())
+                    }
+                    _ => failure,
+                };
                 self.give_up(&id, token, failure.disposition()).await;
                 if !failure.is_not_applied() {
                     tracing::warn!(%failure, "work failed: execution left uncertain");
@@ -476,39 +611,153 @@ impl Sentinel {
             }
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
-                self.give_up(&id, token, Disposition::Uncertain).await;
-                tracing::error!(panic = %message, "work panicked: execution left uncertain");
-                Once::Panicked { message, token }
+                self.give_up(&id, token, disposition).await;
+                tracing::error!(panic = %message, "work panicked");
+                Once::Panicked {
+                    message,
+                    token,
+                    disposition,
+                }
             }
         }
     }
 
-    fn result_json<T: Serialize>(&self, value: &T) -> Result<serde_json::Value> {
+    /// Records the work's value: crosses the boundary first if the work never did, then
+    /// completes. A result that cannot be recorded is an error, never a panic.
+    async fn record_completion<T: Serialize>(
+        &self,
+        id: &RecordId,
+        token: FencingToken,
+        boundary: &Boundary,
+        value: &T,
+    ) -> Result<()> {
         let json =
             serde_json::to_value(value).map_err(|e| InvalidInput::ResultNotJson(e.to_string()))?;
         self.check_result_size(&json)?;
-        Ok(json)
+        let store = &self.inner.store;
+        if !boundary.crossed() {
+            self.call("start", || store.start(id, token)).await?;
+            boundary.cross();
+        }
+        self.call("complete", || store.complete(id, token, &json))
+            .await?;
+        self.inner.telemetry.transition(
+            Keyspace::Execution,
+            Some(id),
+            TransitionKind::Completed,
+            Some(token),
+        );
+        Ok(())
     }
 
-    /// Aborts an execution; a failure is logged, since the record becomes uncertain on its own
-    /// once the lease expires.
+    /// Aborts an execution; a failure is logged, since the record becomes uncertain (or, before
+    /// the boundary, claimable) on its own once the lease expires.
     async fn give_up(&self, id: &RecordId, token: FencingToken, disposition: Disposition) {
         let store = &self.inner.store;
-        if let Err(error) = self
+        match self
             .call("abort", || store.abort(id, token, disposition))
             .await
         {
-            tracing::warn!(%error, disposition = disposition.as_str(), "abort not recorded");
+            Ok(()) => self.inner.telemetry.transition(
+                Keyspace::Execution,
+                Some(id),
+                TransitionKind::Aborted(disposition),
+                Some(token),
+            ),
+            Err(error) => {
+                tracing::warn!(%error, disposition = disposition.as_str(), "abort not recorded")
+            }
         }
     }
 }
 
+/// The first pause between claims when the store cannot notify.
+const POLL_START: Duration = Duration::from_millis(20);
+/// The longest pause between claims when the store cannot notify.
+const POLL_MAX: Duration = Duration::from_secs(1);
+/// How long a waiter trusts notifications before claiming again anyway: a worker that dies
+/// writes nothing, so its expiry is only seen by claiming.
+const NOTIFIED_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether the work has crossed the side-effect boundary (always, for plain `once`).
+#[derive(Clone, Debug)]
+pub(crate) struct Boundary(Arc<AtomicBool>);
+
+impl Boundary {
+    fn new(crossed: bool) -> Self {
+        Boundary(Arc::new(AtomicBool::new(crossed)))
+    }
+
+    fn crossed(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn cross(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// What giving up now means: before the boundary nothing was applied.
+    fn disposition(&self) -> Disposition {
+        if self.crossed() {
+            Disposition::Uncertain
+        } else {
+            Disposition::NotApplied
+        }
+    }
+}
+
+/// What the work of [`Sentinel::once_prepared`] gets: a claimed, not yet started execution.
+/// Prepare freely, then call [`Preparation::begin`] right before the side effect.
+#[derive(Debug)]
+pub struct Preparation {
+    ctx: ExecutionContext,
+    boundary: Boundary,
+    sentinel: Sentinel,
+}
+
+impl Preparation {
+    /// The key being executed.
+    pub fn key(&self) -> &Key {
+        self.ctx.key()
+    }
+
+    /// The fencing token of this claim.
+    pub fn token(&self) -> FencingToken {
+        self.ctx.token()
+    }
+
+    /// True while the claim still holds.
+    pub fn is_authoritative(&self) -> bool {
+        self.ctx.is_authoritative()
+    }
+
+    /// Crosses into `executing` (one store round trip): from here on a failure is uncertain
+    /// unless said otherwise. Refused if the claim was lost meanwhile.
+    pub async fn begin(self) -> Result<ExecutionContext> {
+        let store = &self.sentinel.inner.store;
+        let (id, token) = (&self.ctx.id, self.ctx.token());
+        self.sentinel
+            .call("start", || store.start(id, token))
+            .await?;
+        self.boundary.cross();
+        self.sentinel.inner.telemetry.transition(
+            Keyspace::Execution,
+            Some(id),
+            TransitionKind::Started,
+            Some(token),
+        );
+        Ok(self.ctx)
+    }
+}
+
 /// Guards an execution whose work is running: if the `once` future is dropped before the work
-/// finishes, the execution is marked uncertain (its side effects may be half done).
+/// finishes, the execution is given up — as uncertain after the side-effect boundary (its effects
+/// may be half done), as not applied before it.
 struct InFlight {
     store: Arc<dyn CoordinationStore>,
     id: Option<RecordId>,
     token: FencingToken,
+    boundary: Boundary,
 }
 
 impl InFlight {
@@ -522,13 +771,14 @@ impl Drop for InFlight {
         let Some(id) = self.id.take() else {
             return;
         };
-        tracing::warn!(%id, token = %self.token, "once() dropped while its work ran: execution left uncertain");
+        let disposition = self.boundary.disposition();
+        tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while its work ran");
         // Best effort: without a runtime the lease simply expires, with the same result.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = Arc::clone(&self.store);
             let token = self.token;
             runtime.spawn(async move {
-                if let Err(error) = store.abort(&id, token, Disposition::Uncertain).await {
+                if let Err(error) = store.abort(&id, token, disposition).await {
                     tracing::warn!(%error, %id, "abort after cancellation not recorded");
                 }
             });

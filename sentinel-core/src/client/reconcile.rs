@@ -5,10 +5,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Sentinel;
+use super::observe::TransitionKind;
 use crate::error::{InvalidInput, Result};
 use crate::event::Event;
 use crate::execution::ExecutionRecord;
-use crate::key::{Key, Keyspace};
+use crate::key::{Key, Keyspace, RecordId};
 use crate::lease::LeaseRecord;
 use crate::store::{HistoryQuery, LeaseListQuery, ListFilter, ListQuery, Page};
 use crate::token::FencingToken;
@@ -17,6 +18,12 @@ use crate::token::FencingToken;
 const PURGE_BATCH: u32 = 500;
 
 impl Sentinel {
+    fn observed(&self, id: &RecordId, kind: TransitionKind, token: Option<FencingToken>) {
+        self.inner
+            .telemetry
+            .transition(Keyspace::Execution, Some(id), kind, token);
+    }
+
     /// The execution record of `key`, if any.
     pub async fn inspect(&self, key: &str) -> Result<Option<ExecutionRecord>> {
         let id = self.record_id(key)?;
@@ -63,6 +70,7 @@ impl Sentinel {
             .call("reconcile", || store.reconcile(&id, owner))
             .await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, %token, "reconciling");
+        self.observed(&id, TransitionKind::Reconciled, Some(token));
         Ok(token)
     }
 
@@ -78,6 +86,7 @@ impl Sentinel {
         self.call("force_complete", || store.force_complete(&id, owner, &json))
             .await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "force-completed");
+        self.observed(&id, TransitionKind::ForceCompleted, None);
         Ok(())
     }
 
@@ -89,6 +98,7 @@ impl Sentinel {
         self.call("reset_to_claimed", || store.reset_to_claimed(&id, owner))
             .await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "reset to claimed");
+        self.observed(&id, TransitionKind::Reset, None);
         Ok(())
     }
 
@@ -144,6 +154,14 @@ impl Sentinel {
                 .await?;
             total += removed;
             if removed < u64::from(PURGE_BATCH) {
+                if total > 0 {
+                    self.inner.telemetry.transition(
+                        Keyspace::Execution,
+                        None,
+                        TransitionKind::Purged { count: total },
+                        None,
+                    );
+                }
                 return Ok(total);
             }
         }

@@ -3,14 +3,16 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::store::{
+    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+};
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
     ExecutionRecord, FencingToken, Keyspace, LeaseRecord, LeaseRequest, ManualClock, Namespace,
@@ -51,12 +53,15 @@ pub enum Renewals {
     Unreachable = 2,
 }
 
-/// Forwards to a memory store, except for heartbeats, which follow [`Renewals`], and counts calls.
+/// Forwards to a memory store, except for heartbeats, which follow [`Renewals`]; counts claims
+/// and heartbeats; can hide the memory store's change notifications.
 #[derive(Debug, Clone)]
 pub struct Faulty {
     pub inner: MemoryStore,
     renewals: Arc<AtomicU8>,
     pub heartbeats: Arc<Mutex<Vec<usize>>>,
+    pub claims: Arc<AtomicUsize>,
+    notifications: Arc<AtomicBool>,
 }
 
 impl Faulty {
@@ -65,11 +70,19 @@ impl Faulty {
             inner,
             renewals: Arc::new(AtomicU8::new(0)),
             heartbeats: Arc::default(),
+            claims: Arc::default(),
+            notifications: Arc::new(AtomicBool::new(true)),
         }
     }
 
     pub fn set(&self, mode: Renewals) {
         self.renewals.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Makes `wait_for_change` answer `Unsupported`, as a store without notifications does.
+    pub fn without_notifications(self) -> Self {
+        self.notifications.store(false, Ordering::SeqCst);
+        self
     }
 }
 
@@ -82,7 +95,20 @@ impl CoordinationStore for Faulty {
         CoordinationStore::now(&self.inner).await
     }
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
         self.inner.claim(id, request).await
+    }
+    async fn wait_for_change(
+        &self,
+        id: &RecordId,
+        since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        if self.notifications.load(Ordering::SeqCst) {
+            self.inner.wait_for_change(id, since, timeout).await
+        } else {
+            Ok(Wait::Unsupported)
+        }
     }
     async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp> {
         self.inner.start(id, token).await

@@ -1,0 +1,447 @@
+//! Two-phase execution, waiting for another worker's result, fingerprints, retention and the
+//! observer hook, on the memory store.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sentinel_core::client::{Observer, Transition, TransitionKind};
+use sentinel_core::{
+    Disposition, Error, EventKind, ExecutionState, Failure, Once, OnceOptions, RejectReason,
+    Sentinel,
+};
+use sentinel_memory::MemoryStore;
+use support::{Faulty, TokioClock};
+
+fn client(store: impl sentinel_core::CoordinationStore, owner: &str) -> Sentinel {
+    Sentinel::builder(store)
+        .namespace("features")
+        .owner(sentinel_core::OwnerId::new(owner).unwrap())
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_phase_runs_prepare_then_crosses_the_boundary() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let outcome = sentinel
+        .once_prepared("refund-1", &OnceOptions::new(), |prep| async move {
+            assert!(prep.is_authoritative());
+            let ctx = prep.begin().await?;
+            Ok::<_, Failure>(ctx.token().get())
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_executed());
+    let history = sentinel.history("refund-1").await.unwrap();
+    let steps: Vec<_> = history.iter().map(|e| (e.kind, e.state)).collect();
+    assert_eq!(
+        steps,
+        [
+            (EventKind::Claimed, Some(ExecutionState::Claimed)),
+            (EventKind::Started, Some(ExecutionState::Executing)),
+            (EventKind::Completed, Some(ExecutionState::Completed)),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn failing_before_the_boundary_leaves_the_key_claimable_whatever_the_error_says() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let failed: Once<u8> = sentinel
+        .once_prepared("refund-2", &OnceOptions::new(), |_prep| async {
+            // `?` would normally mean uncertain; before the boundary it cannot be.
+            Err(std::io::Error::other("validation service down"))?;
+            Ok(1)
+        })
+        .await
+        .unwrap();
+    let Once::Failed { failure, .. } = &failed else {
+        panic!("{failed:?}")
+    };
+    assert!(failure.is_not_applied());
+    assert!(!failed.is_uncertain());
+    assert_eq!(
+        sentinel.inspect("refund-2").await.unwrap().unwrap().state,
+        ExecutionState::Claimed
+    );
+    let rerun = sentinel
+        .once("refund-2", |_| async { Ok::<_, Failure>(2u8) })
+        .await
+        .unwrap();
+    assert_eq!(rerun.into_value(), Some(2));
+}
+
+#[tokio::test]
+async fn a_panic_before_the_boundary_is_not_uncertain() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let outcome: Once<u8> = sentinel
+        .once_prepared("refund-3", &OnceOptions::new(), |_prep| async {
+            if true {
+                panic!("bad input parser");
+            }
+            Ok(1)
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &outcome,
+            Once::Panicked {
+                disposition: Disposition::NotApplied,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(!outcome.is_uncertain());
+    assert!(
+        sentinel
+            .once("refund-3", |_| async { Ok::<_, Failure>(3u8) })
+            .await
+            .unwrap()
+            .is_executed()
+    );
+}
+
+#[tokio::test]
+async fn cancelling_before_the_boundary_leaves_the_key_claimable() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let worker = sentinel.clone();
+    let task = tokio::spawn(async move {
+        worker
+            .once_prepared("refund-4", &OnceOptions::new(), |_prep| async move {
+                tx.send(()).unwrap();
+                std::future::pending::<Result<u8, Failure>>().await
+            })
+            .await
+    });
+    rx.await.unwrap();
+    task.abort();
+    let _ = task.await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let record = sentinel.inspect("refund-4").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Claimed);
+    assert!(
+        sentinel
+            .once("refund-4", |_| async { Ok::<_, Failure>(4u8) })
+            .await
+            .unwrap()
+            .is_executed()
+    );
+}
+
+#[tokio::test]
+async fn failing_after_the_boundary_is_uncertain() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let outcome: Once<u8> = sentinel
+        .once_prepared("refund-5", &OnceOptions::new(), |prep| async move {
+            let _ctx = prep.begin().await?;
+            Err(Failure::uncertain("gateway timed out"))
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_uncertain());
+    let again: Once<u8> = sentinel
+        .once("refund-5", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(matches!(again, Once::Uncertain { .. }));
+}
+
+#[tokio::test]
+async fn work_that_never_crosses_still_records_its_result() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let outcome = sentinel
+        .once_prepared("noop", &OnceOptions::new(), |_prep| async {
+            Ok::<_, Failure>("nothing to do".to_owned())
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_executed());
+    let replay: Once<String> = sentinel
+        .once("noop", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(replay.is_cached());
+}
+
+#[tokio::test]
+async fn begin_is_refused_once_the_claim_expired() {
+    let (store, clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let outcome: Once<u8> = sentinel
+        .once_prepared("slow-prep", &OnceOptions::new(), |prep| async move {
+            clock.advance(Duration::from_secs(6));
+            let refused = prep.begin().await.unwrap_err();
+            assert_eq!(refused.rejection().unwrap().reason, RejectReason::Expired);
+            Err(Failure::uncertain(refused))
+        })
+        .await
+        .unwrap();
+    assert!(!outcome.is_uncertain(), "nothing was applied: {outcome:?}");
+    assert!(
+        sentinel
+            .once("slow-prep", |_| async { Ok::<_, Failure>(1u8) })
+            .await
+            .unwrap()
+            .is_executed()
+    );
+}
+
+async fn fifty_waiters(store: Faulty) -> (Vec<Once<String>>, usize) {
+    let executor = client(store.clone(), "executor");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let slow = {
+        let (runs, started) = (Arc::clone(&runs), Arc::clone(&started));
+        tokio::spawn(async move {
+            executor
+                .once("report-7", |_| async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    started.notify_one();
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    Ok::<_, Failure>("the report".to_owned())
+                })
+                .await
+                .unwrap()
+        })
+    };
+    started.notified().await;
+    let before = store.claims.load(Ordering::SeqCst);
+    let options = OnceOptions::new().wait(Duration::from_secs(10));
+    let waiters: Vec<_> = (0..50)
+        .map(|n| {
+            let waiter = client(store.clone(), &format!("waiter-{n}"));
+            let options = options.clone();
+            tokio::spawn(async move {
+                waiter
+                    .once_with("report-7", &options, |_| async {
+                        unreachable!("runs once")
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for w in waiters {
+        outcomes.push(w.await.unwrap());
+    }
+    assert!(slow.await.unwrap().is_executed());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    (outcomes, store.claims.load(Ordering::SeqCst) - before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_waiters_get_the_one_result_with_few_round_trips() {
+    let (outcomes, claims) = fifty_waiters(Faulty::new(MemoryStore::new())).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.value().map(String::as_str) == Some("the report")),
+        "{outcomes:?}"
+    );
+    // Each waiter: one claim that finds it busy, a notified wait, one claim that finds it done.
+    assert!(claims <= 50 * 3, "{claims} claims for 50 waiters");
+    eprintln!("notified waiting: {claims} claims for 50 waiters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_notifications_waiters_poll_with_a_bounded_backoff() {
+    let (outcomes, claims) =
+        fifty_waiters(Faulty::new(MemoryStore::new()).without_notifications()).await;
+    assert!(outcomes.iter().all(|o| o.is_cached()), "{outcomes:?}");
+    // 20, 40, 80, 160, 320 ms pauses cover a 400 ms wait: at most about seven claims each.
+    assert!(claims <= 50 * 8, "{claims} claims for 50 waiters");
+    eprintln!("polled waiting: {claims} claims for 50 waiters");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_learns_when_the_executor_dies() {
+    let store = MemoryStore::with_clock(TokioClock::new());
+    let executor = client(store.clone(), "executor");
+    let waiter = client(store, "waiter");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let doomed = tokio::spawn(async move {
+        executor
+            .once_with(
+                "job",
+                &OnceOptions::new().ttl(Duration::from_secs(2)),
+                |_| async move {
+                    tx.send(()).unwrap();
+                    std::future::pending::<Result<u8, Failure>>().await
+                },
+            )
+            .await
+    });
+    rx.await.unwrap();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .once_with(
+                "job",
+                &OnceOptions::new().wait(Duration::from_secs(30)),
+                |_| async { Ok::<_, Failure>(1u8) },
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The executor's process dies: its heartbeats stop, nothing is written.
+    doomed.abort();
+    let outcome = waiting.await.unwrap().unwrap();
+    assert!(matches!(outcome, Once::Uncertain { .. }), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn a_reused_key_with_another_fingerprint_is_refused_not_replayed() {
+    let (store, _clock) = MemoryStore::with_manual_clock();
+    let sentinel = client(store, "w");
+    let charge = |amount: u32| {
+        let options = OnceOptions::new().fingerprint(format!("sha256:amount={amount}"));
+        let sentinel = sentinel.clone();
+        async move {
+            sentinel
+                .once_with(
+                    "order-9",
+                    &options,
+                    |_| async move { Ok::<_, Failure>(amount) },
+                )
+                .await
+        }
+    };
+    assert!(charge(100).await.unwrap().is_executed());
+    assert_eq!(
+        charge(100).await.unwrap().into_value(),
+        Some(100),
+        "same payload: the cached receipt"
+    );
+    let refused = charge(999).await.unwrap_err();
+    let Error::Rejected(rejection) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(rejection.state, Some(ExecutionState::Completed));
+    let RejectReason::FingerprintMismatch { stored } = rejection.reason else {
+        panic!("{rejection}")
+    };
+    assert_eq!(stored.unwrap().as_str(), "sha256:amount=100");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_purges_old_completed_records_but_never_uncertain_ones() {
+    let store = MemoryStore::with_clock(TokioClock::new());
+    let sentinel = Sentinel::builder(store)
+        .ttl(Duration::from_secs(5))
+        .retention(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    for n in 0..3 {
+        assert!(
+            sentinel
+                .once(&format!("done-{n}"), |_| async { Ok::<_, Failure>(n) })
+                .await
+                .unwrap()
+                .is_executed()
+        );
+    }
+    let _: Once<u8> = sentinel
+        .once("lost", |_| async { Err(Failure::uncertain("died")) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        sentinel.inspect("done-0").await.unwrap().is_some(),
+        "younger than the retention"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for n in 0..3 {
+        assert!(
+            sentinel
+                .inspect(&format!("done-{n}"))
+                .await
+                .unwrap()
+                .is_none(),
+            "purged after the retention"
+        );
+    }
+    assert!(
+        sentinel.inspect("lost").await.unwrap().is_some(),
+        "uncertain records are never purged"
+    );
+    let again = sentinel
+        .once("done-0", |_| async { Ok::<_, Failure>(7) })
+        .await
+        .unwrap();
+    assert!(
+        again.is_executed(),
+        "a purged key runs again, under a higher token"
+    );
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(TransitionKind, Option<String>)>>);
+
+impl Observer for Recorder {
+    fn on_transition(&self, t: &Transition<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((t.kind, t.id.map(|id| id.key.to_string())));
+    }
+}
+
+#[tokio::test]
+async fn the_observer_sees_every_transition_the_client_makes() {
+    let (store, clock) = MemoryStore::with_manual_clock();
+    let recorder = Arc::new(Recorder::default());
+    let sentinel = Sentinel::builder(store)
+        .observer(recorder.clone())
+        .build()
+        .unwrap();
+    let _ = sentinel
+        .once("a", |_| async { Ok::<_, Failure>(1) })
+        .await
+        .unwrap();
+    let _ = sentinel
+        .once("a", |_| async { Ok::<_, Failure>(1) })
+        .await
+        .unwrap();
+    let _: Once<u8> = sentinel
+        .once("b", |_| async { Err(Failure::uncertain("x")) })
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(60));
+    sentinel.reconcile("b").await.unwrap();
+    sentinel.reset_to_claimed("b").await.unwrap();
+    let guard = sentinel.lease("l").await.unwrap().acquired().unwrap();
+    guard.release().await.unwrap();
+    let kinds: Vec<_> = recorder.0.lock().unwrap().iter().map(|(k, _)| *k).collect();
+    use TransitionKind as K;
+    assert_eq!(
+        kinds,
+        [
+            K::Claimed,
+            K::Completed,
+            K::Cached,
+            K::Claimed,
+            K::Aborted(Disposition::Uncertain),
+            K::Reconciled,
+            K::Reset,
+            K::LeaseAcquired,
+            K::LeaseReleased
+        ]
+    );
+}
