@@ -124,7 +124,7 @@ proptest! {
             let command = match op {
                 Op::Advance(n) => { clock.advance(ms(u64::from(n))); continue; }
                 Op::ToExpiry => {
-                    if let Some(r) = &slot.record { if r.lease_expires_at > now { clock.set(r.lease_expires_at); } }
+                    if let Some(r) = &slot.record && r.lease_expires_at > now { clock.set(r.lease_expires_at); }
                     continue;
                 }
                 Op::Claim { owner: o, start, request } => C::Claim(ClaimRequest {
@@ -178,11 +178,10 @@ proptest! {
                     }
                 }
             }
-            if slot.record.is_none() {
-                if let Some(last) = check.issued.last() {
+            if slot.record.is_none()
+                && let Some(last) = check.issued.last() {
                     prop_assert_eq!(slot.last_token, Some(*last), "a purge must keep the last token");
                 }
-            }
         }
     }
 

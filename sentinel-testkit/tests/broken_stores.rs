@@ -136,17 +136,17 @@ impl Mutant {
         }
         if let (ExecutionCommand::Complete { token, .. }, Defect::RepeatedCompletionLogged) =
             (&command, self.defect)
+            && step.slot.is_none()
+            && step.outcome.is_ok()
         {
-            if step.slot.is_none() && step.outcome.is_ok() {
-                step.event = Some(sentinel_core::EventDraft {
-                    kind: sentinel_core::EventKind::Completed,
-                    token: *token,
-                    owner: old.record.as_ref().map(|r| r.owner.clone()),
-                    state: old.record.as_ref().map(|r| r.state),
-                    at: now,
-                    detail: None,
-                });
-            }
+            step.event = Some(sentinel_core::EventDraft {
+                kind: sentinel_core::EventKind::Completed,
+                token: *token,
+                owner: old.record.as_ref().map(|r| r.owner.clone()),
+                state: old.record.as_ref().map(|r| r.state),
+                at: now,
+                detail: None,
+            });
         }
         commit(entry, next_event, step)
     }
@@ -161,10 +161,9 @@ impl Mutant {
         let mut at = now;
         if let (LeaseCommand::Renew { .. }, Defect::HeartbeatRevives, Some(r)) =
             (command, self.defect, entry.slot.record.as_ref())
+            && now >= r.lease_expires_at
         {
-            if now >= r.lease_expires_at {
-                at = Timestamp::from_micros(r.lease_expires_at.as_micros() - 1);
-            }
+            at = Timestamp::from_micros(r.lease_expires_at.as_micros() - 1);
         }
         let step = lease::transition(id, &entry.slot, command, at);
         commit(entry, next_event, step)

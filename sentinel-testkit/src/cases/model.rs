@@ -141,13 +141,13 @@ impl Model {
         let step = execution::transition(id, &entry.0, command, now);
         let before = entry.0.last_token;
         let outcome = apply(entry, step);
-        if entry.0.last_token != before {
-            if let Some(token) = entry.0.last_token {
-                self.issued
-                    .entry((Keyspace::Execution, key))
-                    .or_default()
-                    .push(token);
-            }
+        if entry.0.last_token != before
+            && let Some(token) = entry.0.last_token
+        {
+            self.issued
+                .entry((Keyspace::Execution, key))
+                .or_default()
+                .push(token);
         }
         outcome
     }
@@ -163,13 +163,13 @@ impl Model {
         let step = lease::transition(id, &entry.0, command, now);
         let before = entry.0.last_token;
         let outcome = apply(entry, step);
-        if entry.0.last_token != before {
-            if let Some(token) = entry.0.last_token {
-                self.issued
-                    .entry((Keyspace::Lease, key))
-                    .or_default()
-                    .push(token);
-            }
+        if entry.0.last_token != before
+            && let Some(token) = entry.0.last_token
+        {
+            self.issued
+                .entry((Keyspace::Lease, key))
+                .or_default()
+                .push(token);
         }
         outcome
     }
