@@ -481,8 +481,9 @@ async fn heartbeats_that_revive_an_expired_lease_fail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_completion_that_ignores_the_token_fails() {
     let failed = failing_cases(Defect::CompleteIgnoresToken).await;
+    // The race may or may not interleave badly in a given run; these two catch it every time.
     assert!(
-        failed.contains(&"model_based") && failed.contains(&"reconcile_vs_complete_race"),
+        failed.contains(&"model_based") && failed.contains(&"event_log_records_every_transition"),
         "{failed:?}"
     );
 }
