@@ -1,0 +1,71 @@
+-- claim: ARGV[3] owner, ARGV[4] ttl µs, ARGV[5] hard ttl µs, ARGV[6] '1' to start at once,
+-- ARGV[7] request id, ARGV[8] fingerprint or '' for none.
+-- Mirrors sentinel_core::execution::transition for ExecutionCommand::Claim.
+local now = clock(ARGV[1])
+local owner, start, rid, fp = ARGV[3], ARGV[6] == '1', ARGV[7], ARGV[8]
+local f = load(KEYS[1])
+local r = execution(f)
+
+local function grant()
+  local ttl = arg_num(4, 'ttl')
+  local hard_ttl = arg_num(5, 'hard ttl')
+  local token = str(next_token(last_token(f), now))
+  local state = 'claimed'
+  if start then
+    state = 'executing'
+  end
+  local t = str(now)
+  local created = t
+  if r then
+    field(r, 'created')
+    created = r.created
+  end
+  local lease = str(plus(now, ttl))
+  local hard = str(plus(now, hard_ttl))
+  local seq = append(f, now, 'claimed', token, owner, state, nil)
+  redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', token, 'rid', rid,
+    'lease', lease, 'hard', hard, 'ttl', ARGV[4], 'hard_ttl', ARGV[5],
+    'created', created, 'updated', t, 'last', token, 'seq', seq)
+  if fp ~= '' then
+    redis.call('HSET', KEYS[1], 'fp', fp)
+    if r then
+      redis.call('HDEL', KEYS[1], 'result')
+    end
+  elseif r or f.last then
+    redis.call('HDEL', KEYS[1], 'result', 'fp')
+  end
+  return {'acquired', token, lease, hard}
+end
+
+if not r then
+  return grant()
+end
+if (r.fp or '') ~= fp then
+  return reject('fingerprint_mismatch', r.state, r.token, r.fp)
+end
+local state = r.state
+if state == 'completed' then
+  return {'completed', r.token, r.result or 'null'}
+end
+if state == 'reconciling' then
+  return {'reconciling', r.owner, r.token}
+end
+-- claimed or executing
+local live = alive(r, now)
+local own = r.rid == rid
+if own and live then
+  -- A retry of the call that was granted this token: hand it back.
+  field(r, 'hard')
+  return {'acquired', r.token, r.lease, r.hard}
+end
+if state == 'executing' and own then
+  -- A retry of our own expired claim: its reply never arrived, so nothing ran under that token.
+  return grant()
+end
+if state == 'claimed' and not live then
+  return grant()
+end
+if live then
+  return {'busy', state, r.owner, r.token, r.lease}
+end
+return {'uncertain', r.owner, r.token, r.lease}

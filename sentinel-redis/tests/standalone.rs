@@ -1,0 +1,438 @@
+//! Redis-specific behaviour of the store on a standalone server, beyond the conformance suite:
+//! exact 64-bit arithmetic in Lua, one script call per transition, the key layout on the server,
+//! canonical results, typed errors for corrupt or foreign data, and `WAIT`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::json;
+
+use sentinel_core::{
+    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Error, EventKind, FencingToken,
+    HistoryQuery, Keyspace, LeaseRequest, ManualClock, OwnerId, RecordId, RejectReason, Renewal,
+    RequestId, TimeSource, Timestamp, Ttl,
+};
+use sentinel_redis::RedisStore;
+use sentinel_testkit::servers::RedisOptions;
+
+use support::{calls_since, command_calls, private_redis, raw, standalone};
+
+fn owner(s: &str) -> OwnerId {
+    OwnerId::new(s).unwrap()
+}
+
+fn claim(who: &str, ttl: Ttl, start: bool) -> ClaimRequest {
+    ClaimRequest {
+        owner: owner(who),
+        ttl,
+        start,
+        request_id: RequestId::random(),
+        fingerprint: None,
+    }
+}
+
+fn id(key: &str) -> RecordId {
+    RecordId::parse("ns", key).unwrap()
+}
+
+fn grant(outcome: ClaimOutcome) -> sentinel_core::Grant {
+    match outcome {
+        ClaimOutcome::Acquired(g) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn numbers_stay_exact_near_the_end_of_time() {
+    // Timestamps near 9999-12-31 are ~2.5e17 µs, far above 2^53: doubles would round them.
+    let clock = ManualClock::starting_at(Timestamp::from_micros(
+        Timestamp::MAX.as_micros() - 1_000_001,
+    ));
+    let store = standalone(TimeSource::Manual(clock.clone())).await;
+    let ttl = Ttl::with_hard(Duration::from_micros(999_999), Ttl::MAX).unwrap();
+    let k = id("end-of-time");
+    let now = clock.now();
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    assert_eq!(g.token, FencingToken::next(None, now));
+    assert_eq!(g.lease_expires_at.as_micros(), now.as_micros() + 999_999);
+    assert_eq!(
+        g.hard_expires_at,
+        Timestamp::MAX,
+        "saturates at Timestamp::MAX"
+    );
+    // One microsecond renewals are visible exactly.
+    clock.advance(Duration::from_micros(1));
+    let renewed = store
+        .heartbeat(&[Renewal {
+            keyspace: Keyspace::Execution,
+            id: k.clone(),
+            token: g.token,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        renewed,
+        vec![Ok(Timestamp::from_micros(now.as_micros() + 1_000_000))]
+    );
+    // The clock moves backwards: the next token is still last + 1, exactly.
+    clock.set(Timestamp::from_micros(1_000));
+    store
+        .abort(&k, g.token, sentinel_core::Disposition::NotApplied)
+        .await
+        .unwrap();
+    let g2 = grant(store.claim(&k, &claim("b", ttl, false)).await.unwrap());
+    assert_eq!(g2.token.get(), g.token.get() + 1);
+    let record = store.inspect(&k).await.unwrap().unwrap();
+    assert_eq!(record.token, g2.token);
+    assert_eq!(record.created_at, now);
+    let events = store
+        .history(Keyspace::Execution, &k, &HistoryQuery::default())
+        .await
+        .unwrap();
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(events.last().unwrap().token, g2.token);
+}
+
+#[tokio::test]
+async fn results_compare_as_json_values_whatever_the_key_order() {
+    let store = standalone(TimeSource::Server).await;
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let k = id("receipt");
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    let mut first = serde_json::Map::new();
+    first.insert("z".into(), json!(1));
+    first.insert("a".into(), json!({"y": [1.5, -0.0, "é"], "b": null}));
+    let mut second = serde_json::Map::new();
+    second.insert("a".into(), json!({"b": null, "y": [1.5, 0.0, "é"]}));
+    second.insert("z".into(), json!(1));
+    assert_eq!(
+        serde_json::Value::Object(first.clone()),
+        serde_json::Value::Object(second.clone())
+    );
+    store
+        .complete(&k, g.token, &serde_json::Value::Object(first))
+        .await
+        .unwrap();
+    // The same value built in another order is the same completion: no second event.
+    store
+        .complete(&k, g.token, &serde_json::Value::Object(second.clone()))
+        .await
+        .unwrap();
+    // A different value is refused and logged with the presented token and result.
+    let stale = FencingToken::new(g.token.get() - 1).unwrap();
+    let refused = store.complete(&k, stale, &json!({"other": true})).await;
+    let rejection = refused.unwrap_err().rejection().cloned().unwrap();
+    assert_eq!(rejection.reason, RejectReason::Fenced);
+    assert_eq!(rejection.token, Some(g.token));
+    let events = store
+        .history(Keyspace::Execution, &k, &HistoryQuery::default())
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Claimed,
+            EventKind::Completed,
+            EventKind::CompletionRejected
+        ]
+    );
+    let rejected = events.last().unwrap();
+    assert_eq!(rejected.token, stale);
+    assert_eq!(rejected.owner, None);
+    assert_eq!(
+        rejected.detail,
+        Some(json!({"reason": "fenced", "result": {"other": true}}))
+    );
+    match store.claim(&k, &claim("b", ttl, true)).await.unwrap() {
+        ClaimOutcome::Completed { result, token } => {
+            assert_eq!(result, serde_json::Value::Object(second));
+            assert_eq!(token, g.token);
+        }
+        other => panic!("expected the cached result, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
+    let server = private_redis(RedisOptions::default());
+    let mut admin = raw(server.url()).await;
+    let clock = ManualClock::new();
+    let store = RedisStore::builder()
+        .prefix("rt")
+        .time(TimeSource::Manual(clock.clone()))
+        .connect(server.url())
+        .await
+        .unwrap();
+    let ttl = Ttl::with_hard(Duration::from_secs(10), Duration::from_secs(60)).unwrap();
+    // Load the scripts first so NOSCRIPT retries do not count.
+    let warm = grant(
+        store
+            .claim(&id("warm"), &claim("w", ttl, true))
+            .await
+            .unwrap(),
+    );
+    store
+        .heartbeat(&[Renewal {
+            keyspace: Keyspace::Execution,
+            id: id("warm"),
+            token: warm.token,
+        }])
+        .await
+        .unwrap();
+    store
+        .complete(&id("warm"), warm.token, &json!(0))
+        .await
+        .unwrap();
+    let mut renewals = Vec::new();
+    for i in 0..300 {
+        let k = id(&format!("job-{i}"));
+        let g = grant(store.claim(&k, &claim("a", ttl, i % 2 == 0)).await.unwrap());
+        renewals.push(Renewal {
+            keyspace: Keyspace::Execution,
+            id: k,
+            token: g.token,
+        });
+    }
+    for i in 0..50 {
+        let k = id(&format!("lock-{i}"));
+        let request = LeaseRequest {
+            owner: owner("a"),
+            ttl,
+            request_id: RequestId::random(),
+        };
+        let Acquisition::Acquired(g) = store.acquire_lease(&k, &request).await.unwrap() else {
+            panic!("lease held")
+        };
+        renewals.push(Renewal {
+            keyspace: Keyspace::Lease,
+            id: k,
+            token: g.token,
+        });
+    }
+    clock.advance(Duration::from_secs(1));
+    let before = command_calls(&mut admin).await;
+    let results = store.heartbeat(&renewals).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // 350 renewals are two script calls (256 per call), sent as one pipeline.
+    assert_eq!(calls_since(&before, &after, "evalsha"), 2);
+
+    let k = id("job-0");
+    let before = command_calls(&mut admin).await;
+    store
+        .complete(&k, renewals[0].token, &json!({"ok": 1}))
+        .await
+        .unwrap();
+    store.inspect(&k).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    // commandstats also counts the commands a script runs inside itself (its HGETALL, XADD,
+    // HSET); EVALSHA can only come from a client.
+    assert_eq!(calls_since(&before, &after, "evalsha"), 1);
+    assert_eq!(
+        calls_since(&before, &after, "hgetall"),
+        2,
+        "one in the script, one inspect"
+    );
+    let others: Vec<&(String, u64)> = after
+        .iter()
+        .filter(|(n, _)| !["evalsha", "hgetall", "hset", "xadd", "info"].contains(&n.as_str()))
+        .filter(|(n, c)| before.iter().find(|(m, _)| m == n).map_or(0, |(_, c)| *c) != *c)
+        .collect();
+    assert!(others.is_empty(), "no other commands: {others:?}");
+}
+
+#[tokio::test]
+async fn records_live_in_one_hash_and_one_stream_per_key() {
+    let store = standalone(TimeSource::Server).await;
+    let k = RecordId::parse("a:b", "{c}:d").unwrap();
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let text = String::from_utf8(hash.clone()).unwrap();
+    assert!(
+        text.starts_with(&format!("{}:{{", store.prefix())),
+        "{text}"
+    );
+    assert!(text.ends_with(":er:3:a:b:{c}:d"), "{text}");
+    let mut conn = raw(&support::redis_url()).await;
+    let fields: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
+    assert_eq!(fields["state"], "executing");
+    assert_eq!(fields["token"], g.token.get().to_string());
+    assert_eq!(fields["last"], g.token.get().to_string());
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 1);
+    assert_eq!(
+        redis::cluster_routing::Slot::for_key(&hash),
+        redis::cluster_routing::Slot::for_key(&stream)
+    );
+}
+
+#[tokio::test]
+async fn history_streams_are_trimmed_to_the_configured_length() {
+    let clock = ManualClock::new();
+    let store = RedisStore::builder()
+        .prefix(support::unique_prefix())
+        .time(TimeSource::Manual(clock.clone()))
+        .stream_max_len(3)
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    let ttl = Ttl::new(Duration::from_secs(1)).unwrap();
+    let k = id("busy-key");
+    for _ in 0..5 {
+        grant(store.claim(&k, &claim("a", ttl, false)).await.unwrap());
+        clock.advance(Duration::from_secs(2));
+    }
+    let events = store
+        .history(Keyspace::Execution, &k, &HistoryQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 3);
+    let after = store
+        .history(
+            Keyspace::Execution,
+            &k,
+            &HistoryQuery {
+                after: Some(events[0].id),
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(after, events[1..]);
+    assert!(
+        RedisStore::builder()
+            .stream_max_len(0)
+            .connect(&support::redis_url())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
+    let store = standalone(TimeSource::Server).await;
+    let mut conn = raw(&support::redis_url()).await;
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+
+    let k = id("corrupt");
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let _: () = conn
+        .hset_multiple(
+            &hash,
+            &[("token", "12"), ("state", "executing"), ("owner", "x")],
+        )
+        .await
+        .unwrap();
+    let err = store.claim(&k, &claim("a", ttl, true)).await.unwrap_err();
+    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
+    assert!(matches!(
+        store.inspect(&k).await.unwrap_err(),
+        Error::CorruptRecord { .. }
+    ));
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "nothing was logged");
+
+    let k = id("foreign");
+    let (hash, _) = store.key_names(Keyspace::Execution, &k);
+    let _: () = conn.set(&hash, "not a hash").await.unwrap();
+    let err = store.claim(&k, &claim("a", ttl, true)).await.unwrap_err();
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    let value: String = conn.get(&hash).await.unwrap();
+    assert_eq!(value, "not a hash");
+
+    // A foreign key in place of the history stream: the XADD fails first, nothing is written.
+    let k = id("foreign-stream");
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let _: () = conn.set(&stream, "not a stream").await.unwrap();
+    let err = store.claim(&k, &claim("a", ttl, true)).await.unwrap_err();
+    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
+    let exists: bool = conn.exists(&hash).await.unwrap();
+    assert!(!exists, "the record was not written");
+}
+
+#[tokio::test]
+async fn bad_configuration_is_refused_before_connecting() {
+    for prefix in ["", "a{b}", "x*", "sp ace"] {
+        let err = RedisStore::builder()
+            .prefix(prefix)
+            .connect("redis://127.0.0.1:1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{prefix:?}: {err}");
+    }
+    let err = RedisStore::connect("not a url").await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    let err = RedisStore::builder()
+        .connection_timeout(Duration::from_millis(200))
+        .connect("redis://127.0.0.1:1")
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+}
+
+#[tokio::test]
+async fn wait_for_replicas_reports_unreplicated_writes_and_passes_with_a_replica() {
+    let mut primary = private_redis(RedisOptions::default());
+    let lonely = RedisStore::builder()
+        .prefix("wait")
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .connect(primary.url())
+        .await
+        .unwrap();
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let request = claim("a", ttl, true);
+    let k = id("replicated");
+    let err = lonely.claim(&k, &request).await.unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    assert!(err.to_string().contains("only 0 of 1 replicas"), "{err}");
+    // The primary applied it; the retry adopts the same grant.
+    let first = lonely.inspect(&k).await.unwrap().unwrap();
+
+    let replica = private_redis(RedisOptions::default());
+    let mut conn = raw(replica.url()).await;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let g = loop {
+        match lonely.claim(&k, &request).await {
+            Ok(outcome) => break grant(outcome),
+            Err(e) if e.is_transient() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(g.token, first.token, "the retry adopted its own claim");
+    lonely.complete(&k, g.token, &json!("done")).await.unwrap();
+    // Heartbeats wait too, in the same round trip.
+    let k2 = id("replicated-2");
+    let g2 = grant(lonely.claim(&k2, &claim("a", ttl, true)).await.unwrap());
+    let renewed = lonely
+        .heartbeat(&[Renewal {
+            keyspace: Keyspace::Execution,
+            id: k2,
+            token: g2.token,
+        }])
+        .await
+        .unwrap();
+    assert!(renewed[0].is_ok());
+    primary.stop().unwrap();
+}
