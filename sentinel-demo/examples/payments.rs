@@ -3,7 +3,9 @@
 //! redeliveries from cache, surfaces the crashed charge as uncertain instead of retrying it, and
 //! the demo reconciles it against the gateway's ledger.
 //!
-//! Run: `cargo run --example payments` (in-memory store, no setup).
+//! Run: `cargo run --example payments` (in-memory store, no setup), or against a real store with
+//! `-- --postgres postgres://postgres@127.0.0.1/postgres` or `-- --redis redis://127.0.0.1:6379`
+//! (each run uses a namespace of its own).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,7 +15,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use sentinel_core::{Failure, FencingToken, ListFilter, Once, OwnerId, Sentinel};
+use sentinel_core::{CoordinationStore, Failure, FencingToken, ListFilter, Once, OwnerId, Sentinel};
+use sentinel_postgres::PostgresStore;
+use sentinel_redis::RedisStore;
 use sentinel_memory::MemoryStore;
 
 const PAYMENTS: u32 = 50;
@@ -229,14 +233,27 @@ async fn worker(
     Ok(())
 }
 
+/// The store named on the command line: memory (default), `--postgres URL` or `--redis URL`.
+async fn store_from_args() -> Result<(Arc<dyn CoordinationStore>, String), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Ok((Arc::new(MemoryStore::new()), "memory store".to_owned())),
+        ["--postgres", url] => Ok((Arc::new(PostgresStore::connect(url).await?), "PostgreSQL".to_owned())),
+        ["--redis", url] => Ok((Arc::new(RedisStore::connect(url).await?), "Redis".to_owned())),
+        _ => Err("usage: payments [--postgres URL | --redis URL]".into()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let started = Instant::now();
-    let store = MemoryStore::new();
+    let (store, store_name) = store_from_args().await?;
+    // A namespace per run, so a second run against the same server starts afresh.
+    let namespace = format!("payments-demo-{:08x}", sentinel_core::RequestId::random().as_u128() as u32);
     // Each worker is its own client (as separate processes would be), with its own owner id.
     let client = |owner: &str| {
-        Sentinel::builder(store.clone())
-            .namespace("payments-demo")
+        Sentinel::builder_shared(Arc::clone(&store))
+            .namespace(&namespace)
             .owner(OwnerId::new(owner)?)
             .ttl(Duration::from_millis(300))
             .hard_ttl(Duration::from_secs(5))
@@ -257,7 +274,7 @@ async fn main() -> Result<(), Error> {
     shuffle(&mut deliveries, 7);
     let queued = deliveries.len();
     println!(
-        "Sentinel payments demo: {PAYMENTS} payments, {queued} deliveries, {WORKERS} workers (memory store)\n"
+        "Sentinel payments demo: {PAYMENTS} payments, {queued} deliveries, {WORKERS} workers ({store_name})\n"
     );
     println!("Processing the queue...");
 
