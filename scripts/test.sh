@@ -27,8 +27,20 @@ export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
-step "demo"
+step "demos"
 cargo run --quiet --example payments >/dev/null
+for backend in postgres redis; do
+  var="SENTINEL_TEST_$(echo "$backend" | tr '[:lower:]' '[:upper:]')_URL"
+  if [[ -n "${!var:-}" ]]; then
+    cargo run --quiet --example payments -- "--$backend" "${!var}" >/dev/null
+  elif [[ "${SENTINEL_REQUIRE_BACKENDS:-}" == 1 ]]; then
+    echo "the $backend demo needs $var" >&2
+    exit 1
+  else
+    echo "SKIPPED: the $backend demo ($var is not set)" >&2
+  fi
+done
+cargo run --quiet --example metrics >/dev/null
 
 echo
 echo "all checks passed"
