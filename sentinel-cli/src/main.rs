@@ -372,8 +372,11 @@ impl Context {
     }
 
     fn client(&self) -> Result<Sentinel, Failure> {
-        let user = std::env::var("USER").unwrap_or_else(|_| "operator".to_owned());
-        let owner = OwnerId::new(format!("sentinel-cli:{user}:{}", std::process::id()))?;
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "operator".to_owned());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let owner = OwnerId::new(format!("sentinel-cli:{user}@{}", host.trim()))?;
         Ok(Sentinel::builder_shared(Arc::clone(&self.store))
             .namespace(self.namespace.as_str())
             .owner(owner)
@@ -610,14 +613,18 @@ fn describe(
         .into_iter()
         .map(|(k, v)| format!("{k:<width$}  {v}"))
         .collect();
+    let key = shell_word(record.key.as_str());
+    let ns = if record.namespace.as_str() == "default" {
+        String::new()
+    } else {
+        format!(" -n {}", shell_word(record.namespace.as_str()))
+    };
     let hint = match record.state {
         ExecutionState::Executing if uncertain => Some(format!(
-            "UNCERTAIN: the worker started and vanished. Check the downstream system, then:\n  sentinel reconcile {key:?}\n  sentinel force-complete {key:?} --result '<json>'   (it happened)\n  sentinel reset {key:?}                              (it did not)",
-            key = record.key.as_str()
+            "UNCERTAIN: the worker started and vanished. Check the downstream system, then:\n  sentinel reconcile {key}{ns}\n  then: sentinel force-complete {key}{ns} --result '<json>'   (it happened)\n    or: sentinel reset {key}{ns}                              (it did not)"
         )),
         ExecutionState::Reconciling => Some(format!(
-            "Reconciling: finish with `sentinel force-complete {key:?} --result '<json>'` or `sentinel reset {key:?}`.",
-            key = record.key.as_str()
+            "Reconciling: finish with `sentinel force-complete {key}{ns} --result '<json>'` or `sentinel reset {key}{ns}`."
         )),
         _ => None,
     };
@@ -626,6 +633,19 @@ fn describe(
         text.push(hint);
     }
     text.join("\n")
+}
+
+/// `word` as one shell word: bare when it is plainly safe, single-quoted otherwise.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '+' | ',')
+        });
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn event_line(event: &Event, now: sentinel_core::Timestamp) -> String {
@@ -911,4 +931,18 @@ async fn purge(ctx: &Context, age: Duration, dry_run: bool) -> Result<(), Failur
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn hints_quote_keys_for_the_shell() {
+        assert_eq!(shell_word("payment-017"), "payment-017");
+        assert_eq!(shell_word("order 9"), "'order 9'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

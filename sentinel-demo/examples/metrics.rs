@@ -23,13 +23,26 @@ async fn main() -> Result<(), Error> {
         .ttl(Duration::from_secs(2))
         .build()?;
     for n in 0..3 {
-        let _: Once<u32> = sentinel.once(&format!("invoice-{n}"), |_| async move { Ok::<_, Failure>(n) }).await?;
+        let _: Once<u32> = sentinel
+            .once(
+                &format!("invoice-{n}"),
+                |_| async move { Ok::<_, Failure>(n) },
+            )
+            .await?;
     }
-    let _: Once<u32> = sentinel.once("invoice-0", |_| async { Ok::<_, Failure>(0) }).await?;
     let _: Once<u32> = sentinel
-        .once("invoice-9", |_| async { Err(Failure::uncertain("gateway timed out")) })
+        .once("invoice-0", |_| async { Ok::<_, Failure>(0) })
         .await?;
-    let guard = sentinel.lease("nightly-report").await?.acquired().ok_or("lease held")?;
+    let _: Once<u32> = sentinel
+        .once("invoice-9", |_| async {
+            Err(Failure::uncertain("gateway timed out"))
+        })
+        .await?;
+    let guard = sentinel
+        .lease("nightly-report")
+        .await?
+        .acquired()
+        .ok_or("lease held")?;
     let scrape = sentinel_lines(&prometheus.render());
     print!("{scrape}");
     guard.release().await?;

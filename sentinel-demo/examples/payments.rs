@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use sentinel_core::{CoordinationStore, Failure, FencingToken, ListFilter, Once, OwnerId, Sentinel};
+use sentinel_core::{
+    CoordinationStore, Failure, FencingToken, ListFilter, Once, OwnerId, Sentinel,
+};
+use sentinel_memory::MemoryStore;
 use sentinel_postgres::PostgresStore;
 use sentinel_redis::RedisStore;
-use sentinel_memory::MemoryStore;
 
 const PAYMENTS: u32 = 50;
 const WORKERS: usize = 8;
@@ -236,10 +238,21 @@ async fn worker(
 /// The store named on the command line: memory (default), `--postgres URL` or `--redis URL`.
 async fn store_from_args() -> Result<(Arc<dyn CoordinationStore>, String), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         [] => Ok((Arc::new(MemoryStore::new()), "memory store".to_owned())),
-        ["--postgres", url] => Ok((Arc::new(PostgresStore::connect(url).await?), "PostgreSQL".to_owned())),
-        ["--redis", url] => Ok((Arc::new(RedisStore::connect(url).await?), "Redis".to_owned())),
+        ["--postgres", url] => Ok((
+            Arc::new(PostgresStore::connect(url).await?),
+            "PostgreSQL".to_owned(),
+        )),
+        ["--redis", url] => Ok((
+            Arc::new(RedisStore::connect(url).await?),
+            "Redis".to_owned(),
+        )),
         _ => Err("usage: payments [--postgres URL | --redis URL]".into()),
     }
 }
@@ -249,7 +262,10 @@ async fn main() -> Result<(), Error> {
     let started = Instant::now();
     let (store, store_name) = store_from_args().await?;
     // A namespace per run, so a second run against the same server starts afresh.
-    let namespace = format!("payments-demo-{:08x}", sentinel_core::RequestId::random().as_u128() as u32);
+    let namespace = format!(
+        "payments-demo-{:08x}",
+        sentinel_core::RequestId::random().as_u128() as u32
+    );
     // Each worker is its own client (as separate processes would be), with its own owner id.
     let client = |owner: &str| {
         Sentinel::builder_shared(Arc::clone(&store))
