@@ -1,0 +1,428 @@
+//! `once()` on PostgreSQL against the minimal SQL for the same work, on the same server and the
+//! same pool, in one run.
+//!
+//! ```sh
+//! cargo bench -p sentinel-postgres --bench once
+//! SENTINEL_BENCH_POSTGRES_URL=postgres://user@host/db SENTINEL_BENCH_SECONDS=5 cargo bench -p sentinel-postgres --bench once
+//! ```
+//!
+//! Scenarios, each at 1 and 8 concurrent workers for `SENTINEL_BENCH_SECONDS` (default 2):
+//!
+//! - **fresh**: `once()` on a key never seen (claim-and-start, then complete) vs the baseline
+//!   `INSERT … ON CONFLICT DO NOTHING RETURNING` + `UPDATE`;
+//! - **cached**: `once()` on a completed key vs the baseline `SELECT`.
+//!
+//! Round trips are counted, not assumed: a second pool goes through a proxy that reads the
+//! PostgreSQL frontend protocol and classifies every exchange the client waits on (see
+//! `tests/common/proxy.rs`). The server is `SENTINEL_BENCH_POSTGRES_URL`, else
+//! `SENTINEL_TEST_POSTGRES_URL`, else `postgres://postgres@127.0.0.1:5432/postgres`; it must be
+//! reachable (the run fails otherwise). Everything happens in a fresh schema, dropped at the end.
+//!
+//! Run by `cargo test --all-targets` (without `--bench`), it is a smoke test instead: a tenth of a
+//! second per scenario on the test server of `sentinel_testkit::servers`, failing when a
+//! round-trip goal is missed (throughput is not judged there).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../tests/common/proxy.rs"]
+mod proxy;
+
+use std::net::ToSocketAddrs;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sentinel_core::{Failure, Once, Sentinel};
+use sentinel_postgres::PostgresStore;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use proxy::{CountingProxy, Counts};
+
+const WORKERS: [usize; 2] = [1, 8];
+const COUNTED_OPS: u64 = 300;
+
+/// `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
+fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+fn cached_keys() -> u64 {
+    if benchmarking() { 2_000 } else { 100 }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    if let Err(error) = runtime.block_on(run()) {
+        eprintln!("benchmark failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Work {
+    Fresh,
+    Cached,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Baseline,
+    Sentinel,
+}
+
+/// Everything a scenario needs: the once() client and the baseline's SQL, over one pool.
+struct Bench {
+    pool: PgPool,
+    sentinel: Sentinel,
+    schema: String,
+}
+
+/// Keys are unique across every scenario, worker and pool.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+impl Bench {
+    fn fresh_key(&self) -> String {
+        format!("k{}", NEXT_KEY.fetch_add(1, Ordering::Relaxed))
+    }
+
+    async fn once(&self, key: &str) {
+        let outcome: Once<String> = self
+            .sentinel
+            .once(key, |ctx| async move {
+                Ok::<_, Failure>(format!("ch_{}", ctx.token()))
+            })
+            .await
+            .expect("once() answers");
+        assert!(
+            outcome.is_executed() || outcome.is_cached(),
+            "{}",
+            outcome.kind()
+        );
+    }
+
+    async fn baseline_fresh(&self, key: &str) {
+        let schema = &self.schema;
+        let claimed: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "INSERT INTO \"{schema}\".baseline (namespace, key, state, owner, token, lease_expires_at) \
+             VALUES ($1, $2, 'executing', $3, $4, clock_timestamp() + interval '30 seconds') \
+             ON CONFLICT (namespace, key) DO NOTHING RETURNING token"
+        )))
+        .bind("bench")
+        .bind(key)
+        .bind("bench-worker")
+        .bind(1_i64)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("baseline insert");
+        let (token,) = claimed.expect("a fresh key is inserted");
+        let receipt = format!("\"ch_{token}\"");
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE \"{schema}\".baseline SET state = 'completed', result = $3::json \
+             WHERE namespace = $1 AND key = $2 AND token = $4"
+        )))
+        .bind("bench")
+        .bind(key)
+        .bind(receipt.as_str())
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .expect("baseline update");
+    }
+
+    async fn baseline_cached(&self, key: &str) {
+        let schema = &self.schema;
+        let row: Option<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT state, result::text FROM \"{schema}\".baseline WHERE namespace = $1 AND key = $2"
+        )))
+        .bind("bench")
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("baseline select");
+        assert!(row.is_some_and(|(state, _)| state == "completed"));
+    }
+
+    async fn op(&self, who: Who, work: Work, n: u64) {
+        match (who, work) {
+            (Who::Sentinel, Work::Fresh) => self.once(&self.fresh_key()).await,
+            (Who::Sentinel, Work::Cached) => self.once(&format!("done{}", n % cached_keys())).await,
+            (Who::Baseline, Work::Fresh) => self.baseline_fresh(&self.fresh_key()).await,
+            (Who::Baseline, Work::Cached) => {
+                self.baseline_cached(&format!("done{}", n % cached_keys()))
+                    .await
+            }
+        }
+    }
+}
+
+struct Measured {
+    ops: u64,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Measured {
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+async fn measure(
+    bench: &Arc<Bench>,
+    who: Who,
+    work: Work,
+    workers: usize,
+    for_: Duration,
+) -> Measured {
+    // Warm every connection's statement cache first.
+    drive(bench, who, work, workers, Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let mut latencies = drive(bench, who, work, workers, for_).await;
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+    Measured {
+        ops: latencies.len() as u64,
+        elapsed,
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+async fn drive(
+    bench: &Arc<Bench>,
+    who: Who,
+    work: Work,
+    workers: usize,
+    for_: Duration,
+) -> Vec<Duration> {
+    let deadline = Instant::now() + for_;
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let bench = Arc::clone(bench);
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = w as u64 * 7919;
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    bench.op(who, work, n).await;
+                    latencies.push(t.elapsed());
+                    n += 1;
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a worker"));
+    }
+    all
+}
+
+/// Round trips per operation, counted on the wire through the proxy, after a warm-up that
+/// prepares every statement on the (single) connection.
+async fn count(bench: &Arc<Bench>, proxy: &CountingProxy, who: Who, work: Work) -> (f64, f64) {
+    for n in 0..20 {
+        bench.op(who, work, n).await;
+    }
+    settle().await;
+    let before = proxy.counts();
+    for n in 0..COUNTED_OPS {
+        bench.op(who, work, n).await;
+    }
+    settle().await;
+    let spent: Counts = proxy.counts().since(before);
+    (
+        spent.waited() as f64 / COUNTED_OPS as f64,
+        spent.pings as f64 / COUNTED_OPS as f64,
+    )
+}
+
+/// Lets the pool's background release checks reach the proxy.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+async fn bench_on(pool: PgPool, schema: &str) -> Result<Arc<Bench>, Box<dyn std::error::Error>> {
+    let store = PostgresStore::builder(pool.clone())
+        .schema(schema)
+        .build()
+        .await?;
+    let sentinel = Sentinel::builder(store)
+        .namespace("bench")
+        .ttl(Duration::from_secs(30))
+        .build()?;
+    Ok(Arc::new(Bench {
+        pool,
+        sentinel,
+        schema: schema.to_owned(),
+    }))
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let (url, seconds) = if benchmarking() {
+        let url = std::env::var("SENTINEL_BENCH_POSTGRES_URL")
+            .or_else(|_| std::env::var("SENTINEL_TEST_POSTGRES_URL"))
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let seconds: f64 = std::env::var("SENTINEL_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2.0);
+        (url, seconds)
+    } else {
+        let Some(server) = sentinel_testkit::servers::require(
+            "postgres (benchmark smoke test)",
+            sentinel_testkit::servers::postgres(),
+        ) else {
+            return Ok(());
+        };
+        (server.url().to_owned(), 0.1)
+    };
+    let for_ = Duration::from_secs_f64(seconds);
+    let options = PgConnectOptions::from_str(&url)?;
+    let schema = format!("sentinel_bench_{}", std::process::id());
+
+    let pool = PostgresStore::pool_options()
+        .max_connections(8)
+        .connect_with(options.clone())
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at {url}: {e}"))?;
+    let version: (String,) = sqlx::query_as("SHOW server_version")
+        .fetch_one(&pool)
+        .await?;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit') ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let bench = bench_on(pool.clone(), &schema).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE \"{schema}\".baseline (
+             namespace text COLLATE \"C\" NOT NULL, key text COLLATE \"C\" NOT NULL,
+             state text NOT NULL, owner text NOT NULL, token bigint NOT NULL,
+             lease_expires_at timestamptz NOT NULL, result json,
+             PRIMARY KEY (namespace, key));"
+    )))
+    .execute(&pool)
+    .await?;
+    // The completed keys the cached scenarios read, for both.
+    for n in 0..cached_keys() {
+        let key = format!("done{n}");
+        bench.once(&key).await;
+        bench.baseline_fresh(&key).await;
+    }
+
+    println!(
+        "PostgreSQL {} ({}) at {}; {} s per scenario",
+        version.0,
+        settings
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        redact(&url),
+        seconds
+    );
+    println!();
+    println!(
+        "{:<8} {:>7} {:<9} {:>10} {:>10} {:>10} {:>9} {:>13} {:>9}",
+        "work", "workers", "what", "ops/s", "p50", "p99", "ratio", "round trips", "pings"
+    );
+
+    // Round trips: a one-connection pool through the counting proxy.
+    let upstream = (options.get_host(), options.get_port())
+        .to_socket_addrs()?
+        .next()
+        .ok_or("the server's address does not resolve")?;
+    let proxy = CountingProxy::start(upstream).await?;
+    let counted_pool = PostgresStore::pool_options()
+        .max_connections(1)
+        .connect_with(options.clone().host("127.0.0.1").port(proxy.port()))
+        .await?;
+    let counted = bench_on(counted_pool, &schema).await?;
+
+    let mut failures = Vec::new();
+    for work in [Work::Fresh, Work::Cached] {
+        let name = match work {
+            Work::Fresh => "fresh",
+            Work::Cached => "cached",
+        };
+        let trips = [
+            count(&counted, &proxy, Who::Baseline, work).await,
+            count(&counted, &proxy, Who::Sentinel, work).await,
+        ];
+        for workers in WORKERS {
+            let baseline = measure(&bench, Who::Baseline, work, workers, for_).await;
+            let sentinel = measure(&bench, Who::Sentinel, work, workers, for_).await;
+            let ratio = sentinel.per_second() / baseline.per_second();
+            for (what, m, (waited, pings)) in [
+                ("baseline", &baseline, trips[0]),
+                ("once()", &sentinel, trips[1]),
+            ] {
+                println!(
+                    "{:<8} {:>7} {:<9} {:>10.0} {:>10} {:>10} {:>9} {:>13.2} {:>9.2}",
+                    name,
+                    workers,
+                    what,
+                    m.per_second(),
+                    format!("{:.3} ms", m.p50.as_secs_f64() * 1e3),
+                    format!("{:.3} ms", m.p99.as_secs_f64() * 1e3),
+                    if what == "once()" {
+                        format!("{ratio:.2}")
+                    } else {
+                        "1.00".to_owned()
+                    },
+                    waited,
+                    pings,
+                );
+            }
+            let goal = match work {
+                Work::Fresh => 2.0,
+                Work::Cached => 1.0,
+            };
+            if (trips[1].0 - goal).abs() > 0.01 {
+                failures.push(format!(
+                    "{name}: {:.2} round trips per once(), goal {goal}",
+                    trips[1].0
+                ));
+            }
+            if ratio < 0.8 && benchmarking() {
+                failures.push(format!(
+                    "{name} x{workers}: throughput ratio {ratio:.2} < 0.8"
+                ));
+            }
+        }
+    }
+    println!();
+    println!(
+        "round trips: exchanges the caller waited on per operation (statements + first-use \
+         prepares), counted on the wire; pings: bare Syncs sqlx's pool sends when a connection \
+         is returned (off the caller's path, the same for both)"
+    );
+
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .execute(&pool)
+        .await?;
+    if failures.is_empty() {
+        println!(
+            "goals met: 2 round trips per fresh once(), 1 per cached, throughput >= 0.8 of the baseline"
+        );
+    } else {
+        println!("goals missed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,30 @@
+-- fence: run inside the caller's transaction. Checks that token $4 is the current token of the
+-- execution ($1 namespace, $2 key), that it is 'executing' and that its lease is alive at
+-- $3 (manual time in µs; NULL: the server clock), and locks the row FOR KEY SHARE until the
+-- transaction ends.
+--
+-- Every transition that could hand the key to another generation (claim, reconcile, abort,
+-- complete, force_complete, reset, purge) locks the row FOR UPDATE, which conflicts with
+-- FOR KEY SHARE: it waits until the fenced transaction commits or rolls back, so a write
+-- committed under the fence can never land after a takeover. Heartbeats and start lock
+-- FOR NO KEY UPDATE, which does not conflict: the holder keeps renewing meanwhile.
+WITH
+locked AS MATERIALIZED (
+    SELECT e.state, e.token, e.lease_expires_at
+    FROM {schema}.executions AS e
+    WHERE e.namespace = $1 AND e.key = $2
+    FOR KEY SHARE
+),
+timed AS MATERIALIZED (
+    SELECT l.*, coalesce($3, {schema}.micros(clock_timestamp())) AS now_us
+    FROM locked AS l
+)
+SELECT CASE
+           WHEN t.state IS NULL THEN 'not_found'
+           WHEN t.token <> $4 THEN 'fenced'
+           WHEN t.state <> 'executing' THEN 'wrong_state'
+           WHEN NOT ({schema}.at_micros(t.now_us) < t.lease_expires_at) THEN 'expired'
+           ELSE 'held'
+       END AS verdict,
+       t.state, t.token
+FROM timed AS t

@@ -1,0 +1,778 @@
+//! [`PostgresStore`]: the [`CoordinationStore`] port over PostgreSQL.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::{
+    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Disposition, Error, Event,
+    EventKind, ExecutionRecord, ExecutionState, FencingToken, Grant, Key, Keyspace, LeaseRecord,
+    LeaseRequest, Namespace, OwnerId, RecordId, RejectReason, Rejection, Result, TimeSource,
+    Timestamp,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres};
+use tracing::Instrument;
+
+use crate::error::{self, BACKEND, corrupt};
+use crate::migrate;
+use crate::rows::{self, get, required};
+use crate::schema::Schema;
+use crate::sql::Statements;
+
+/// How many times a claim or lease acquire is sent when it keeps meeting a concurrent first
+/// claim of the same key. Each `retry` means another caller inserted the key between this
+/// statement's snapshot and its insert; the next attempt sees that row, so one retry is the rule.
+const RACE_ATTEMPTS: usize = 8;
+
+/// How long a pooled connection may sit idle before [`PostgresStore::pool_options`] pings it.
+const IDLE_BEFORE_PING: Duration = Duration::from_millis(100);
+
+/// The latest instant a timestamp may hold, in µs: durations are clamped to it before they are
+/// sent, so the server's arithmetic never overflows.
+const MAX_MICROS: i64 = Timestamp::MAX.as_micros();
+
+/// A Sentinel store in PostgreSQL: every transition one statement and one round trip, its event
+/// written by the same statement, decided on the server's clock (or a manual test clock).
+///
+/// Cheap to clone: clones share the pool and the prepared statements. Build it from a URL with
+/// [`PostgresStore::connect`], or from your own pool with [`PostgresStore::builder`].
+///
+/// ```no_run
+/// # async fn example() -> sentinel_core::Result<()> {
+/// use sentinel_core::{Failure, Once, Sentinel};
+/// use sentinel_postgres::PostgresStore;
+///
+/// let store = PostgresStore::connect("postgres://app@db/app").await?; // migrates `sentinel`
+/// let sentinel = Sentinel::builder(store).namespace("payments").build()?;
+/// let charged: Once<String> = sentinel
+///     .once("order-789", |ctx| async move { Ok::<_, Failure>(format!("ch_{}", ctx.token())) })
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: Schema,
+    time: TimeSource,
+    sql: Statements,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.inner.schema)
+            .field("time", &self.inner.time)
+            .field("pool", &self.inner.pool)
+            .finish()
+    }
+}
+
+/// Configures a [`PostgresStore`] over a pool: schema, clock, and whether to migrate.
+///
+/// ```no_run
+/// # async fn example(pool: sqlx::PgPool) -> sentinel_core::Result<()> {
+/// use sentinel_postgres::PostgresStore;
+///
+/// let store = PostgresStore::builder(pool)
+///     .schema("billing_sentinel") // checked; created and migrated by build()
+///     .build()
+///     .await?;
+/// assert_eq!(store.schema().as_str(), "billing_sentinel");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "call build() to get the store"]
+pub struct PostgresStoreBuilder {
+    pool: PgPool,
+    schema: String,
+    time: TimeSource,
+    migrate: bool,
+}
+
+impl PostgresStoreBuilder {
+    /// The schema holding Sentinel's tables (default `sentinel`); checked by [`Self::build`].
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.schema = name.into();
+        self
+    }
+
+    /// Where the store takes the time from: the server's `clock_timestamp()` (the default), or a
+    /// [`sentinel_core::ManualClock`] passed into every statement, for tests.
+    pub fn time(mut self, time: TimeSource) -> Self {
+        self.time = time;
+        self
+    }
+
+    /// Whether [`Self::build`] creates or upgrades the schema (default `true`). Turn it off when
+    /// migrations run elsewhere (see [`crate::migrator`]).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Checks the schema name, runs the migrations (unless turned off) and returns the store.
+    pub async fn build(self) -> Result<PostgresStore> {
+        let schema = Schema::new(self.schema)?;
+        if self.migrate {
+            migrate::migrate(&self.pool, &schema).await?;
+        }
+        Ok(PostgresStore::assemble(self.pool, schema, self.time))
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` with [`PostgresStore::pool_options`], creates or upgrades the
+    /// `sentinel` schema, and returns a store on the server's clock.
+    ///
+    /// Fails with [`Error::Unavailable`] when the server cannot be reached, and with
+    /// [`Error::InvalidInput`] when the URL does not parse.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = Self::pool_options()
+            .connect(url)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Configuration(source) => {
+                    Error::InvalidInput(sentinel_core::InvalidInput::Malformed {
+                        what: "postgres url",
+                        detail: source.to_string(),
+                    })
+                }
+                other => error::from_sqlx(other, "connect", Duration::ZERO),
+            })?;
+        Self::builder(pool).build().await
+    }
+
+    /// The pool settings this crate recommends, which [`PostgresStore::connect`] uses: at most
+    /// 16 connections, a 5 s acquire timeout (an exhausted pool answers [`Error::Timeout`]
+    /// instead of hanging), and a liveness ping only for a connection that sat idle for more
+    /// than 100 ms. sqlx's default pings before every use, which costs every call a second
+    /// round trip; here a busy connection costs none, while any connection that lived through a
+    /// server restart (which takes longer than that) is checked, and replaced, before use.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), sqlx::Error> {
+    /// let pool = sentinel_postgres::PostgresStore::pool_options()
+    ///     .max_connections(32)
+    ///     .connect("postgres://app@db/app")
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pool_options() -> PgPoolOptions {
+        PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+    }
+
+    /// A store over `pool` in the `sentinel` schema, on the server's clock, without running
+    /// migrations: the tables must exist (see [`crate::migrate`]). Does no I/O.
+    pub fn new(pool: PgPool) -> Self {
+        Self::assemble(pool, Schema::default(), TimeSource::Server)
+    }
+
+    /// A builder over `pool`, to choose the schema and the clock.
+    pub fn builder(pool: PgPool) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            pool,
+            schema: Schema::DEFAULT.to_owned(),
+            time: TimeSource::Server,
+            migrate: true,
+        }
+    }
+
+    fn assemble(pool: PgPool, schema: Schema, time: TimeSource) -> Self {
+        let sql = Statements::new(&schema);
+        PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                schema,
+                time,
+                sql,
+            }),
+        }
+    }
+
+    /// The pool the store runs on: use it for your own transactions with [`Self::fence`].
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    /// Where the store takes the time from.
+    pub fn time_source(&self) -> &TimeSource {
+        &self.inner.time
+    }
+
+    /// Creates or upgrades this store's schema (see [`crate::migrate`]).
+    pub async fn migrate(&self) -> Result<()> {
+        migrate::migrate(&self.inner.pool, &self.inner.schema).await
+    }
+
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.inner.sql
+    }
+
+    /// The manual clock's time in µs, or `None` for the server's clock.
+    pub(crate) fn manual_now(&self) -> Option<i64> {
+        self.inner.time.manual_now().map(Timestamp::as_micros)
+    }
+
+    pub(crate) fn error(&self, error: sqlx::Error, operation: &'static str) -> Error {
+        let acquire_timeout = self.inner.pool.options().get_acquire_timeout();
+        error::from_sqlx(error, operation, acquire_timeout)
+    }
+
+    async fn fetch_optional(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+        operation: &'static str,
+    ) -> Result<Option<PgRow>> {
+        query
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, operation))
+    }
+
+    async fn fetch_one(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+        operation: &'static str,
+    ) -> Result<PgRow> {
+        self.fetch_optional(query, operation)
+            .await?
+            .ok_or_else(|| corrupt(format!("{operation} returned no row")))
+    }
+
+    async fn fetch_all(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+        operation: &'static str,
+    ) -> Result<Vec<PgRow>> {
+        query
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, operation))
+    }
+
+    /// Runs one of the "locked row, verdict" statements (start, complete, abort, reconcile,
+    /// force_complete, reset): `Ok(row)` for the verdicts in `accepted`, the core's rejection
+    /// otherwise, `NotFound` when there is no row.
+    async fn decide(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+        operation: &'static str,
+        accepted: &[&str],
+    ) -> Result<PgRow> {
+        let Some(row) = self.fetch_optional(query, operation).await? else {
+            return Err(Rejection::not_found().into());
+        };
+        let verdict: String = required(&row, "verdict")?;
+        if accepted.contains(&verdict.as_str()) {
+            Ok(row)
+        } else {
+            Err(rows::rejection(&verdict, &row, true)?.into())
+        }
+    }
+}
+
+fn query(sql: &Arc<str>) -> Query<'static, Postgres, PgArguments> {
+    sqlx::query(AssertSqlSafe(Arc::clone(sql)))
+}
+
+fn span(operation: &'static str, id: &RecordId) -> tracing::Span {
+    tracing::debug_span!(
+        "postgres",
+        operation,
+        namespace = %id.namespace,
+        key = %id.key,
+        token = tracing::field::Empty,
+    )
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(MAX_MICROS)
+}
+
+fn json_text(value: &Value) -> Result<String> {
+    serde_json::to_string(value)
+        .map_err(|e| Error::InvalidInput(sentinel_core::InvalidInput::ResultNotJson(e.to_string())))
+}
+
+fn page<T>(
+    rows: Vec<PgRow>,
+    limit: u32,
+    decode: impl Fn(&PgRow) -> Result<T>,
+    key_of: impl Fn(&T) -> &Key,
+) -> Result<Page<T>> {
+    let limit = limit as usize;
+    let more = rows.len() > limit;
+    let items = rows
+        .iter()
+        .take(limit)
+        .map(decode)
+        .collect::<Result<Vec<T>>>()?;
+    let next = if more {
+        items.last().map(|item| key_of(item).clone())
+    } else {
+        None
+    };
+    Ok(Page { items, next })
+}
+
+fn grant(row: &PgRow) -> Result<Grant> {
+    Ok(Grant {
+        token: rows::token(required(row, "token")?)?,
+        lease_expires_at: rows::timestamp(required(row, "lease_expires_us")?),
+        hard_expires_at: rows::timestamp(required(row, "hard_expires_us")?),
+    })
+}
+
+fn claim_outcome(outcome: &str, row: &PgRow) -> Result<ClaimOutcome> {
+    let owner = || -> Result<OwnerId> { rows::owner(required(row, "owner")?) };
+    let token = || -> Result<FencingToken> { rows::token(required(row, "token")?) };
+    let lease = || -> Result<Timestamp> { Ok(rows::timestamp(required(row, "lease_expires_us")?)) };
+    Ok(match outcome {
+        "acquired" => ClaimOutcome::Acquired(grant(row)?),
+        "busy" => ClaimOutcome::Busy {
+            state: rows::state(&required::<String>(row, "state")?)?,
+            owner: owner()?,
+            token: token()?,
+            lease_expires_at: lease()?,
+        },
+        "uncertain" => ClaimOutcome::Uncertain {
+            owner: owner()?,
+            token: token()?,
+            expired_at: lease()?,
+        },
+        "completed" => ClaimOutcome::Completed {
+            token: token()?,
+            result: get::<Option<String>>(row, "result")?
+                .map(|t| rows::json(&t))
+                .transpose()?
+                .unwrap_or(Value::Null),
+        },
+        "reconciling" => ClaimOutcome::Reconciling {
+            owner: owner()?,
+            token: token()?,
+        },
+        "fingerprint_mismatch" => {
+            return Err(Rejection {
+                reason: RejectReason::FingerprintMismatch {
+                    stored: get::<Option<String>>(row, "fingerprint")?
+                        .map(rows::fingerprint)
+                        .transpose()?,
+                },
+                state: Some(rows::state(&required::<String>(row, "state")?)?),
+                token: Some(token()?),
+            }
+            .into());
+        }
+        other => return Err(corrupt(format!("claim: unexpected outcome {other:?}"))),
+    })
+}
+
+fn event(row: &PgRow) -> Result<Event> {
+    let kind: String = required(row, "kind")?;
+    Ok(Event {
+        id: required(row, "id")?,
+        kind: EventKind::from_str(&kind).map_err(|e| corrupt(e.to_string()))?,
+        token: rows::token(required(row, "token")?)?,
+        owner: get::<Option<String>>(row, "owner")?
+            .map(rows::owner)
+            .transpose()?,
+        state: get::<Option<String>>(row, "state")?
+            .map(|s| rows::state(&s))
+            .transpose()?,
+        at: rows::timestamp(required(row, "at_us")?),
+        detail: get::<Option<String>>(row, "detail")?
+            .map(|t| rows::json(&t))
+            .transpose()?,
+    })
+}
+
+#[async_trait]
+impl CoordinationStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn now(&self) -> Result<Timestamp> {
+        if let Some(now) = self.inner.time.manual_now() {
+            return Ok(now);
+        }
+        let row = self.fetch_one(query(&self.statements().now), "now").await?;
+        Ok(rows::timestamp(required(&row, "now_us")?))
+    }
+
+    async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
+        let span = span("claim", id);
+        async {
+            let request_id = rows::request_id_bytes(request.request_id);
+            for _ in 0..RACE_ATTEMPTS {
+                let statement = query(&self.statements().claim)
+                    .bind(id.namespace.as_str())
+                    .bind(id.key.as_str())
+                    .bind(self.manual_now())
+                    .bind(request.owner.as_str())
+                    .bind(request.ttl.ttl_micros())
+                    .bind(request.ttl.hard_micros())
+                    .bind(request.start)
+                    .bind(&request_id[..])
+                    .bind(request.fingerprint.as_ref().map(|f| f.as_str()));
+                let row = self.fetch_one(statement, "claim").await?;
+                let outcome: String = required(&row, "outcome")?;
+                if outcome != "retry" {
+                    let outcome = claim_outcome(&outcome, &row)?;
+                    if let ClaimOutcome::Acquired(grant) = &outcome {
+                        tracing::Span::current().record("token", grant.token.get());
+                    }
+                    return Ok(outcome);
+                }
+                tracing::debug!("a concurrent first claim won the insert; asking again");
+            }
+            Err(error::backend(Contention("claim")))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp> {
+        let statement = query(&self.statements().start)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(token.get());
+        let row = self
+            .decide(statement, "start", &["started", "unchanged"])
+            .instrument(span("start", id))
+            .await?;
+        Ok(rows::timestamp(required(&row, "lease_expires_us")?))
+    }
+
+    async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keyspaces: Vec<&str> = renewals.iter().map(|r| r.keyspace.as_str()).collect();
+        let namespaces: Vec<&str> = renewals.iter().map(|r| r.id.namespace.as_str()).collect();
+        let keys: Vec<&str> = renewals.iter().map(|r| r.id.key.as_str()).collect();
+        let tokens: Vec<i64> = renewals.iter().map(|r| r.token.get()).collect();
+        let statement = query(&self.statements().heartbeat)
+            .bind(keyspaces)
+            .bind(namespaces)
+            .bind(keys)
+            .bind(tokens)
+            .bind(self.manual_now());
+        let rows = self
+            .fetch_all(statement, "heartbeat")
+            .instrument(tracing::debug_span!(
+                "postgres",
+                operation = "heartbeat",
+                held = renewals.len()
+            ))
+            .await?;
+        if rows.len() != renewals.len() {
+            return Err(corrupt(format!(
+                "heartbeat answered {} renewals of {}",
+                rows.len(),
+                renewals.len()
+            )));
+        }
+        renewals
+            .iter()
+            .zip(&rows)
+            .map(|(renewal, row)| {
+                let verdict: String = required(row, "verdict")?;
+                if verdict == "renewed" {
+                    Ok(Ok(rows::timestamp(required(row, "lease_expires_us")?)))
+                } else {
+                    let with_state = renewal.keyspace == Keyspace::Execution;
+                    Ok(Err(rows::rejection(&verdict, row, with_state)?))
+                }
+            })
+            .collect()
+    }
+
+    async fn complete(&self, id: &RecordId, token: FencingToken, result: &Value) -> Result<()> {
+        let result = json_text(result)?;
+        let statement = query(&self.statements().complete)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(token.get())
+            .bind(result.as_str());
+        self.decide(statement, "complete", &["completed", "unchanged"])
+            .instrument(span("complete", id))
+            .await
+            .map(drop)
+    }
+
+    async fn abort(
+        &self,
+        id: &RecordId,
+        token: FencingToken,
+        disposition: Disposition,
+    ) -> Result<()> {
+        let statement = query(&self.statements().abort)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(token.get())
+            .bind(disposition.as_str());
+        self.decide(statement, "abort", &["aborted", "unchanged"])
+            .instrument(span("abort", id))
+            .await
+            .map(drop)
+    }
+
+    async fn reconcile(&self, id: &RecordId, owner: &OwnerId) -> Result<FencingToken> {
+        let statement = query(&self.statements().reconcile)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(owner.as_str());
+        let row = self
+            .decide(statement, "reconcile", &["reconciling"])
+            .instrument(span("reconcile", id))
+            .await?;
+        rows::token(required(&row, "token")?)
+    }
+
+    async fn force_complete(&self, id: &RecordId, owner: &OwnerId, result: &Value) -> Result<()> {
+        let result = json_text(result)?;
+        let statement = query(&self.statements().force_complete)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(owner.as_str())
+            .bind(result.as_str());
+        self.decide(
+            statement,
+            "force_complete",
+            &["force_completed", "unchanged"],
+        )
+        .instrument(span("force_complete", id))
+        .await
+        .map(drop)
+    }
+
+    async fn reset_to_claimed(&self, id: &RecordId, owner: &OwnerId) -> Result<()> {
+        let statement = query(&self.statements().reset)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(owner.as_str());
+        self.decide(statement, "reset_to_claimed", &["reset"])
+            .instrument(span("reset_to_claimed", id))
+            .await
+            .map(drop)
+    }
+
+    async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
+        let statement = query(&self.statements().purge)
+            .bind(namespace.as_str())
+            .bind(self.manual_now())
+            .bind(micros(older_than))
+            .bind(i64::from(limit));
+        let row = self
+            .fetch_one(statement, "purge")
+            .instrument(tracing::debug_span!("postgres", operation = "purge", %namespace))
+            .await?;
+        let purged: i64 = required(&row, "purged")?;
+        u64::try_from(purged).map_err(|e| corrupt(format!("purge count {purged}: {e}")))
+    }
+
+    async fn inspect(&self, id: &RecordId) -> Result<Option<ExecutionRecord>> {
+        let statement = query(&self.statements().inspect)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str());
+        self.fetch_optional(statement, "inspect")
+            .await?
+            .map(|row| rows::execution_record(&row))
+            .transpose()
+    }
+
+    async fn list(&self, query_: &ListQuery) -> Result<Page<ExecutionRecord>> {
+        query_.validate()?;
+        let filter = &query_.filter;
+        let state = match (filter.state, filter.uncertain) {
+            // Uncertain means executing: no record is both.
+            (Some(state), true) if state != ExecutionState::Executing => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            }
+            (Some(state), _) => Some(state),
+            (None, true) => Some(ExecutionState::Executing),
+            (None, false) => None,
+        };
+        let expired = filter.expired || filter.uncertain;
+        let (sql, state_filter) = match state {
+            // Executing records (the reconciliation queue) have an index of their own.
+            Some(ExecutionState::Executing) => (&self.statements().list_executing, None),
+            other => (
+                &self.statements().list,
+                Some(other.map(ExecutionState::as_str)),
+            ),
+        };
+        let mut statement = query(sql)
+            .bind(query_.namespace.as_str())
+            .bind(query_.after.as_ref().map_or("", |k| k.as_str()))
+            .bind(self.manual_now())
+            .bind(expired)
+            .bind(filter.older_than.map(micros))
+            .bind(i64::from(query_.limit) + 1);
+        if let Some(state) = state_filter {
+            statement = statement.bind(state);
+        }
+        let rows = self.fetch_all(statement, "list").await?;
+        page(rows, query_.limit, rows::execution_record, |r| &r.key)
+    }
+
+    async fn history(
+        &self,
+        keyspace: Keyspace,
+        id: &RecordId,
+        query_: &HistoryQuery,
+    ) -> Result<Vec<Event>> {
+        query_.validate()?;
+        let statement = query(&self.statements().history)
+            .bind(keyspace.as_str())
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(query_.after.unwrap_or(i64::MIN))
+            .bind(i64::from(query_.limit));
+        let rows = self.fetch_all(statement, "history").await?;
+        rows.iter().map(event).collect()
+    }
+
+    async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
+        let span = span("acquire_lease", id);
+        async {
+            let request_id = rows::request_id_bytes(request.request_id);
+            for _ in 0..RACE_ATTEMPTS {
+                let statement = query(&self.statements().acquire_lease)
+                    .bind(id.namespace.as_str())
+                    .bind(id.key.as_str())
+                    .bind(self.manual_now())
+                    .bind(request.owner.as_str())
+                    .bind(request.ttl.ttl_micros())
+                    .bind(request.ttl.hard_micros())
+                    .bind(&request_id[..]);
+                let row = self.fetch_one(statement, "acquire_lease").await?;
+                let outcome: String = required(&row, "outcome")?;
+                match outcome.as_str() {
+                    "acquired" => {
+                        let grant = grant(&row)?;
+                        tracing::Span::current().record("token", grant.token.get());
+                        return Ok(Acquisition::Acquired(grant));
+                    }
+                    "held" => {
+                        return Ok(Acquisition::Held {
+                            owner: rows::owner(required(&row, "owner")?)?,
+                            token: rows::token(required(&row, "token")?)?,
+                            lease_expires_at: rows::timestamp(required(&row, "lease_expires_us")?),
+                        });
+                    }
+                    "retry" => {
+                        tracing::debug!("a concurrent first acquire won the insert; asking again");
+                    }
+                    other => {
+                        return Err(corrupt(format!(
+                            "acquire_lease: unexpected outcome {other:?}"
+                        )));
+                    }
+                }
+            }
+            Err(error::backend(Contention("acquire_lease")))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn release_lease(&self, id: &RecordId, token: FencingToken) -> Result<()> {
+        let statement = query(&self.statements().release_lease)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str())
+            .bind(self.manual_now())
+            .bind(token.get());
+        let Some(row) = self
+            .fetch_optional(statement, "release_lease")
+            .instrument(span("release_lease", id))
+            .await?
+        else {
+            return Err(Rejection::not_found().into());
+        };
+        let verdict: String = required(&row, "verdict")?;
+        if verdict == "released" {
+            Ok(())
+        } else {
+            Err(rows::rejection(&verdict, &row, false)?.into())
+        }
+    }
+
+    async fn inspect_lease(&self, id: &RecordId) -> Result<Option<LeaseRecord>> {
+        let statement = query(&self.statements().inspect_lease)
+            .bind(id.namespace.as_str())
+            .bind(id.key.as_str());
+        self.fetch_optional(statement, "inspect_lease")
+            .await?
+            .map(|row| rows::lease_record(&row))
+            .transpose()
+    }
+
+    async fn list_leases(&self, query_: &LeaseListQuery) -> Result<Page<LeaseRecord>> {
+        query_.validate()?;
+        let statement = query(&self.statements().list_leases)
+            .bind(query_.namespace.as_str())
+            .bind(query_.after.as_ref().map_or("", |k| k.as_str()))
+            .bind(i64::from(query_.limit) + 1);
+        let rows = self.fetch_all(statement, "list_leases").await?;
+        page(rows, query_.limit, rows::lease_record, |r| &r.key)
+    }
+}
+
+/// A claim or acquire met a concurrent first claim of the same key on every attempt.
+#[derive(Debug)]
+struct Contention(&'static str);
+
+impl fmt::Display for Contention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} lost the race to insert a new key {RACE_ATTEMPTS} times in a row; nothing was \
+             written, it is safe to send again",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for Contention {}

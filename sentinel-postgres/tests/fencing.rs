@@ -1,0 +1,432 @@
+//! Fencing downstream: a worker's own writes in the same database, tied to its authority with
+//! `fence` and `complete_in`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PgFactory, claim, granted, id, lease, manual_store};
+use sentinel_core::{
+    Acquisition, CoordinationStore, Error, EventKind, ExecutionState, Failure, HistoryQuery,
+    Keyspace, Once, OwnerId, RejectReason, Sentinel,
+};
+use sentinel_postgres::PostgresStore;
+use serde_json::json;
+use sqlx::AssertSqlSafe;
+
+macro_rules! factory {
+    () => {
+        match PgFactory::new() {
+            Some(factory) => factory,
+            None => return,
+        }
+    };
+}
+
+/// The downstream table of these tests: payments, in the store's schema (dropped with it).
+async fn payments(store: &PostgresStore) -> String {
+    let table = format!("\"{}\".payments", store.schema());
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (order_id text PRIMARY KEY, amount bigint NOT NULL, fence bigint NOT NULL)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    table
+}
+
+async fn count(store: &PostgresStore, table: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    n
+}
+
+fn rejection(error: Error) -> sentinel_core::Rejection {
+    match error {
+        Error::Rejected(rejection) => rejection,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_workers_write_is_refused_after_a_reconcile() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let table = payments(&store).await;
+    let order = id("pay", "order-1");
+    let stale = granted(
+        store
+            .claim(&order, &claim("worker-a", 1_000, true))
+            .await
+            .unwrap(),
+    );
+
+    // Worker A pauses past its lease; an operator fences it out.
+    clock.advance(Duration::from_secs(2));
+    let fresh = store
+        .reconcile(&order, &OwnerId::new("operator").unwrap())
+        .await
+        .unwrap();
+
+    // A wakes up and tries its downstream write under its old token.
+    let mut tx = store.pool().begin().await.unwrap();
+    let refused = rejection(store.fence(&mut tx, &order, stale).await.unwrap_err());
+    assert_eq!(refused.reason, RejectReason::Fenced);
+    assert_eq!(refused.state, Some(ExecutionState::Reconciling));
+    assert_eq!(refused.token, Some(fresh));
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        count(&store, &table).await,
+        0,
+        "the stale write must not land"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_lease_holders_write_is_refused_after_a_takeover() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let table = payments(&store).await;
+    let job = id("jobs", "nightly");
+    let Acquisition::Acquired(first) = store.acquire_lease(&job, &lease("a", 1_000)).await.unwrap()
+    else {
+        panic!("a free lease is granted");
+    };
+    clock.advance(Duration::from_secs(2));
+    let Acquisition::Acquired(second) =
+        store.acquire_lease(&job, &lease("b", 1_000)).await.unwrap()
+    else {
+        panic!("an expired lease is granted to the next worker");
+    };
+
+    let mut tx = store.pool().begin().await.unwrap();
+    let refused = rejection(
+        store
+            .fence_lease(&mut tx, &job, first.token)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.reason, RejectReason::Fenced);
+    assert_eq!(refused.token, Some(second.token));
+    drop(tx);
+
+    // The new holder's write goes through.
+    let mut tx = store.pool().begin().await.unwrap();
+    store
+        .fence_lease(&mut tx, &job, second.token)
+        .await
+        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES ('nightly', 1, $1)"
+    )))
+    .bind(second.token.get())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(count(&store, &table).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_waits_for_the_fenced_transaction_to_commit() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let table = payments(&store).await;
+    let order = id("pay", "order-2");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 1_000, true))
+            .await
+            .unwrap(),
+    );
+
+    // A fences and writes, but has not committed yet.
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES ('order-2', 100, $1)"
+    )))
+    .bind(token.get())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+
+    // Its lease runs out in store time; an operator reconciles: that must wait for A's commit.
+    clock.advance(Duration::from_secs(2));
+    let operator = store.clone();
+    let oid = order.clone();
+    let reconcile = tokio::spawn(async move {
+        operator
+            .reconcile(&oid, &OwnerId::new("operator").unwrap())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !reconcile.is_finished(),
+        "a takeover must wait for the fenced transaction"
+    );
+
+    tx.commit().await.unwrap();
+    let reconciled = tokio::time::timeout(Duration::from_secs(10), reconcile)
+        .await
+        .expect("the reconcile proceeds once the fence is released")
+        .unwrap()
+        .unwrap();
+    assert!(reconciled > token);
+    assert_eq!(
+        count(&store, &table).await,
+        1,
+        "A's write committed before the takeover"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_and_other_keys_are_not_blocked_by_a_fence() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let order = id("pay", "order-3");
+    let other = id("pay", "order-4");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 1_000, true))
+            .await
+            .unwrap(),
+    );
+
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    let renewals = [sentinel_core::Renewal {
+        keyspace: Keyspace::Execution,
+        id: order.clone(),
+        token,
+    }];
+    let renewed = tokio::time::timeout(Duration::from_secs(5), store.heartbeat(&renewals))
+        .await
+        .expect("a heartbeat does not wait for a fence")
+        .unwrap();
+    assert!(renewed[0].is_ok(), "{renewed:?}");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        store.claim(&other, &claim("b", 1_000, true)),
+    )
+    .await
+    .expect("other keys do not wait")
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fence_refuses_what_has_no_authority() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let order = id("pay", "order-5");
+    let mut tx = store.pool().begin().await.unwrap();
+    let missing = rejection(
+        store
+            .fence(
+                &mut tx,
+                &order,
+                sentinel_core::FencingToken::new(7).unwrap(),
+            )
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(missing.reason, RejectReason::NotFound);
+    drop(tx);
+
+    // Claimed but not started: nothing may be applied yet.
+    let token = granted(
+        store
+            .claim(&order, &claim("a", 1_000, false))
+            .await
+            .unwrap(),
+    );
+    let mut tx = store.pool().begin().await.unwrap();
+    let claimed = rejection(store.fence(&mut tx, &order, token).await.unwrap_err());
+    assert_eq!(claimed.reason, RejectReason::WrongState);
+    drop(tx);
+
+    store.start(&order, token).await.unwrap();
+    clock.advance(Duration::from_secs(2));
+    let mut tx = store.pool().begin().await.unwrap();
+    let expired = rejection(store.fence(&mut tx, &order, token).await.unwrap_err());
+    assert_eq!(expired.reason, RejectReason::Expired);
+    assert_eq!(expired.state, Some(ExecutionState::Executing));
+    assert_eq!(expired.token, Some(token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_commits_the_side_effect_and_the_completion_together() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let table = payments(&store).await;
+    let order = id("pay", "order-6");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 1_000, true))
+            .await
+            .unwrap(),
+    );
+    let receipt = json!({"charge": "ch_6"});
+
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES ('order-6', 600, $1)"
+    )))
+    .bind(token.get())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    store
+        .complete_in(&mut tx, &order, token, &receipt)
+        .await
+        .unwrap();
+    // Not visible outside the transaction before it commits.
+    assert_eq!(
+        store.inspect(&order).await.unwrap().unwrap().state,
+        ExecutionState::Executing
+    );
+    tx.commit().await.unwrap();
+
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Completed);
+    assert_eq!(record.result, Some(receipt.clone()));
+    assert_eq!(count(&store, &table).await, 1);
+    // once() then records the same result with the same token: accepted, nothing logged.
+    store.complete(&order, token, &receipt).await.unwrap();
+    let kinds: Vec<EventKind> = store
+        .history(Keyspace::Execution, &order, &HistoryQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_side_effect_and_commit_leaves_neither() {
+    let factory = factory!();
+    let store = factory.store(sentinel_core::TimeSource::Server).await;
+    let table = payments(&store).await;
+    let order = id("pay", "order-7");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 60_000, true))
+            .await
+            .unwrap(),
+    );
+
+    // The worker dies with its transaction open: the server sees the connection drop.
+    let mut tx = store.pool().begin().await.unwrap();
+    let (pid,): (i32,) = sqlx::query_as("SELECT pg_backend_pid()")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES ('order-7', 700, $1)"
+    )))
+    .bind(token.get())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    store
+        .complete_in(&mut tx, &order, token, &json!("ch_7"))
+        .await
+        .unwrap();
+    common::kill_pid(factory.url(), pid).await;
+    assert!(
+        tx.commit().await.is_err(),
+        "the commit of a killed connection fails"
+    );
+
+    assert_eq!(count(&store, &table).await, 0, "no side effect");
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Executing, "no completion");
+    assert_eq!(record.token, token);
+
+    // And a plain drop without commit (a panic, a cancelled task) rolls back the same way.
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} VALUES ('order-7', 700, $1)"
+    )))
+    .bind(token.get())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    store
+        .complete_in(&mut tx, &order, token, &json!("ch_7"))
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(count(&store, &table).await, 0);
+    assert_eq!(
+        store.inspect(&order).await.unwrap().unwrap().state,
+        ExecutionState::Executing
+    );
+}
+
+/// The pattern of the README, end to end, through the `Sentinel` client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_pattern_charges_exactly_once() {
+    let factory = factory!();
+    let store = factory.store(sentinel_core::TimeSource::Server).await;
+    let table = payments(&store).await;
+    let sentinel = Sentinel::builder(store.clone())
+        .namespace("payments")
+        .build()
+        .unwrap();
+
+    let charge = |amount: i64| {
+        let store = store.clone();
+        let table = table.clone();
+        move |ctx: sentinel_core::ExecutionContext| async move {
+            let id = sentinel_core::RecordId::new(ctx.namespace().clone(), ctx.key().clone());
+            let mut tx = store.pool().begin().await.map_err(Failure::not_applied)?;
+            store
+                .fence(&mut tx, &id, ctx.token())
+                .await
+                .map_err(Failure::not_applied)?;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {table} (order_id, amount, fence) VALUES ($1, $2, $3)"
+            )))
+            .bind(ctx.key().as_str())
+            .bind(amount)
+            .bind(ctx.token().get())
+            .execute(&mut *tx)
+            .await
+            .map_err(Failure::not_applied)?;
+            let receipt = format!("ch_{}", ctx.token());
+            store
+                .complete_in(&mut tx, &id, ctx.token(), &json!(receipt))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(receipt)
+        }
+    };
+
+    let first: Once<String> = sentinel.once("order-8", charge(800)).await.unwrap();
+    assert!(first.is_executed(), "{}", first.kind());
+    let again: Once<String> = sentinel.once("order-8", charge(800)).await.unwrap();
+    assert!(again.is_cached(), "{}", again.kind());
+    assert_eq!(again.value(), first.value());
+    assert_eq!(count(&store, &table).await, 1);
+    let kinds: Vec<EventKind> = store
+        .history(
+            Keyspace::Execution,
+            &id("payments", "order-8"),
+            &HistoryQuery::default(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
+}

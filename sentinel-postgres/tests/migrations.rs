@@ -1,0 +1,157 @@
+//! The embedded migrations: idempotent, safe when several processes start at once, apart from
+//! the application's own sqlx migrations, in a checked schema.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::PgFactory;
+use sentinel_core::{CoordinationStore, Error};
+use sentinel_postgres::{MIGRATIONS, PostgresStore, Schema};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
+
+macro_rules! factory {
+    () => {
+        match PgFactory::new() {
+            Some(factory) => factory,
+            None => return,
+        }
+    };
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_processes_migrating_at_once_all_succeed() {
+    let factory = factory!();
+    let schema = Schema::new(common::unique_schema("sentinel_mig")).unwrap();
+    let starts = (0..6).map(|_| {
+        let url = factory.url().to_owned();
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            let pool = common::pool(&url, 2).await;
+            sentinel_postgres::migrate(&pool, &schema).await
+        })
+    });
+    for start in starts {
+        start.await.unwrap().unwrap();
+    }
+    // And again, later: nothing to do.
+    let pool = common::pool(factory.url(), 2).await;
+    sentinel_postgres::migrate(&pool, &schema).await.unwrap();
+    let (applied,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\"._sentinel_migrations WHERE success"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, MIGRATIONS.len() as i64);
+    drop_schema(factory.url(), schema.as_str()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_and_application_migrations_never_meet() {
+    let factory = factory!();
+    // A database of its own, so the application's `_sqlx_migrations` lands in a clean `public`.
+    let database = common::unique_schema("sentinel_app_db");
+    let mut admin = sqlx::PgConnection::connect(factory.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{database}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{database}", factory.url().rsplit_once('/').unwrap().0);
+    {
+        let pool = common::pool(&url, 2).await;
+        let app = Migrator::with_migrations(vec![Migration::new(
+            1,
+            "app tables".into(),
+            MigrationType::Simple,
+            "CREATE TABLE orders (id bigint PRIMARY KEY)".into_sql_str(),
+            false,
+        )]);
+        for _ in 0..2 {
+            app.run(&pool).await.unwrap();
+            PostgresStore::builder(pool.clone()).build().await.unwrap();
+        }
+        let (app_rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM public._sqlx_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let (ours,): (String,) = sqlx::query_as(
+            "SELECT description FROM sentinel._sentinel_migrations WHERE version = 1",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            app_rows, 1,
+            "Sentinel wrote nothing into the application's history"
+        );
+        assert_eq!(ours, "initial");
+        // Users who run migrations themselves get the same migrator.
+        sentinel_postgres::migrator(&Schema::new("tenant_b").unwrap())
+            .run(&pool)
+            .await
+            .unwrap();
+        let store = PostgresStore::builder(pool.clone())
+            .schema("tenant_b")
+            .migrate(false)
+            .build()
+            .await
+            .unwrap();
+        assert!(store.now().await.unwrap() > sentinel_core::Timestamp::EPOCH);
+        pool.close().await;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_names_are_checked_before_anything_is_sent() {
+    let factory = factory!();
+    let pool = common::pool(factory.url(), 1).await;
+    for bad in [
+        "",
+        "Robert'); DROP TABLE students;--",
+        "with space",
+        "pg_catalog",
+        "x\"y",
+    ] {
+        let error = PostgresStore::builder(pool.clone())
+            .schema(bad)
+            .build()
+            .await
+            .expect_err("a bad schema name is refused");
+        assert!(matches!(error, Error::InvalidInput(_)), "{bad:?}: {error}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_an_unmigrated_schema_says_so() {
+    let factory = factory!();
+    let pool = common::pool(factory.url(), 1).await;
+    let store = PostgresStore::builder(pool)
+        .schema(common::unique_schema("never_migrated"))
+        .migrate(false)
+        .build()
+        .await
+        .unwrap();
+    let error = store
+        .inspect(&common::id("ns", "k"))
+        .await
+        .expect_err("no tables");
+    assert!(matches!(error, Error::Backend { .. }), "{error}");
+    assert!(error.to_string().contains("not migrated"), "{error}");
+}

@@ -1,0 +1,175 @@
+//! What the tables hold and how they are read: reads take no lock and write nothing, results
+//! come back exactly as given, the reconciliation queue is served by an index.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PgFactory, claim, granted, id, manual_store};
+use sentinel_core::{ClaimOutcome, CoordinationStore, ListFilter, ListQuery, Namespace};
+use sentinel_postgres::PostgresStore;
+use serde_json::json;
+use sqlx::{AssertSqlSafe, Connection};
+
+macro_rules! factory {
+    () => {
+        match PgFactory::new() {
+            Some(factory) => factory,
+            None => return,
+        }
+    };
+}
+
+async fn row_version(store: &PostgresStore, key: &str) -> (String, String, String) {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT xmin::text, xmax::text, ctid::text FROM \"{}\".executions WHERE key = $1",
+        store.schema()
+    )))
+    .bind(key)
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_that_change_nothing_neither_lock_nor_write() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let done = id("reads", "done");
+    let busy = id("reads", "busy");
+    let lost = id("reads", "lost");
+    let t = granted(store.claim(&done, &claim("a", 1_000, true)).await.unwrap());
+    store.complete(&done, t, &json!("r")).await.unwrap();
+    granted(store.claim(&busy, &claim("a", 60_000, true)).await.unwrap());
+    granted(store.claim(&lost, &claim("a", 1_000, true)).await.unwrap());
+    clock.advance(Duration::from_secs(2));
+
+    let before = [
+        row_version(&store, "done").await,
+        row_version(&store, "busy").await,
+        row_version(&store, "lost").await,
+    ];
+    for _ in 0..10 {
+        assert!(matches!(
+            store.claim(&done, &claim("b", 1_000, true)).await.unwrap(),
+            ClaimOutcome::Completed { .. }
+        ));
+        assert!(matches!(
+            store.claim(&busy, &claim("b", 1_000, true)).await.unwrap(),
+            ClaimOutcome::Busy { .. }
+        ));
+        assert!(matches!(
+            store.claim(&lost, &claim("b", 1_000, true)).await.unwrap(),
+            ClaimOutcome::Uncertain { .. }
+        ));
+    }
+    let after = [
+        row_version(&store, "done").await,
+        row_version(&store, "busy").await,
+        row_version(&store, "lost").await,
+    ];
+    // Same tuple version (ctid, xmin), and no new locker in xmax: a lock would have set it to
+    // the reading transaction's id.
+    assert_eq!(before, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_come_back_exactly_as_given() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let results = [
+        json!(null),
+        json!(1.0),
+        json!(1),
+        json!(-0.5e-7),
+        json!(1e300),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!("nul \u{0} inside, quotes \" ' and emoji 🦀"),
+        json!({"b": [1, {"c": null}], "a": "x", "": {}}),
+        json!([[], {}, "", 0]),
+    ];
+    for (n, result) in results.iter().enumerate() {
+        let key = id("json", &format!("k{n}"));
+        let token = granted(store.claim(&key, &claim("a", 60_000, true)).await.unwrap());
+        store.complete(&key, token, result).await.unwrap();
+        // The same completion again is accepted (the same text).
+        store.complete(&key, token, result).await.unwrap();
+        let record = store.inspect(&key).await.unwrap().unwrap();
+        assert_eq!(record.result.as_ref(), Some(result), "{result}");
+        match store.claim(&key, &claim("b", 60_000, true)).await.unwrap() {
+            ClaimOutcome::Completed { result: cached, .. } => assert_eq!(&cached, result),
+            other => panic!("{other:?}"),
+        }
+    }
+    // 1 and 1.0 are different values for the core, so they are different results here too.
+    let key = id("json", "k1");
+    let record = store.inspect(&key).await.unwrap().unwrap();
+    let error = store
+        .complete(&key, record.token, &json!(1))
+        .await
+        .expect_err("a different result is a refused completion");
+    assert!(error.rejection().is_some(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciliation_queue_is_served_by_an_index() {
+    let factory = factory!();
+    let (store, clock) = manual_store(&factory).await;
+    let schema = store.schema().as_str().to_owned();
+    // Many completed records, a few uncertain ones.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".executions (namespace, key, token, state, owner, request_id,
+             lease_expires_at, hard_expires_at, ttl_us, hard_ttl_us, result, created_at, updated_at)
+         SELECT 'q', 'done-' || i, i, 'completed', 'w', NULL, now(), now(), 1000, 1000, '1', now(), now()
+         FROM generate_series(1, 20000) AS i;
+         ANALYZE \"{schema}\".executions;"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    for n in 0..5 {
+        granted(
+            store
+                .claim(&id("q", &format!("lost-{n}")), &claim("a", 1_000, true))
+                .await
+                .unwrap(),
+        );
+    }
+    clock.advance(Duration::from_secs(2));
+    let page = store
+        .list(&ListQuery {
+            filter: ListFilter::uncertain(),
+            limit: 2,
+            ..ListQuery::new(Namespace::new("q").unwrap())
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert_eq!(page.next.as_ref().map(|k| k.as_str()), Some("lost-1"));
+
+    // The statement's generic plan (what a prepared statement runs) uses the partial index.
+    let sql =
+        include_str!("../sql/list_executing.sql").replace("{schema}", &format!("\"{schema}\""));
+    let mut conn = sqlx::PgConnection::connect(factory.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE queue (text, text, bigint, bool, bigint, bigint) AS {sql};"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let plan: Vec<(String,)> =
+        sqlx::query_as("EXPLAIN EXECUTE queue ('q', '', NULL, true, NULL, 101)")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let plan = plan
+        .into_iter()
+        .map(|(l,)| l)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("executions_executing"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
