@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
@@ -206,13 +207,31 @@ impl Sentinel {
         };
         let sent = Instant::now();
         let store = &self.inner.store;
+        let span = tracing::info_span!(
+            "lease",
+            namespace = %id.namespace,
+            key = %id.key,
+            token = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         let acquired = self
             .call("acquire", || store.acquire_lease(&id, &request))
-            .await?;
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match &acquired {
+                Ok(Acquisition::Acquired(_)) => "acquired",
+                Ok(Acquisition::Held { .. }) => "held",
+                Err(_) => super::outcome_of(&acquired),
+            },
+        );
+        let acquired = acquired?;
         let (kind, token) = match &acquired {
             Acquisition::Acquired(grant) => (TransitionKind::LeaseAcquired, grant.token),
             Acquisition::Held { token, .. } => (TransitionKind::LeaseHeld, *token),
         };
+        span.record("token", token.get());
         self.inner
             .telemetry
             .transition(Keyspace::Lease, Some(&id), kind, Some(token));

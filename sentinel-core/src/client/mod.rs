@@ -332,6 +332,15 @@ impl Sentinel {
     }
 }
 
+/// How a store call ended, for span fields: `ok`, the rejection's reason, or `error`.
+pub(crate) fn outcome_of<T>(result: &Result<T>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(Error::Rejected(rejection)) => rejection.reason.as_str(),
+        Err(_) => "error",
+    }
+}
+
 /// Purges completed records older than `retention` every `every`, until the client is dropped.
 async fn retain(client: Weak<Inner>, retention: Duration, every: Duration) {
     loop {

@@ -428,9 +428,10 @@ impl Sentinel {
             outcome = tracing::field::Empty,
         );
         self.ensure_retention();
+        let recorder = span.clone();
         async {
             let (claimed, sent) = self.claim_waiting(&id, &request, options.wait).await?;
-            let span = tracing::Span::current();
+            let span = recorder;
             let telemetry = &self.inner.telemetry;
             let observed = |kind, token| telemetry.transition(Keyspace::Execution, Some(&id), kind, Some(token));
             let outcome = match claimed {

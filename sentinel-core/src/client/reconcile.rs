@@ -4,8 +4,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use std::future::Future;
+
+use tracing::Instrument;
+
 use super::Sentinel;
 use super::observe::TransitionKind;
+use super::outcome_of;
 use crate::error::{InvalidInput, Result};
 use crate::event::Event;
 use crate::execution::ExecutionRecord;
@@ -18,6 +23,26 @@ use crate::token::FencingToken;
 const PURGE_BATCH: u32 = 500;
 
 impl Sentinel {
+    /// Runs one operator command inside a `reconcile` span naming the operation, the record and
+    /// the outcome (`ok`, or the rejection's reason).
+    async fn operate<T>(
+        &self,
+        operation: &'static str,
+        id: &RecordId,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let span = tracing::info_span!(
+            "reconcile",
+            operation,
+            namespace = %id.namespace,
+            key = %id.key,
+            outcome = tracing::field::Empty,
+        );
+        let result = call.instrument(span.clone()).await;
+        span.record("outcome", outcome_of(&result));
+        result
+    }
+
     fn observed(&self, id: &RecordId, kind: TransitionKind, token: Option<FencingToken>) {
         self.inner
             .telemetry
@@ -67,7 +92,11 @@ impl Sentinel {
         let store = &self.inner.store;
         let owner = &self.inner.owner;
         let token = self
-            .call("reconcile", || store.reconcile(&id, owner))
+            .operate(
+                "reconcile",
+                &id,
+                self.call("reconcile", || store.reconcile(&id, owner)),
+            )
             .await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, %token, "reconciling");
         self.observed(&id, TransitionKind::Reconciled, Some(token));
@@ -83,8 +112,8 @@ impl Sentinel {
         self.check_result_size(&json)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        self.call("force_complete", || store.force_complete(&id, owner, &json))
-            .await?;
+        let call = self.call("force_complete", || store.force_complete(&id, owner, &json));
+        self.operate("force_complete", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "force-completed");
         self.observed(&id, TransitionKind::ForceCompleted, None);
         Ok(())
@@ -95,8 +124,8 @@ impl Sentinel {
         let id = self.record_id(key)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        self.call("reset_to_claimed", || store.reset_to_claimed(&id, owner))
-            .await?;
+        let call = self.call("reset_to_claimed", || store.reset_to_claimed(&id, owner));
+        self.operate("reset_to_claimed", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "reset to claimed");
         self.observed(&id, TransitionKind::Reset, None);
         Ok(())
