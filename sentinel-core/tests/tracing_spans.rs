@@ -16,11 +16,14 @@ use tracing::{Event, Level, Metadata, Subscriber};
 use sentinel_core::{Failure, Once, Sentinel};
 use sentinel_memory::MemoryStore;
 
+/// A span's name and its fields.
+type SpanFields = (String, BTreeMap<String, String>);
+
 /// Records every span with its fields, and every warning's message.
 #[derive(Clone, Default)]
 struct Capture {
     next: Arc<AtomicU64>,
-    spans: Arc<Mutex<BTreeMap<u64, (String, BTreeMap<String, String>)>>>,
+    spans: Arc<Mutex<BTreeMap<u64, SpanFields>>>,
     warnings: Arc<Mutex<Vec<String>>>,
 }
 
