@@ -503,23 +503,36 @@ fn grant(
     )
 }
 
+/// Whether `token` holds the execution at `now`: it is the current token, the execution is held
+/// (`claimed` or `executing`) and its lease is alive. Authority never revives: once the lease has
+/// expired this refuses, whatever the token.
+fn authority(
+    record: &ExecutionRecord,
+    token: FencingToken,
+    now: Timestamp,
+) -> Result<(), Rejection> {
+    if record.token != token {
+        Err(record.rejection(RejectReason::Fenced))
+    } else if !matches!(
+        record.state,
+        ExecutionState::Claimed | ExecutionState::Executing
+    ) {
+        Err(record.rejection(RejectReason::WrongState))
+    } else if !record.is_alive(now) {
+        Err(record.rejection(RejectReason::Expired))
+    } else {
+        Ok(())
+    }
+}
+
 fn start(
     slot: &ExecutionSlot,
     record: &ExecutionRecord,
     token: FencingToken,
     now: Timestamp,
 ) -> ExecutionStep {
-    if record.token != token {
-        return Step::rejected(record.rejection(RejectReason::Fenced));
-    }
-    if !matches!(
-        record.state,
-        ExecutionState::Claimed | ExecutionState::Executing
-    ) {
-        return Step::rejected(record.rejection(RejectReason::WrongState));
-    }
-    if !record.is_alive(now) {
-        return Step::rejected(record.rejection(RejectReason::Expired));
+    if let Err(rejection) = authority(record, token, now) {
+        return Step::rejected(rejection);
     }
     if record.state == ExecutionState::Executing {
         // Already started by this token: a retried start.
@@ -557,17 +570,8 @@ fn heartbeat(
     token: FencingToken,
     now: Timestamp,
 ) -> ExecutionStep {
-    if record.token != token {
-        return Step::rejected(record.rejection(RejectReason::Fenced));
-    }
-    if !matches!(
-        record.state,
-        ExecutionState::Claimed | ExecutionState::Executing
-    ) {
-        return Step::rejected(record.rejection(RejectReason::WrongState));
-    }
-    if !record.is_alive(now) {
-        return Step::rejected(record.rejection(RejectReason::Expired));
+    if let Err(rejection) = authority(record, token, now) {
+        return Step::rejected(rejection);
     }
     let lease_expires_at = renewed_expiry(
         record.lease_expires_at,
