@@ -630,3 +630,70 @@ async fn the_same_key_in_two_namespaces_is_two_executions() {
         .unwrap();
     assert!(x.is_executed() && y.is_executed());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_claim_reply_is_adopted_by_the_retry_not_left_uncertain() {
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = Faulty::new(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.lost_claim_replies.store(1, Ordering::SeqCst);
+    let outcome = sentinel
+        .once("pay-1", |_| async { Ok::<_, Failure>(1) })
+        .await
+        .unwrap();
+    assert!(outcome.is_executed());
+    assert_eq!(
+        store.claims.load(Ordering::SeqCst),
+        2,
+        "one lost reply, one retry"
+    );
+    let kinds: Vec<_> = sentinel
+        .history("pay-1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Claimed, EventKind::Completed],
+        "one claim, adopted by the retry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_every_reply_was_lost_is_given_up_not_left_uncertain() {
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = Faulty::new(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.lost_claim_replies.store(3, Ordering::SeqCst);
+    let runs = AtomicUsize::new(0);
+    let failed: Result<Once<u8>, _> = sentinel
+        .once("pay-2", |_| async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(1)
+        })
+        .await;
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    // The claim was applied: it holds the key for now, but no code runs under it...
+    assert_eq!(
+        sentinel.inspect("pay-2").await.unwrap().unwrap().state,
+        ExecutionState::Executing
+    );
+    // ...so the client gives it up as not applied, in the background.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let record = sentinel.inspect("pay-2").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Claimed);
+    let retried = sentinel
+        .once("pay-2", |_| async { Ok::<_, Failure>(2u8) })
+        .await
+        .unwrap();
+    assert!(
+        retried.is_executed(),
+        "claimable at once, never uncertain: {retried:?}"
+    );
+}

@@ -499,7 +499,7 @@ impl Sentinel {
         // Measured before the first attempt: a retried claim may adopt the grant of an earlier
         // attempt, whose lease started no earlier than this.
         let mut sent = Instant::now();
-        let mut claimed = self.call("claim", || store.claim(id, request)).await?;
+        let mut claimed = self.claim(id, request).await?;
         let Some(wait) = wait else {
             return Ok((claimed, sent));
         };
@@ -526,7 +526,7 @@ impl Sentinel {
             }
             let waited = now.elapsed();
             sent = Instant::now();
-            claimed = self.call("claim", || store.claim(id, request)).await?;
+            claimed = self.claim(id, request).await?;
             // A store that keeps waking us at once with nothing changed is polled instead.
             if !poll
                 && waited < POLL_START
@@ -536,6 +536,27 @@ impl Sentinel {
             }
         }
         Ok((claimed, sent))
+    }
+
+    /// One claim, retried on transient failures with the same request id (a retry adopts the
+    /// grant of an attempt whose reply was lost). When every attempt failed, an attempt may still
+    /// have been applied — a claim no code will run under. A background task then looks for it and
+    /// gives it up as not applied, so it never shows up as a phantom uncertain execution.
+    async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
+        let store = &self.inner.store;
+        let claimed = self.call("claim", || store.claim(id, request)).await;
+        if let Err(error) = &claimed {
+            if error.is_transient() {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(forget_claim(
+                        Arc::clone(store),
+                        id.clone(),
+                        request.request_id,
+                    ));
+                }
+            }
+        }
+        claimed
     }
 
     async fn execute<T, F, Fut>(
@@ -671,6 +692,44 @@ impl Sentinel {
         }
     }
 }
+
+/// Looks, for a while, for a claim made by `request_id` whose reply never arrived, and aborts it
+/// as not applied: nothing ran under it.
+async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..FORGET_ATTEMPTS {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+        match store.inspect(&id).await {
+            Ok(Some(record))
+                if record.request_id == Some(request_id)
+                    && matches!(
+                        record.state,
+                        ExecutionState::Claimed | ExecutionState::Executing
+                    ) =>
+            {
+                match store
+                    .abort(&id, record.token, Disposition::NotApplied)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
+                        return;
+                    }
+                    Err(error) if error.is_transient() => continue,
+                    Err(_) => return,
+                }
+            }
+            // Never applied, or someone else's record now: nothing to give up.
+            Ok(_) => return,
+            Err(_) => continue,
+        }
+    }
+    tracing::warn!(%id, "could not check for a claim whose reply was lost; it may turn uncertain");
+}
+
+/// How many times [`forget_claim`] looks before giving up (about a minute in all).
+const FORGET_ATTEMPTS: u32 = 15;
 
 /// The first pause between claims when the store cannot notify.
 const POLL_START: Duration = Duration::from_millis(20);

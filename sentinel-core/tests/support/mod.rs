@@ -62,6 +62,8 @@ pub struct Faulty {
     pub heartbeats: Arc<Mutex<Vec<usize>>>,
     pub claims: Arc<AtomicUsize>,
     notifications: Arc<AtomicBool>,
+    /// The next this-many claims are applied, then answered as if the connection broke.
+    pub lost_claim_replies: Arc<AtomicUsize>,
 }
 
 impl Faulty {
@@ -72,6 +74,7 @@ impl Faulty {
             heartbeats: Arc::default(),
             claims: Arc::default(),
             notifications: Arc::new(AtomicBool::new(true)),
+            lost_claim_replies: Arc::default(),
         }
     }
 
@@ -96,7 +99,18 @@ impl CoordinationStore for Faulty {
     }
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.claim(id, request).await
+        let answer = self.inner.claim(id, request).await;
+        let lose = self
+            .lost_claim_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lose {
+            return Err(Error::Unavailable {
+                store: "faulty-memory",
+                source: "connection reset after the claim was applied".into(),
+            });
+        }
+        answer
     }
     async fn wait_for_change(
         &self,
