@@ -545,16 +545,15 @@ impl Sentinel {
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         let store = &self.inner.store;
         let claimed = self.call("claim", || store.claim(id, request)).await;
-        if let Err(error) = &claimed {
-            if error.is_transient() {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(forget_claim(
-                        Arc::clone(store),
-                        id.clone(),
-                        request.request_id,
-                    ));
-                }
-            }
+        if let Err(error) = &claimed
+            && error.is_transient()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(forget_claim(
+                Arc::clone(store),
+                id.clone(),
+                request.request_id,
+            ));
         }
         claimed
     }
