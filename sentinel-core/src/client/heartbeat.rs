@@ -36,6 +36,8 @@ struct Shared {
 struct Registry {
     next_id: u64,
     entries: HashMap<u64, Held>,
+    /// When the task will next wake on its own (`None` while it waits for a registration).
+    armed: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -104,7 +106,7 @@ impl Heartbeat {
         };
         let first_due = sent + held.period();
         self.shared.telemetry.held(held.renewal.keyspace, 1.0);
-        let id = {
+        let (id, wake) = {
             let mut registry = self.shared.registry();
             let id = registry.next_id;
             registry.next_id += 1;
@@ -115,10 +117,15 @@ impl Heartbeat {
                     ..held
                 },
             );
-            id
+            // Wake the task only if this registration is due before the task's own alarm: with
+            // equal ttls (the usual case) most registrations need no wake-up at all.
+            let wake = registry.armed.is_none_or(|armed| first_due < armed);
+            (id, wake)
         };
         self.ensure_task();
-        self.shared.wake.notify_one();
+        if wake {
+            self.shared.wake.notify_one();
+        }
         (
             Registration {
                 shared: Arc::clone(&self.shared),
@@ -157,12 +164,16 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// When the task must next wake, remembered so that a registration due later does not wake it.
     fn next_due(&self) -> Option<Instant> {
-        self.registry()
+        let mut registry = self.registry();
+        let due = registry
             .entries
             .values()
             .map(|h| h.due.min(h.cell.state().deadline))
-            .min()
+            .min();
+        registry.armed = due;
+        due
     }
 
     /// Signals that `held` lost its authority; the caller removes it from the registry.
