@@ -35,5 +35,7 @@ if live then
 end
 local detail = '{"disposition":"' .. disposition .. '"}'
 local seq = append(f, now, 'aborted', r.token, r.owner, target, detail)
-redis.call('HSET', KEYS[1], 'state', target, 'lease', lease, 'updated', str(now), 'seq', seq)
+redis.call('HSET', KEYS[1], 'state', target, 'lease', lease, 'updated', str(now), 'seq', seq,
+  'c', compact(target, r.fp, r.token, lease, seq, r.rid, nil, nil))
+changed(seq)
 return {'aborted'}

@@ -1,6 +1,7 @@
 -- claim: ARGV[3] owner, ARGV[4] ttl µs, ARGV[5] hard ttl µs, ARGV[6] '1' to start at once,
 -- ARGV[7] request id, ARGV[8] fingerprint or '' for none.
--- Mirrors sentinel_core::execution::transition for ExecutionCommand::Claim.
+-- Mirrors sentinel_core::execution::transition for ExecutionCommand::Claim. The common cases were
+-- answered by lua/fast/claim.lua before this; this part handles every case.
 local now = clock(ARGV[1])
 local owner, start, rid, fp = ARGV[3], ARGV[6] == '1', ARGV[7], ARGV[8]
 local f = load(KEYS[1])
@@ -25,15 +26,17 @@ local function grant()
   local seq = append(f, now, 'claimed', token, owner, state, nil)
   redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', token, 'rid', rid,
     'lease', lease, 'hard', hard, 'ttl', ARGV[4], 'hard_ttl', ARGV[5],
-    'created', created, 'updated', t, 'last', token, 'seq', seq)
+    'created', created, 'updated', t, 'last', token, 'seq', seq,
+    'c', compact(state, fp, token, lease, seq, rid, nil, nil))
   if fp ~= '' then
     redis.call('HSET', KEYS[1], 'fp', fp)
-    if r then
+    if f.result ~= nil then
       redis.call('HDEL', KEYS[1], 'result')
     end
-  elseif r or f.last then
+  elseif f.result ~= nil or f.fp ~= nil then
     redis.call('HDEL', KEYS[1], 'result', 'fp')
   end
+  changed(seq)
   return {'acquired', token, lease, hard}
 end
 
@@ -45,7 +48,7 @@ if (r.fp or '') ~= fp then
 end
 local state = r.state
 if state == 'completed' then
-  return {'completed', r.token, r.result or 'null'}
+  return {'completed', r.token, result_of(r) or 'null'}
 end
 if state == 'reconciling' then
   return {'reconciling', r.owner, r.token}
@@ -66,6 +69,6 @@ if state == 'claimed' and not live then
   return grant()
 end
 if live then
-  return {'busy', state, r.owner, r.token, r.lease}
+  return {'busy', state, r.owner, r.token, r.lease, f.seq or ''}
 end
 return {'uncertain', r.owner, r.token, r.lease}

@@ -10,11 +10,15 @@ if not r then
 end
 if r.state == 'reconciling' then
   local seq = append(f, now, 'force_completed', r.token, owner, 'completed', nil)
-  redis.call('HSET', KEYS[1], 'state', 'completed', 'owner', owner, 'result', result,
-    'updated', str(now), 'seq', seq)
+  redis.call('HSET', KEYS[1], 'state', 'completed', 'owner', owner, 'updated', str(now),
+    'seq', seq, 'c', compact('completed', r.fp, r.token, nil, nil, nil, nil, result))
+  if f.result ~= nil then
+    redis.call('HDEL', KEYS[1], 'result')
+  end
+  changed(seq)
   return {'force_completed'}
 end
-if r.state == 'completed' and r.result == result then
+if r.state == 'completed' and result_of(r) == result then
   return {'force_completed'}
 end
 return rejected(r, 'wrong_state')

@@ -27,7 +27,12 @@ for i = 1, #KEYS do
   else
     local lease = str(renewed(r, now))
     if lease ~= r.lease then
-      redis.call('HSET', KEYS[i], 'lease', lease)
+      if kind == 'e' then
+        redis.call('HSET', KEYS[i], 'lease', lease,
+          'c', compact(r.state, r.fp, r.token, lease, r.seq, r.rid, nil, nil))
+      else
+        redis.call('HSET', KEYS[i], 'lease', lease)
+      end
     end
     out[i] = {'renewed', lease}
   end

@@ -209,6 +209,60 @@ local function append(f, now, kind, token, owner, state, detail)
   return id
 end
 
+-- Tells waiters that the record changed (RedisStore::wait_for_change): every script that appends
+-- an execution event publishes its id, in the same script, on the record hash's own name. That
+-- name carries the record's hash tag, so SPUBLISH keeps the message in the record's shard on a
+-- cluster (plain PUBLISH would be broadcast to every node over the cluster bus); on a standalone
+-- server SPUBLISH works the same (Redis 7). Best effort: a failed publish never fails the
+-- transition, and a waiter re-checks at least every second anyway.
+local function changed(seq)
+  redis.pcall('SPUBLISH', KEYS[1], seq)
+end
+
+-- The compact field 'c' of an execution record: what the hot paths (lua/fast/) read with one HGET
+-- instead of the whole hash, and what a cached claim returns as it is. Every script that changes
+-- something it holds writes it again:
+--   <fp> NUL 'C' <token> NUL <result>                          completed (the result is kept here)
+--   <fp> NUL 'R' <token> NUL <owner>                           reconciling
+--   <fp> NUL 'L'|'E' <lease> NUL <token> NUL <seq> NUL <rid8>  claimed | executing
+-- <fp> is the fingerprint ('' for none; fingerprints, owners and request ids never hold U+0000,
+-- results are JSON text), <rid8> the first 8 characters of the request id. With usual values it
+-- stays under 64 bytes, so the hash keeps Redis's compact listpack encoding.
+local function compact(state, fp, token, lease, seq, rid, owner, result)
+  local head = (fp or '') .. '\0'
+  if state == 'completed' then
+    return head .. 'C' .. token .. '\0' .. result
+  elseif state == 'reconciling' then
+    return head .. 'R' .. token .. '\0' .. owner
+  end
+  local kind = 'L'
+  if state == 'executing' then
+    kind = 'E'
+  end
+  return head .. kind .. (lease or '') .. '\0' .. token .. '\0' .. (seq or '') .. '\0'
+    .. string.sub(rid or '', 1, 8)
+end
+
+-- The result of a completed record: in 'c' (or in the field 'result' of a record written before
+-- 'c' existed); nil if there is none.
+local function result_of(f)
+  if f.result ~= nil then
+    return f.result
+  end
+  local c = f.c
+  if c == nil then
+    return nil
+  end
+  local z = string.find(c, '\0', 1, true)
+  if z and string.sub(c, z + 1, z + 1) == 'C' then
+    local z2 = string.find(c, '\0', z + 2, true)
+    if z2 then
+      return string.sub(c, z2 + 1)
+    end
+  end
+  return nil
+end
+
 -- A refusal: {'rejected', reason, state or '', token or '', has fingerprint, fingerprint}.
 local function reject(reason, state, token, fp)
   if fp then

@@ -19,4 +19,5 @@ redis.call('DEL', KEYS[2])
 local seq = append(f, now, 'purged', r.token, nil, nil, nil)
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'last', last, 'seq', seq)
+changed(seq)
 return {'purged'}

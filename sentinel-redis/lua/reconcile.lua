@@ -16,6 +16,8 @@ end
 local token = str(next_token(last_token(f), now))
 local seq = append(f, now, 'reconciling', token, owner, 'reconciling', nil)
 redis.call('HSET', KEYS[1], 'state', 'reconciling', 'owner', owner, 'token', token,
-  'updated', str(now), 'last', token, 'seq', seq)
+  'updated', str(now), 'last', token, 'seq', seq,
+  'c', compact('reconciling', r.fp, token, nil, nil, nil, owner, nil))
 redis.call('HDEL', KEYS[1], 'rid')
+changed(seq)
 return {'reconciling', token}

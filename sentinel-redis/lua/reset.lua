@@ -15,5 +15,7 @@ if alive(r, now) then
 end
 local seq = append(f, now, 'reset', r.token, owner, 'claimed', nil)
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'owner', owner, 'lease', lease,
-  'updated', str(now), 'seq', seq)
+  'updated', str(now), 'seq', seq,
+  'c', compact('claimed', r.fp, r.token, lease, seq, r.rid, nil, nil))
+changed(seq)
 return {'reset'}

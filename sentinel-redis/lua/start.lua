@@ -21,5 +21,7 @@ if r.state == 'executing' then
 end
 local lease = str(renewed(r, now))
 local seq = append(f, now, 'started', r.token, r.owner, 'executing', nil)
-redis.call('HSET', KEYS[1], 'state', 'executing', 'lease', lease, 'updated', str(now), 'seq', seq)
+redis.call('HSET', KEYS[1], 'state', 'executing', 'lease', lease, 'updated', str(now), 'seq', seq,
+  'c', compact('executing', r.fp, r.token, lease, seq, r.rid, nil, nil))
+changed(seq)
 return {'started', lease}

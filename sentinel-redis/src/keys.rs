@@ -81,13 +81,22 @@ fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut hash: u64) -> u64 {
 
 /// The hash tag of a record: 16 lowercase hex digits, never a brace.
 pub(crate) fn tag(namespace: &Namespace, key: &Key) -> String {
+    String::from_utf8_lossy(&tag_bytes(namespace, key)).into_owned()
+}
+
+/// [`tag`] without an allocation: it is computed on every call of the store.
+fn tag_bytes(namespace: &Namespace, key: &Key) -> [u8; 16] {
     let ns = namespace.as_str().as_bytes();
     let k = key.as_str().as_bytes();
     let mut hash = 0xcbf2_9ce4_8422_2325;
     hash = fnv1a((ns.len() as u64).to_le_bytes(), hash);
     hash = fnv1a(ns.iter().copied(), hash);
     hash = fnv1a(k.iter().copied(), hash);
-    format!("{hash:016x}")
+    let mut out = [0u8; 16];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((hash >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 /// Escapes the glob characters of a `SCAN MATCH` pattern.
@@ -113,6 +122,8 @@ impl Layout {
         &self.prefix
     }
 
+    /// The layout spelled with `format!`: what [`Layout::keys`] must build.
+    #[cfg(test)]
     fn name(&self, keyspace: Keyspace, history: bool, tag: &str, ns: &str, key: &str) -> Vec<u8> {
         format!(
             "{}:{{{tag}}}:{}:{}:{ns}:{key}",
@@ -123,13 +134,32 @@ impl Layout {
         .into_bytes()
     }
 
-    /// The hash and the stream of one record.
+    /// The hash and the stream of one record (built by hand: this runs on every call).
     pub(crate) fn keys(&self, keyspace: Keyspace, id: &RecordId) -> RecordKeys {
-        let tag = tag(&id.namespace, &id.key);
+        let tag = tag_bytes(&id.namespace, &id.key);
         let (ns, key) = (id.namespace.as_str(), id.key.as_str());
+        let len_text = ns.len().to_string();
+        let build = |history: bool| {
+            let kind = kind(keyspace, history).as_bytes();
+            let mut name = Vec::with_capacity(
+                self.prefix.len() + 24 + kind.len() + len_text.len() + ns.len() + key.len(),
+            );
+            name.extend_from_slice(self.prefix.as_bytes());
+            name.extend_from_slice(b":{");
+            name.extend_from_slice(&tag);
+            name.extend_from_slice(b"}:");
+            name.extend_from_slice(kind);
+            name.push(b':');
+            name.extend_from_slice(len_text.as_bytes());
+            name.push(b':');
+            name.extend_from_slice(ns.as_bytes());
+            name.push(b':');
+            name.extend_from_slice(key.as_bytes());
+            name
+        };
         RecordKeys {
-            record: self.name(keyspace, false, &tag, ns, key),
-            history: self.name(keyspace, true, &tag, ns, key),
+            record: build(false),
+            history: build(true),
         }
     }
 
@@ -236,6 +266,22 @@ mod tests {
         };
         assert_eq!(tag_of(&record), tag_of(&history));
         assert_eq!(tag_of(&record).len(), 16);
+    }
+
+    #[test]
+    fn hand_built_names_match_the_layout() {
+        let layout = Layout::new("sentinel:x");
+        for (ns, key) in [("payments", "order-1"), ("a:b", "{c}"), ("é", "")] {
+            let Ok(rid) = RecordId::parse(ns, key) else {
+                continue;
+            };
+            let t = tag(&rid.namespace, &rid.key);
+            for ks in [Keyspace::Execution, Keyspace::Lease] {
+                let keys = layout.keys(ks, &rid);
+                assert_eq!(keys.record, layout.name(ks, false, &t, ns, key));
+                assert_eq!(keys.history, layout.name(ks, true, &t, ns, key));
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,18 @@
 //!   command are refused with a typed rejection instead of applied twice. `NOSCRIPT` (after a
 //!   restart) means the script did not run: it is loaded and sent again.
 //!
+//! # Waiting for another worker's result
+//!
+//! [`CoordinationStore::wait_for_change`](sentinel_core::CoordinationStore::wait_for_change) is
+//! notified, not polled: every script that appends an execution event also publishes the event id
+//! with `SPUBLISH` on the record hash's own name (which carries the record's hash tag, so on a
+//! cluster the message stays in the record's shard). A store opens one RESP3 subscription
+//! connection on its first wait, shared by all its waiters and re-established after a disconnect,
+//! and subscribes (`SSUBSCRIBE`) to the records it waits on; a change between the caller's claim
+//! and its wait is caught by comparing the record's event sequence once subscribed. A store built
+//! over a supplied connection ([`RedisStoreBuilder::build`]), or one that cannot subscribe,
+//! answers `Wait::Unsupported` and the client polls. Needs Redis 7 (sharded pub/sub).
+//!
 //! # Key layout
 //!
 //! See [`keys`]: `<prefix>:{<tag>}:<kind>:<namespace length>:<namespace>:<key>`, injective for
@@ -58,6 +70,7 @@
 pub mod connection;
 mod error;
 pub mod keys;
+mod notify;
 mod scripts;
 mod store;
 

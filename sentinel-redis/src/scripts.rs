@@ -15,6 +15,18 @@ macro_rules! script {
             include_str!(concat!("../lua/", $file))
         )
     };
+    // A transition with a fast section: run first, before the helpers of lib.lua are defined
+    // (defining them costs more than answering a cached claim), it handles the common cases and
+    // falls through to the full script for everything else.
+    (fast $file:literal) => {
+        concat!(
+            include_str!(concat!("../lua/fast/", $file)),
+            "\n",
+            include_str!("../lua/lib.lua"),
+            "\n",
+            include_str!(concat!("../lua/", $file))
+        )
+    };
 }
 
 /// The compiled-in scripts.
@@ -36,10 +48,10 @@ pub(crate) struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            claim: Script::new(script!("claim.lua")),
+            claim: Script::new(script!(fast "claim.lua")),
             start: Script::new(script!("start.lua")),
             heartbeat: Script::new(script!("heartbeat.lua")),
-            complete: Script::new(script!("complete.lua")),
+            complete: Script::new(script!(fast "complete.lua")),
             abort: Script::new(script!("abort.lua")),
             reconcile: Script::new(script!("reconcile.lua")),
             force_complete: Script::new(script!("force_complete.lua")),

@@ -13,7 +13,9 @@ use serde_json::Value as Json;
 
 use sentinel_core::execution::{self, ClaimOutcome, ClaimRequest, Disposition};
 use sentinel_core::lease::{Acquisition, LeaseRequest};
-use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::store::{
+    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+};
 use sentinel_core::{
     CoordinationStore, Error, Event, EventKind, ExecutionRecord, ExecutionState, FencingToken,
     Fingerprint, Grant, InvalidInput, Key, Keyspace, LeaseRecord, Namespace, OwnerId, RecordId,
@@ -23,6 +25,7 @@ use sentinel_core::{
 use crate::connection::RedisConnection;
 use crate::error::{self, BACKEND, ReplicationLag, corrupt};
 use crate::keys::{self, Layout, RecordKeys};
+use crate::notify::{Notifier, Source};
 use crate::scripts::Scripts;
 
 /// The most renewals one heartbeat script call carries; larger batches are split (and still sent
@@ -72,6 +75,8 @@ struct Inner<C> {
     wait: Option<(u32, Duration)>,
     response_timeout: Duration,
     endpoint: String,
+    /// Change notifications for `wait_for_change`: shared by every store over the same records.
+    notifier: Arc<Notifier>,
 }
 
 impl<C: RedisConnection> Clone for RedisStore<C> {
@@ -236,11 +241,12 @@ impl RedisStoreBuilder {
             .set_connection_timeout(Some(self.connection_timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
+        let source = Source::standalone(&client, self.response_timeout, self.connection_timeout);
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| error::map(e, "connect", self.response_timeout))?;
         let endpoint = redact(url);
-        Ok(self.finish(conn, endpoint))
+        Ok(self.finish(conn, endpoint, source))
     }
 
     /// Connects to a Redis Cluster through any of its nodes' URLs.
@@ -261,11 +267,20 @@ impl RedisStoreBuilder {
             .await
             .map_err(|e| error::map(e, "connect", self.response_timeout))?;
         let endpoint = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
-        Ok(self.finish(conn, endpoint))
+        let source = Source::Cluster {
+            urls,
+            response_timeout: self.response_timeout,
+            connection_timeout: self.connection_timeout,
+        };
+        Ok(self.finish(conn, endpoint, source))
     }
 
     /// A store over a connection you built yourself (for example with your own credentials or
     /// connection settings).
+    ///
+    /// Such a store has no URL to open its subscription connection with, so
+    /// [`wait_for_change`](CoordinationStore::wait_for_change) answers [`Wait::Unsupported`] and
+    /// waiting callers poll.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -279,10 +294,15 @@ impl RedisStoreBuilder {
     /// ```
     pub fn build<C: RedisConnection>(self, conn: C) -> Result<RedisStore<C>> {
         self.check()?;
-        Ok(self.finish(conn, "(supplied connection)".to_owned()))
+        Ok(self.finish(conn, "(supplied connection)".to_owned(), Source::None))
     }
 
-    fn finish<C: RedisConnection>(self, conn: C, endpoint: String) -> RedisStore<C> {
+    fn finish<C: RedisConnection>(
+        self,
+        conn: C,
+        endpoint: String,
+        source: Source,
+    ) -> RedisStore<C> {
         RedisStore {
             inner: Arc::new(Inner {
                 conn,
@@ -292,6 +312,7 @@ impl RedisStoreBuilder {
                 wait: self.wait,
                 response_timeout: self.response_timeout,
                 endpoint,
+                notifier: Arc::new(Notifier::new(source)),
             }),
         }
     }
@@ -376,6 +397,7 @@ impl<C: RedisConnection> RedisStore<C> {
                 wait: inner.wait,
                 response_timeout: inner.response_timeout,
                 endpoint: inner.endpoint.clone(),
+                notifier: Arc::clone(&inner.notifier),
             }),
         }
     }
@@ -422,21 +444,19 @@ impl<C: RedisConnection> RedisStore<C> {
         keys: &RecordKeys,
         args: &[&str],
     ) -> Result<Vec<String>> {
+        let reply = self.transition_value(operation, script, keys, args).await?;
+        strings(reply, operation)
+    }
+
+    /// [`Self::transition`], the reply as sent (a claim may answer with one bulk string).
+    async fn transition_value(
+        &self,
+        operation: &'static str,
+        script: &Script,
+        keys: &RecordKeys,
+        args: &[&str],
+    ) -> Result<Value> {
         let base = self.base_args();
-        if self.inner.wait.is_none() {
-            let mut invocation = script.prepare_invoke();
-            invocation.key(keys.record.as_slice());
-            invocation.key(keys.history.as_slice());
-            for a in base.iter().map(String::as_str).chain(args.iter().copied()) {
-                invocation.arg(a);
-            }
-            let mut conn = self.inner.conn.clone();
-            let reply: Value = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.map(e, operation))?;
-            return strings(reply, operation);
-        }
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script.get_hash())
             .arg(2)
@@ -445,12 +465,27 @@ impl<C: RedisConnection> RedisStore<C> {
         for a in base.iter().map(String::as_str).chain(args.iter().copied()) {
             cmd.arg(a);
         }
+        if self.inner.wait.is_none() {
+            // The command built once, sent as it is (no copies of the arguments): a NOSCRIPT
+            // reply means it did not run, so the script is loaded and the same command sent again.
+            let mut conn = self.inner.conn.clone();
+            return match cmd.query_async::<Value>(&mut conn).await {
+                Err(e) if is_noscript(&e) => {
+                    script
+                        .load_async(&mut conn)
+                        .await
+                        .map_err(|e| self.map(e, operation))?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+            .map_err(|e| self.map(e, operation));
+        }
         let mut replies = self.run_scripts(operation, script, vec![cmd]).await?;
-        let reply = replies
+        replies
             .pop()
             .ok_or_else(|| corrupt(format!("{operation}: no reply")))?
-            .map_err(|e| self.map(e, operation))?;
-        strings(reply, operation)
+            .map_err(|e| self.map(e, operation))
     }
 
     /// Runs independent script calls, each on one slot, in one round trip on a standalone server
@@ -909,7 +944,16 @@ fn execution_record(
         lease_expires_at: timestamp(required(f, "lease")?)?,
         hard_expires_at: timestamp(required(f, "hard")?)?,
         ttl: ttl(f)?,
-        result: f.get("result").map(|s| json(s)).transpose()?,
+        result: match f.get("result") {
+            Some(s) => Some(json(s)?),
+            None => f
+                .get("c")
+                .map(|c| compact_result(c.as_bytes()))
+                .transpose()?
+                .flatten()
+                .map(json)
+                .transpose()?,
+        },
         fingerprint: f
             .get("fp")
             .map(|s| Fingerprint::new(s.as_str()).map_err(|e| corrupt(e.to_string())))
@@ -917,6 +961,64 @@ fn execution_record(
         created_at: timestamp(required(f, "created")?)?,
         updated_at: timestamp(required(f, "updated")?)?,
     }))
+}
+
+/// The parts of a compact field `c` (see `lua/lib.lua`): the fingerprint, the kind byte and the
+/// rest.
+fn compact_parts(c: &[u8]) -> Result<(&[u8], u8, &[u8])> {
+    let z = c
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupt("field c has no fingerprint separator"))?;
+    match c.get(z + 1) {
+        Some(&kind) => Ok((&c[..z], kind, &c[z + 2..])),
+        None => Err(corrupt("field c has no kind")),
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| corrupt("field c is not UTF-8"))
+}
+
+/// `<token> NUL <text>` of a completed (`C`) or reconciling (`R`) compact field.
+fn token_and_text(rest: &[u8]) -> Result<(FencingToken, &str)> {
+    let z = rest
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| corrupt("field c has no token separator"))?;
+    Ok((token(utf8(&rest[..z])?)?, utf8(&rest[z + 1..])?))
+}
+
+/// The claim outcome a completed or reconciling record answers with: its compact field.
+fn compact_outcome(c: &[u8]) -> Result<ClaimOutcome> {
+    match compact_parts(c)? {
+        (_, b'C', rest) => {
+            let (token, result) = token_and_text(rest)?;
+            Ok(ClaimOutcome::Completed {
+                token,
+                result: json(result)?,
+            })
+        }
+        (_, b'R', rest) => {
+            let (token, who) = token_and_text(rest)?;
+            Ok(ClaimOutcome::Reconciling {
+                owner: owner(who)?,
+                token,
+            })
+        }
+        (_, kind, _) => Err(corrupt(format!(
+            "claim answered with a compact field of kind {:?}",
+            char::from(kind)
+        ))),
+    }
+}
+
+/// The result held in a compact field, if it is a completed one.
+fn compact_result(c: &[u8]) -> Result<Option<&str>> {
+    match compact_parts(c)? {
+        (_, b'C', rest) => Ok(Some(token_and_text(rest)?.1)),
+        _ => Ok(None),
+    }
 }
 
 /// The lease record in a record hash, or `None` when the lease is free.
@@ -1008,22 +1110,33 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
             request.fingerprint.as_ref().map_or("", Fingerprint::as_str),
         ];
         let scripts = Scripts::get();
-        let r = self
-            .transition(
-                "claim",
-                &scripts.claim,
-                &self.keys(Keyspace::Execution, id),
-                &args,
-            )
+        let keys = self.keys(Keyspace::Execution, id);
+        let sent = tokio::time::Instant::now();
+        let reply = self
+            .transition_value("claim", &scripts.claim, &keys, &args)
             .await?;
+        if let Value::BulkString(c) = &reply {
+            // A completed or reconciling record answers with its compact field as it is.
+            return compact_outcome(c);
+        }
+        let r = strings(reply, "claim")?;
         Ok(match r.first().map(String::as_str) {
             Some("acquired") => ClaimOutcome::Acquired(grant(&r)?),
-            Some("busy") => ClaimOutcome::Busy {
-                state: state(field(&r, 1)?)?,
-                owner: owner(field(&r, 2)?)?,
-                token: token(field(&r, 3)?)?,
-                lease_expires_at: timestamp(field(&r, 4)?)?,
-            },
+            Some("busy") => {
+                // What a following wait_for_change compares with (see crate::notify).
+                if let (true, Ok(seq)) = (
+                    self.inner.notifier.enabled(),
+                    field(&r, 5).and_then(|s| s.parse().map_err(|_| corrupt("seq"))),
+                ) {
+                    self.inner.notifier.observe(&keys.record, sent, seq);
+                }
+                ClaimOutcome::Busy {
+                    state: state(field(&r, 1)?)?,
+                    owner: owner(field(&r, 2)?)?,
+                    token: token(field(&r, 3)?)?,
+                    lease_expires_at: timestamp(field(&r, 4)?)?,
+                }
+            }
             Some("uncertain") => ClaimOutcome::Uncertain {
                 owner: owner(field(&r, 1)?)?,
                 token: token(field(&r, 2)?)?,
@@ -1289,5 +1402,35 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
             lease_record,
         )
         .await
+    }
+
+    /// Waits for a message on the record's channel (every logged transition publishes one): see
+    /// the crate docs. `Unsupported` when the subscription connection cannot be opened (or the
+    /// store runs over a supplied connection); the client then polls.
+    async fn wait_for_change(
+        &self,
+        id: &RecordId,
+        since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        if !self.inner.notifier.enabled() {
+            return Ok(Wait::Unsupported);
+        }
+        let record = self.keys(Keyspace::Execution, id).record;
+        let read_seq = || async {
+            let mut conn = self.inner.conn.clone();
+            let seq: Option<String> = redis::cmd("HGET")
+                .arg(record.as_slice())
+                .arg("seq")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            Some(seq.and_then(|s| s.parse().ok()))
+        };
+        Ok(self
+            .inner
+            .notifier
+            .wait(&record, since, timeout, read_seq)
+            .await)
     }
 }

@@ -1,6 +1,7 @@
 //! Redis-specific behaviour of the store on a standalone server, beyond the conformance suite:
 //! exact 64-bit arithmetic in Lua, one script call per transition, the key layout on the server,
-//! canonical results, typed errors for corrupt or foreign data, and `WAIT`.
+//! canonical results, typed errors for corrupt or foreign data, `WAIT`, and the compact field `c`
+//! (small records, cheap claims, records written before it still served).
 
 #![allow(clippy::unwrap_used)]
 
@@ -230,17 +231,25 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
         .unwrap();
     store.inspect(&k).await.unwrap();
     let after = command_calls(&mut admin).await;
-    // commandstats also counts the commands a script runs inside itself (its HGETALL, XADD,
-    // HSET); EVALSHA can only come from a client.
+    // commandstats also counts the commands a script runs inside itself (its HGETs, XADD, HSET,
+    // SPUBLISH); EVALSHA can only come from a client. The completion takes the fast section: two
+    // HGETs (the compact field and the owner) instead of reading the whole hash.
     assert_eq!(calls_since(&before, &after, "evalsha"), 1);
+    assert_eq!(calls_since(&before, &after, "hget"), 2, "c and owner");
+    assert_eq!(calls_since(&before, &after, "hgetall"), 1, "the inspect");
     assert_eq!(
-        calls_since(&before, &after, "hgetall"),
-        2,
-        "one in the script, one inspect"
+        calls_since(&before, &after, "spublish"),
+        1,
+        "the notification"
     );
     let others: Vec<&(String, u64)> = after
         .iter()
-        .filter(|(n, _)| !["evalsha", "hgetall", "hset", "xadd", "info"].contains(&n.as_str()))
+        .filter(|(n, _)| {
+            ![
+                "evalsha", "hget", "hgetall", "hset", "xadd", "spublish", "info",
+            ]
+            .contains(&n.as_str())
+        })
         .filter(|(n, c)| before.iter().find(|(m, _)| m == n).map_or(0, |(_, c)| *c) != *c)
         .collect();
     assert!(others.is_empty(), "no other commands: {others:?}");
@@ -273,6 +282,149 @@ async fn records_live_in_one_hash_and_one_stream_per_key() {
     assert_eq!(
         redis::cluster_routing::Slot::for_key(&hash),
         redis::cluster_routing::Slot::for_key(&stream)
+    );
+}
+
+/// The compact field `c` keeps usual records in Redis's listpack encoding (every value under 64
+/// bytes), the result lives in `c` only, and the fast sections answer busy and cached claims from
+/// it with one or two `HGET`s and no `HGETALL`.
+#[tokio::test]
+async fn the_compact_field_keeps_records_small_and_claims_cheap() {
+    let server = private_redis(RedisOptions::default());
+    let mut admin = raw(server.url()).await;
+    let store = RedisStore::builder()
+        .prefix("compact")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let k = id("order-1");
+    let worker = "worker-7.example.org:12345:deadbeef";
+    let g = grant(store.claim(&k, &claim(worker, ttl, true)).await.unwrap());
+    let (hash, _) = store.key_names(Keyspace::Execution, &k);
+    let encoding = |conn: &mut redis::aio::MultiplexedConnection| {
+        let hash = hash.clone();
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&hash)
+                .query_async::<String>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        encoding(&mut admin).await,
+        "listpack",
+        "an executing record"
+    );
+
+    let before = command_calls(&mut admin).await;
+    let busy = store.claim(&k, &claim("other", ttl, true)).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(matches!(busy, ClaimOutcome::Busy { ref owner, .. } if owner.as_str() == worker));
+    assert_eq!(calls_since(&before, &after, "hgetall"), 0);
+    assert_eq!(calls_since(&before, &after, "hget"), 2, "c and the owner");
+
+    store.complete(&k, g.token, &json!("ch_42")).await.unwrap();
+    assert_eq!(encoding(&mut admin).await, "listpack", "a completed record");
+    let fields: std::collections::HashMap<String, String> = admin.hgetall(&hash).await.unwrap();
+    assert!(
+        !fields.contains_key("result"),
+        "the result is kept in c only"
+    );
+    assert!(fields["c"].ends_with("\"ch_42\""), "{:?}", fields["c"]);
+
+    let before = command_calls(&mut admin).await;
+    let cached = store.claim(&k, &claim("other", ttl, true)).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        cached,
+        ClaimOutcome::Completed {
+            token: g.token,
+            result: json!("ch_42")
+        }
+    );
+    assert_eq!(
+        calls_since(&before, &after, "hget"),
+        1,
+        "one HGET, nothing else"
+    );
+    assert_eq!(calls_since(&before, &after, "hgetall"), 0);
+    assert_eq!(calls_since(&before, &after, "time"), 0);
+    assert_eq!(
+        store.inspect(&k).await.unwrap().unwrap().result,
+        Some(json!("ch_42"))
+    );
+}
+
+/// A record written before the compact field existed (no `c`, the result in its own field) is
+/// still read, claimed and completed: the scripts' full sections handle it.
+#[tokio::test]
+async fn records_without_the_compact_field_are_still_served() {
+    let store = standalone(TimeSource::Server).await;
+    let mut conn = raw(&support::redis_url()).await;
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let old = |key: &str, state: &str, extra: &[(&'static str, &str)]| {
+        let (hash, _) = store.key_names(Keyspace::Execution, &id(key));
+        let mut fields: Vec<(&'static str, String)> = vec![
+            ("state", state.to_owned()),
+            ("owner", "old-worker".to_owned()),
+            ("token", "1767225600000000".to_owned()),
+            ("rid", "0123456789abcdef0123456789abcdef".to_owned()),
+            ("lease", "4000000000000000".to_owned()),
+            ("hard", "4000000000000000".to_owned()),
+            ("ttl", "30000000".to_owned()),
+            ("hard_ttl", "30000000".to_owned()),
+            ("created", "1767225600000000".to_owned()),
+            ("updated", "1767225600000000".to_owned()),
+            ("last", "1767225600000000".to_owned()),
+            ("seq", "1767225600000000".to_owned()),
+        ];
+        fields.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        (hash, fields)
+    };
+    let (hash, fields) = old("done", "completed", &[("result", "{\"a\":1}")]);
+    let _: () = conn.hset_multiple(&hash, &fields).await.unwrap();
+    let token = FencingToken::new(1_767_225_600_000_000).unwrap();
+    assert_eq!(
+        store
+            .claim(&id("done"), &claim("b", ttl, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed {
+            token,
+            result: json!({"a": 1})
+        }
+    );
+    assert_eq!(
+        store.inspect(&id("done")).await.unwrap().unwrap().result,
+        Some(json!({"a": 1}))
+    );
+
+    let (hash, fields) = old("running", "executing", &[]);
+    let _: () = conn.hset_multiple(&hash, &fields).await.unwrap();
+    assert!(matches!(
+        store
+            .claim(&id("running"), &claim("b", ttl, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    store
+        .complete(&id("running"), token, &json!([1, 2]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .claim(&id("running"), &claim("b", ttl, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed {
+            token,
+            result: json!([1, 2])
+        }
     );
 }
 

@@ -1,0 +1,546 @@
+//! Change notifications for [`CoordinationStore::wait_for_change`](sentinel_core::CoordinationStore::wait_for_change).
+//!
+//! Every script that appends an execution event also runs `SPUBLISH <record hash name> <event id>`
+//! (see `lua/lib.lua`). The record's name carries its hash tag, so on a cluster the message stays
+//! in the shard that owns the record. A store keeps **one subscription connection** (RESP3, opened
+//! on the first wait, shared by every waiter of the store and re-established by redis-rs after a
+//! disconnect; on a cluster redis-rs's cluster connection sends each `SSUBSCRIBE` to the node that
+//! owns the channel's slot and moves it when the slot moves) and, per record, the waiters of this
+//! process, when the subscription was confirmed and when its last message arrived.
+//!
+//! The `since` rule (a change after `since` that happened before the wait must not be missed):
+//!
+//! - a message received after `since` answers `Changed` at once;
+//! - a subscription confirmed before `since` has delivered every change after `since`, so with no
+//!   such message the waiter waits;
+//! - a subscription confirmed after `since` (the first wait on a key, or after a reconnect) may
+//!   have missed a change in between: once subscribed, the waiter reads the record's event
+//!   sequence (`HGET seq`, one round trip) and compares it with the sequence its busy claim saw
+//!   (recorded by [`Notifier::observe`]); a difference, or no observation to compare with, answers
+//!   `Changed` (spurious early returns are allowed, missed ones are not).
+//!
+//! A disconnect, or the server dropping a subscription (a slot that migrated), wakes the key's
+//! waiters: something may have been missed while nobody listened.
+//!
+//! Memory is bounded: entries nobody waits on are forgotten (and unsubscribed) after
+//! [`IDLE`], observations after [`OBSERVED_FOR`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use sentinel_core::store::Wait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// An entry nobody waits on is forgotten, and its channel unsubscribed, this long after its last
+/// use.
+pub(crate) const IDLE: Duration = Duration::from_secs(30);
+/// A busy claim's observation of the event sequence is kept this long for a wait to compare with.
+pub(crate) const OBSERVED_FOR: Duration = Duration::from_secs(30);
+/// How often (at most) idle entries are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+/// After a failed attempt to open the subscription connection, waits answer `Unsupported` for
+/// this long before the next attempt.
+const RETRY_CONNECT_AFTER: Duration = Duration::from_secs(5);
+/// The most observations kept per key; older ones are merged conservatively.
+const MAX_OBSERVED: usize = 8;
+
+/// Where the subscription connection is opened.
+#[derive(Clone, Debug)]
+pub(crate) enum Source {
+    /// A store over a connection the caller built: no URL to subscribe with.
+    None,
+    /// A standalone server, through this RESP3 client.
+    Standalone {
+        client: redis::Client,
+        response_timeout: Duration,
+        connection_timeout: Duration,
+    },
+    /// A cluster, through these node URLs.
+    Cluster {
+        urls: Vec<String>,
+        response_timeout: Duration,
+        connection_timeout: Duration,
+    },
+}
+
+impl Source {
+    /// A standalone source over `client`'s server, switched to RESP3 (pushes on a multiplexed
+    /// connection).
+    pub(crate) fn standalone(
+        client: &redis::Client,
+        response_timeout: Duration,
+        connection_timeout: Duration,
+    ) -> Self {
+        let info = client.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        match redis::Client::open(info.set_redis_settings(settings)) {
+            Ok(client) => Source::Standalone {
+                client,
+                response_timeout,
+                connection_timeout,
+            },
+            Err(_) => Source::None,
+        }
+    }
+}
+
+/// The subscription connection.
+#[derive(Clone)]
+enum Subscriber {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Subscriber {
+    async fn subscribe(&self, channel: &[u8]) -> redis::RedisResult<()> {
+        match self {
+            // One channel per command: the multiplexed connection takes the one confirmation
+            // (a RESP3 push) as the command's reply.
+            Subscriber::Standalone(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("SSUBSCRIBE")
+                    .arg(channel)
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .map(drop)
+            }
+            Subscriber::Cluster(conn) => conn.clone().ssubscribe(channel).await,
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &[u8]) -> redis::RedisResult<()> {
+        match self {
+            Subscriber::Standalone(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("SUNSUBSCRIBE")
+                    .arg(channel)
+                    .query_async::<Value>(&mut conn)
+                    .await
+                    .map(drop)
+            }
+            Subscriber::Cluster(conn) => conn.clone().sunsubscribe(channel).await,
+        }
+    }
+}
+
+enum Connection {
+    NotYet,
+    Ready(Subscriber),
+    Failed(Instant),
+}
+
+/// The waiters of one record in this process, and what is known about its notifications.
+#[derive(Debug)]
+struct Entry {
+    /// Since when the channel is subscribed (the confirmation's arrival); `None` when it is not,
+    /// or may not be (after a disconnect).
+    subscribed: Option<Instant>,
+    /// When the last message for the record arrived.
+    message: Option<Instant>,
+    notify: Arc<Notify>,
+    waiters: usize,
+    /// `(claim sent, event sequence it saw)` of recent busy claims, oldest first.
+    observed: Vec<(Instant, u64)>,
+    /// The last wait or observation.
+    used: Instant,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Self {
+        Entry {
+            subscribed: None,
+            message: None,
+            notify: Arc::default(),
+            waiters: 0,
+            observed: Vec::new(),
+            used: now,
+        }
+    }
+
+    fn observe(&mut self, sent: Instant, seq: u64, now: Instant) {
+        self.observed
+            .retain(|(at, _)| now.saturating_duration_since(*at) <= OBSERVED_FOR);
+        let at = self.observed.partition_point(|(t, _)| *t <= sent);
+        self.observed.insert(at, (sent, seq));
+        if self.observed.len() > MAX_OBSERVED {
+            // Merge the two oldest into (the later time, the smaller sequence): a wait that would
+            // have compared with either now compares with a sequence no greater, which can only
+            // make it answer `Changed` early, never miss a change.
+            let (t0, s0) = self.observed.remove(0);
+            if let Some((t1, s1)) = self.observed.first_mut() {
+                *t1 = (*t1).max(t0);
+                *s1 = (*s1).min(s0);
+            }
+        }
+    }
+
+    /// The smallest sequence seen by a claim sent at or after `since`: the state of the record
+    /// no later than the caller's own claim read it.
+    fn seen_since(&self, since: Instant) -> Option<u64> {
+        self.observed
+            .iter()
+            .filter(|(t, _)| *t >= since)
+            .map(|(_, s)| *s)
+            .min()
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    keys: HashMap<Vec<u8>, Entry>,
+    swept: Instant,
+    /// Channels of forgotten entries, to unsubscribe.
+    forgotten: Vec<Vec<u8>>,
+}
+
+impl State {
+    fn new(now: Instant) -> Self {
+        State {
+            keys: HashMap::new(),
+            swept: now,
+            forgotten: Vec::new(),
+        }
+    }
+
+    /// Forgets entries nobody waits on and nobody used for [`IDLE`].
+    fn sweep(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.swept) < SWEEP_EVERY {
+            return;
+        }
+        self.swept = now;
+        let forgotten = &mut self.forgotten;
+        self.keys.retain(|channel, e| {
+            let keep = e.waiters > 0 || now.saturating_duration_since(e.used) < IDLE;
+            if !keep && e.subscribed.is_some() {
+                forgotten.push(channel.clone());
+            }
+            keep
+        });
+    }
+
+    fn on_push(&mut self, push: PushInfo, now: Instant) {
+        let channel = || match push.data.first() {
+            Some(Value::BulkString(name)) => Some(name.as_slice()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::SMessage | PushKind::Message => {
+                if let Some(e) = channel().and_then(|c| self.keys.get_mut(c)) {
+                    e.message = Some(now);
+                    e.notify.notify_waiters();
+                }
+            }
+            PushKind::SSubscribe | PushKind::Subscribe => {
+                if let Some(e) = channel().and_then(|c| self.keys.get_mut(c)) {
+                    e.subscribed.get_or_insert(now);
+                }
+            }
+            PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                // Our own unsubscribe of a forgotten entry finds nothing; the server dropping a
+                // subscription (its slot moved) may have lost messages: wake the waiters.
+                if let Some(e) = channel().and_then(|c| self.keys.get_mut(c)) {
+                    e.subscribed = None;
+                    e.notify.notify_waiters();
+                }
+            }
+            PushKind::Disconnection => {
+                for e in self.keys.values_mut() {
+                    e.subscribed = None;
+                    e.notify.notify_waiters();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every update is a few field writes that cannot panic half-way: a poisoned lock is fine.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One store's notifications: the lazily opened subscription connection and the waiters.
+pub(crate) struct Notifier {
+    source: Source,
+    connection: tokio::sync::Mutex<Connection>,
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decrements the waiter count of a key when a wait ends, however it ends.
+struct Waiting<'a> {
+    state: &'a Mutex<State>,
+    channel: &'a [u8],
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(self.state);
+        let now = Instant::now();
+        if let Some(e) = state.keys.get_mut(self.channel) {
+            e.waiters = e.waiters.saturating_sub(1);
+            e.used = now;
+        }
+    }
+}
+
+impl Notifier {
+    pub(crate) fn new(source: Source) -> Self {
+        Notifier {
+            source,
+            connection: tokio::sync::Mutex::new(Connection::NotYet),
+            state: Arc::new(Mutex::new(State::new(Instant::now()))),
+        }
+    }
+
+    /// Whether waits can be notified at all (a store over a supplied connection cannot).
+    pub(crate) fn enabled(&self) -> bool {
+        !matches!(self.source, Source::None)
+    }
+
+    /// Records that a claim sent at `sent` found the record busy at event sequence `seq`.
+    pub(crate) fn observe(&self, channel: &[u8], sent: Instant, seq: u64) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        state.sweep(now);
+        let e = state
+            .keys
+            .entry(channel.to_vec())
+            .or_insert_with(|| Entry::new(now));
+        e.used = now;
+        e.observe(sent, seq, now);
+    }
+
+    /// The subscription connection, opened on first use; `None` if it cannot be opened.
+    async fn subscriber(&self) -> Option<Subscriber> {
+        let mut connection = self.connection.lock().await;
+        match &*connection {
+            Connection::Ready(s) => return Some(s.clone()),
+            Connection::Failed(at) if at.elapsed() < RETRY_CONNECT_AFTER => return None,
+            Connection::Failed(_) | Connection::NotYet => {}
+        }
+        let state = Arc::downgrade(&self.state);
+        let opened = match &self.source {
+            Source::None => return None,
+            Source::Standalone {
+                client,
+                response_timeout,
+                connection_timeout,
+            } => {
+                let config = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(*response_timeout))
+                    .set_connection_timeout(Some(*connection_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_push_sender(push_handler(state))
+                    .set_automatic_resubscription();
+                ConnectionManager::new_with_config(client.clone(), config)
+                    .await
+                    .map(Subscriber::Standalone)
+            }
+            Source::Cluster {
+                urls,
+                response_timeout,
+                connection_timeout,
+            } => {
+                let built = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .response_timeout(*response_timeout)
+                    .connection_timeout(*connection_timeout)
+                    .push_sender(push_handler(state))
+                    .build();
+                match built {
+                    Ok(client) => client.get_async_connection().await.map(Subscriber::Cluster),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match opened {
+            Ok(s) => {
+                *connection = Connection::Ready(s.clone());
+                Some(s)
+            }
+            Err(_) => {
+                *connection = Connection::Failed(Instant::now());
+                None
+            }
+        }
+    }
+
+    /// Waits for a message on `channel` (see the module docs for the `since` rule). `read_seq`
+    /// reads the record's current event sequence, for a subscription younger than `since`.
+    pub(crate) async fn wait<F, Fut>(
+        &self,
+        channel: &[u8],
+        since: Instant,
+        timeout: Duration,
+        read_seq: F,
+    ) -> Wait
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<Option<u64>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let Some(subscriber) = self.subscriber().await else {
+            return Wait::Unsupported;
+        };
+        let notify;
+        let (mut notified, subscribed, seen, forgotten) = {
+            let now = Instant::now();
+            let mut state = lock(&self.state);
+            state.sweep(now);
+            let forgotten = std::mem::take(&mut state.forgotten);
+            let e = state
+                .keys
+                .entry(channel.to_vec())
+                .or_insert_with(|| Entry::new(now));
+            e.used = now;
+            if e.message.is_some_and(|at| at > since) {
+                return Wait::Changed;
+            }
+            e.waiters += 1;
+            notify = Arc::clone(&e.notify);
+            let mut notified = Box::pin(notify.notified());
+            // Registered under the lock that messages are handled under: none can slip between.
+            notified.as_mut().enable();
+            (notified, e.subscribed, e.seen_since(since), forgotten)
+        };
+        let _waiting = Waiting {
+            state: &self.state,
+            channel,
+        };
+        if !forgotten.is_empty() {
+            let s = subscriber.clone();
+            tokio::spawn(async move {
+                for channel in forgotten {
+                    // Best effort: a failure leaves a subscription whose messages find no entry.
+                    let _ = s.unsubscribe(&channel).await;
+                }
+            });
+        }
+        if subscribed.is_none() {
+            match tokio::time::timeout_at(deadline, subscriber.subscribe(channel)).await {
+                Ok(Ok(())) => {
+                    let now = Instant::now();
+                    if let Some(e) = lock(&self.state).keys.get_mut(channel) {
+                        e.subscribed.get_or_insert(now);
+                    }
+                }
+                Ok(Err(_)) => return Wait::Unsupported,
+                Err(_) => return Wait::TimedOut,
+            }
+        }
+        if subscribed.is_none_or(|at| at > since) {
+            // The subscription may be younger than the caller's read: compare the record's event
+            // sequence with the one the caller's busy claim saw.
+            let Some(seen) = seen else {
+                return Wait::Changed;
+            };
+            match read_seq().await {
+                Some(Some(now)) if now == seen => {}
+                _ => return Wait::Changed,
+            }
+        }
+        match tokio::time::timeout_at(deadline, notified.as_mut()).await {
+            Ok(()) => Wait::Changed,
+            Err(_) => Wait::TimedOut,
+        }
+    }
+}
+
+/// The push handler of the subscription connection: runs in redis-rs's reader, updates the
+/// state and wakes waiters, never blocks.
+fn push_handler(state: Weak<Mutex<State>>) -> impl Fn(PushInfo) -> Result<(), ()> + Send + Sync {
+    move |push: PushInfo| {
+        if let Some(state) = state.upgrade() {
+            lock(&state).on_push(push, Instant::now());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn push(kind: PushKind, channel: &[u8]) -> PushInfo {
+        PushInfo {
+            kind,
+            data: vec![Value::BulkString(channel.to_vec()), Value::Int(1)],
+        }
+    }
+
+    #[test]
+    fn observations_give_the_smallest_sequence_seen_since() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut e = Entry::new(t0);
+        e.observe(at(10), 5, at(10));
+        e.observe(at(30), 7, at(30));
+        e.observe(at(20), 6, at(30));
+        assert_eq!(e.seen_since(at(0)), Some(5));
+        assert_eq!(e.seen_since(at(11)), Some(6));
+        assert_eq!(e.seen_since(at(25)), Some(7));
+        assert_eq!(e.seen_since(at(31)), None);
+        // Old observations are dropped; too many are merged, never raising a sequence.
+        e.observe(at(40_000), 9, at(40_000));
+        assert_eq!(e.observed, vec![(at(40_000), 9)]);
+        for i in 0..20 {
+            e.observe(at(40_001 + i), 10 + i, at(40_001 + i));
+        }
+        assert_eq!(e.observed.len(), MAX_OBSERVED);
+        assert_eq!(e.seen_since(at(40_000)), Some(9));
+        for since in 40_001..40_021 {
+            let s = e.seen_since(at(since)).unwrap();
+            assert!(s <= 10 + (since - 40_001), "{since}: {s}");
+        }
+    }
+
+    #[test]
+    fn pushes_update_entries_and_idle_entries_are_forgotten() {
+        let t0 = Instant::now();
+        let mut state = State::new(t0);
+        state.keys.insert(b"a".to_vec(), Entry::new(t0));
+        state.keys.insert(b"b".to_vec(), Entry::new(t0));
+        state.on_push(push(PushKind::SSubscribe, b"a"), t0);
+        assert_eq!(state.keys[&b"a".to_vec()].subscribed, Some(t0));
+        let t1 = t0 + Duration::from_millis(5);
+        state.on_push(push(PushKind::SMessage, b"a"), t1);
+        state.on_push(push(PushKind::SMessage, b"unknown"), t1);
+        assert_eq!(state.keys[&b"a".to_vec()].message, Some(t1));
+        assert_eq!(state.keys.len(), 2);
+        state.on_push(
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: Vec::new(),
+            },
+            t1,
+        );
+        assert_eq!(state.keys[&b"a".to_vec()].subscribed, None);
+        state.on_push(push(PushKind::SSubscribe, b"a"), t1);
+        // A waiter keeps its entry; idle ones go, the subscribed one to be unsubscribed.
+        state.keys.get_mut(b"b".as_slice()).unwrap().waiters = 1;
+        state.sweep(t0 + IDLE + SWEEP_EVERY);
+        assert!(state.keys.contains_key(b"b".as_slice()));
+        assert!(!state.keys.contains_key(b"a".as_slice()));
+        assert_eq!(state.forgotten, vec![b"a".to_vec()]);
+    }
+}

@@ -1,0 +1,433 @@
+//! `wait_for_change` on Redis: a waiter is woken by the `SPUBLISH` of another store's transition,
+//! standalone and on a cluster; a change between the claim and the wait is not missed; a store
+//! that cannot subscribe answers `Wait::Unsupported`; a dropped subscription connection wakes its
+//! waiters and is re-established.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sentinel_core::store::{Renewal, Wait};
+use sentinel_core::{
+    ClaimOutcome, ClaimRequest, CoordinationStore, Disposition, Failure, Grant, Keyspace, Once,
+    OnceOptions, OwnerId, RecordId, RequestId, Sentinel, TimeSource, Ttl,
+};
+use sentinel_redis::RedisStore;
+use sentinel_testkit::{Counted, servers, unique_namespace};
+use tokio::time::Instant;
+
+fn claim(who: &str) -> ClaimRequest {
+    ClaimRequest {
+        owner: OwnerId::new(who).unwrap(),
+        ttl: Ttl::new(Duration::from_secs(30)).unwrap(),
+        start: true,
+        request_id: RequestId::random(),
+        fingerprint: None,
+    }
+}
+
+fn id(key: &str) -> RecordId {
+    RecordId::new(
+        unique_namespace("notify"),
+        sentinel_core::Key::new(key).unwrap(),
+    )
+}
+
+fn granted(outcome: ClaimOutcome) -> Grant {
+    match outcome {
+        ClaimOutcome::Acquired(g) => g,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// `b` finds the key busy and waits; `change` runs after 300 ms of nothing happening. Returns
+/// how long after `change` was sent the waiter woke.
+async fn wake_latency<S, F, Fut>(b: &S, id: &RecordId, change: F) -> Duration
+where
+    S: CoordinationStore + Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let since = Instant::now();
+    assert!(matches!(
+        b.claim(id, &claim("b")).await.unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    let waiter = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move {
+            let answer = b
+                .wait_for_change(&id, since, Duration::from_secs(5))
+                .await
+                .unwrap();
+            (answer, Instant::now())
+        })
+    };
+    // Nothing changes: the waiter keeps waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "woke with no change");
+    let changed = Instant::now();
+    change().await;
+    let (answer, woke) = waiter.await.unwrap();
+    assert_eq!(answer, Wait::Changed);
+    woke - changed
+}
+
+/// Store `a` claims, store `b` finds it busy and waits; `a` changes the record: `b` wakes within
+/// 100 ms. First on a fresh subscription (the wait subscribes), then on the established one; a
+/// heartbeat (not a logged transition) wakes nobody.
+async fn a_waiter_wakes_on_another_stores_completion<S: CoordinationStore + Clone>(a: S, b: S) {
+    let id = id("wake");
+    let first = granted(a.claim(&id, &claim("a")).await.unwrap());
+    let latency = wake_latency(&b, &id, || async {
+        a.abort(&id, first.token, Disposition::NotApplied)
+            .await
+            .unwrap();
+    })
+    .await;
+    eprintln!("first wait (it subscribes): woke {latency:?} after the abort was sent");
+    assert!(
+        latency < Duration::from_millis(100),
+        "woke {latency:?} after the change"
+    );
+
+    let second = granted(a.claim(&id, &claim("a")).await.unwrap());
+    // The claim's own message reaches `b` a moment after `a` has its reply: let it pass.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A heartbeat is not a logged transition: it wakes nobody.
+    let since = Instant::now();
+    let renewal = Renewal {
+        keyspace: Keyspace::Execution,
+        id: id.clone(),
+        token: second.token,
+    };
+    assert!(a.heartbeat(&[renewal]).await.unwrap()[0].is_ok());
+    let t0 = Instant::now();
+    assert_eq!(
+        b.wait_for_change(&id, since, Duration::from_millis(200))
+            .await
+            .unwrap(),
+        Wait::TimedOut,
+        "a heartbeat is no change"
+    );
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+
+    let latency = wake_latency(&b, &id, || async {
+        a.complete(&id, second.token, &serde_json::json!("done"))
+            .await
+            .unwrap();
+    })
+    .await;
+    eprintln!("established subscription: woke {latency:?} after the completion was sent");
+    assert!(
+        latency < Duration::from_millis(100),
+        "woke {latency:?} after the change"
+    );
+}
+
+/// `b` claims (busy), then `a` completes, and only then does `b` wait: the change happened after
+/// `since`, before the wait, so the wait answers `Changed` at once. Both on a store that never
+/// subscribed before and on one whose subscription to the key already exists.
+async fn a_change_between_the_claim_and_the_wait_is_not_missed<S: CoordinationStore + Clone>(
+    a: S,
+    b: S,
+) {
+    for established in [false, true] {
+        let id = id("since");
+        let grant = granted(a.claim(&id, &claim("a")).await.unwrap());
+        if established {
+            // Subscribe first: a wait that times out.
+            let since = Instant::now();
+            assert!(matches!(
+                b.claim(&id, &claim("b")).await.unwrap(),
+                ClaimOutcome::Busy { .. }
+            ));
+            assert_eq!(
+                b.wait_for_change(&id, since, Duration::from_millis(50))
+                    .await
+                    .unwrap(),
+                Wait::TimedOut
+            );
+        }
+        let since = Instant::now();
+        assert!(matches!(
+            b.claim(&id, &claim("b")).await.unwrap(),
+            ClaimOutcome::Busy { .. }
+        ));
+        a.complete(&id, grant.token, &serde_json::json!(1))
+            .await
+            .unwrap();
+        if established {
+            // Let the message arrive before the wait is registered.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let t0 = Instant::now();
+        let answer = b
+            .wait_for_change(&id, since, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            Wait::Changed,
+            "established subscription: {established}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "answered after {:?}",
+            t0.elapsed()
+        );
+        // A wait from after the change, on the same key, does wait.
+        let since = Instant::now();
+        let t0 = Instant::now();
+        assert_eq!(
+            b.wait_for_change(&id, since, Duration::from_millis(100))
+                .await
+                .unwrap(),
+            Wait::TimedOut,
+            "a change before `since` does not count"
+        );
+        assert!(t0.elapsed() >= Duration::from_millis(100));
+    }
+}
+
+/// The conformance case `waiting_for_a_result` (50 waiters, one slow executor), with the store
+/// calls printed: claims and waits per run.
+async fn waiting_counts<S: CoordinationStore + Clone>(store: S, label: &str) -> (u64, u64) {
+    let store = Counted::new(store);
+    let namespace = unique_namespace("waiting");
+    let client = |who: String| {
+        Sentinel::builder(store.clone())
+            .namespace(namespace.as_str())
+            .owner(OwnerId::new(who).unwrap())
+            .ttl(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let executor = client("executor".into());
+    let work_runs = Arc::clone(&runs);
+    let slow = tokio::spawn(async move {
+        executor
+            .once("report", |_| async move {
+                work_runs.fetch_add(1, Ordering::SeqCst);
+                let _ = started_tx.send(());
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                Ok::<_, Failure>("the one result".to_owned())
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    let claims_before = store.count("claim");
+    let waits_before = store.count("wait_for_change");
+    let options = OnceOptions::new().wait(Duration::from_secs(30));
+    let t0 = Instant::now();
+    let waiters: Vec<_> = (0..50)
+        .map(|n| {
+            let (waiter, options) = (client(format!("waiter-{n}")), options.clone());
+            tokio::spawn(async move {
+                let out = waiter
+                    .once_with("report", &options, |_| async {
+                        Ok::<_, Failure>("a second run".to_owned())
+                    })
+                    .await;
+                (out, Instant::now())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for waiter in waiters {
+        let (out, at) = waiter.await.unwrap();
+        match out {
+            Ok(Once::Cached { value, .. }) => assert_eq!(value, "the one result"),
+            other => panic!("a waiter got {other:?}"),
+        }
+        done.push(at);
+    }
+    let finished = slow.await.unwrap().unwrap();
+    assert!(finished.is_executed());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let claims = store.count("claim") - claims_before;
+    let waits = store.count("wait_for_change") - waits_before;
+    let last = done.iter().max().copied().unwrap_or(t0) - t0;
+    eprintln!(
+        "[{label}] waiting_for_a_result: {claims} claims and {waits} waits for 50 waiters; the \
+         last waiter returned {last:?} after the waiters started (the work takes 600 ms)"
+    );
+    assert!(claims <= 50 * 8);
+    assert!(waits <= 50 * 4);
+    (claims, waits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_waiter_wakes_on_another_stores_completion() {
+    let a = support::standalone(TimeSource::Server).await;
+    let b = RedisStore::builder()
+        .prefix(a.prefix())
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    a_waiter_wakes_on_another_stores_completion(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_waiter_wakes_on_another_stores_completion() {
+    let a = support::cluster(TimeSource::Server).await;
+    let b = RedisStore::builder()
+        .prefix(a.prefix())
+        .connect_cluster(support::cluster_urls())
+        .await
+        .unwrap();
+    a_waiter_wakes_on_another_stores_completion(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_change_between_claim_and_wait_is_not_missed() {
+    let a = support::standalone(TimeSource::Server).await;
+    let b = RedisStore::builder()
+        .prefix(a.prefix())
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    a_change_between_the_claim_and_the_wait_is_not_missed(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_change_between_claim_and_wait_is_not_missed() {
+    let a = support::cluster(TimeSource::Server).await;
+    let b = RedisStore::builder()
+        .prefix(a.prefix())
+        .connect_cluster(support::cluster_urls())
+        .await
+        .unwrap();
+    a_change_between_the_claim_and_the_wait_is_not_missed(a, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_waiting_for_a_result_counts() {
+    let store = support::standalone(TimeSource::Server).await;
+    let (claims, waits) = waiting_counts(store, "standalone").await;
+    assert!(
+        claims <= 50 * 3,
+        "{claims} claims: notified waiters claim about twice"
+    );
+    assert!(waits <= 50 * 2, "{waits} waits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_waiting_for_a_result_counts() {
+    let store = support::cluster(TimeSource::Server).await;
+    let (claims, waits) = waiting_counts(store, "cluster").await;
+    assert!(
+        claims <= 50 * 3,
+        "{claims} claims: notified waiters claim about twice"
+    );
+    assert!(waits <= 50 * 2, "{waits} waits");
+}
+
+/// A store over a connection the caller built has no URL to open a subscription with: it answers
+/// `Unsupported`, and the client polls.
+#[tokio::test]
+async fn a_supplied_connection_cannot_subscribe_and_says_so() {
+    let client = redis::Client::open(support::redis_url()).unwrap();
+    let conn = client.get_connection_manager().await.unwrap();
+    let store = RedisStore::builder()
+        .prefix(support::unique_prefix())
+        .build(conn)
+        .unwrap();
+    let id = id("supplied");
+    assert_eq!(
+        store
+            .wait_for_change(&id, Instant::now(), Duration::from_secs(1))
+            .await
+            .unwrap(),
+        Wait::Unsupported
+    );
+}
+
+/// A server that cannot be subscribed to (here: one that went away after the store connected)
+/// answers `Unsupported` rather than an error; once the server is back the subscription is made
+/// and waiting works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestablished() {
+    let mut server = support::private_redis(servers::RedisOptions::default());
+    let url = server.url().to_owned();
+    let prefix = support::unique_prefix();
+    let connect = |url: String, prefix: String| async move {
+        RedisStore::builder()
+            .prefix(prefix)
+            .response_timeout(Duration::from_secs(2))
+            .connection_timeout(Duration::from_millis(500))
+            .connect(&url)
+            .await
+            .unwrap()
+    };
+    let a = connect(url.clone(), prefix.clone()).await;
+    let b = connect(url.clone(), prefix.clone()).await;
+    let id = id("killed");
+    let grant = granted(a.claim(&id, &claim("a")).await.unwrap());
+
+    // An established subscription, then its connection is killed server-side: the waiter is
+    // woken (something may have been missed), and the next wait subscribes again.
+    let since = Instant::now();
+    assert!(matches!(
+        b.claim(&id, &claim("b")).await.unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    let waiter = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.wait_for_change(&id, since, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished());
+    let mut admin = support::raw(&url).await;
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "a subscriber connection was killed");
+    let t0 = Instant::now();
+    assert_eq!(waiter.await.unwrap().unwrap(), Wait::Changed);
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Subscribed again: a completion wakes the next waiter.
+    let since = Instant::now();
+    assert!(matches!(
+        b.claim(&id, &claim("b")).await.unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    let waiter = {
+        let (b, id) = (b.clone(), id.clone());
+        tokio::spawn(async move { b.wait_for_change(&id, since, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished());
+    let t0 = Instant::now();
+    a.complete(&id, grant.token, &serde_json::json!(2))
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), Wait::Changed);
+    assert!(t0.elapsed() < Duration::from_millis(500));
+
+    // The server goes away: a store that has not subscribed yet answers Unsupported, no error.
+    let c = connect(url.clone(), prefix.clone()).await;
+    server.stop().unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        c.wait_for_change(&id, Instant::now(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Wait::Unsupported
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
