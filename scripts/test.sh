@@ -22,6 +22,9 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cargo doc (warnings are errors: broken links, private links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
 step "cargo test"
 export PROPTEST_CASES="${PROPTEST_CASES:-256}"
 cargo test --workspace --all-targets

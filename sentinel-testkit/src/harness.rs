@@ -65,7 +65,7 @@ impl<S: CoordinationStore + Clone> Harness<S> {
         }
     }
 
-    /// Claims `key` for `owner` with the default ttl of [`ttl`].
+    /// Claims `key` for `owner` with the default ttl (1 s, hard 5 s).
     pub async fn claim(&self, key: &str, owner: &str, start: bool) -> Result<ClaimOutcome, Error> {
         self.store
             .claim(&self.id(key), &claim_request(owner, start))
