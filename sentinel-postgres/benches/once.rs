@@ -6,7 +6,9 @@
 //! SENTINEL_BENCH_POSTGRES_URL=postgres://user@host/db SENTINEL_BENCH_SECONDS=5 cargo bench -p sentinel-postgres --bench once
 //! ```
 //!
-//! Scenarios, each at 1 and 8 concurrent workers for `SENTINEL_BENCH_SECONDS` (default 2):
+//! Scenarios, each at 1 and 8 concurrent workers for `SENTINEL_BENCH_SECONDS` (default 2) per
+//! side, the baseline and `once()` taking turns in four slices (ABBA) so that a machine whose
+//! speed drifts slows both alike:
 //!
 //! - **fresh**: `once()` on a key never seen (claim-and-start, then complete) vs the baseline
 //!   `INSERT … ON CONFLICT DO NOTHING RETURNING` + `UPDATE`;
@@ -171,28 +173,52 @@ impl Measured {
     fn per_second(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
+
+    fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
+        latencies.sort_unstable();
+        let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        Measured {
+            ops: latencies.len() as u64,
+            elapsed,
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
 }
 
-async fn measure(
+/// Slices per scenario: the baseline and once() take turns, so that a machine whose speed drifts
+/// (shared cores, a shared disk) slows both alike.
+const SLICES: u32 = 4;
+
+/// The baseline and once(), `for_` each, in alternating slices.
+async fn measure_pair(
     bench: &Arc<Bench>,
-    who: Who,
     work: Work,
     workers: usize,
     for_: Duration,
-) -> Measured {
+) -> (Measured, Measured) {
     // Warm every connection's statement cache first.
-    drive(bench, who, work, workers, Duration::from_millis(200)).await;
-    let started = Instant::now();
-    let mut latencies = drive(bench, who, work, workers, for_).await;
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
-    Measured {
-        ops: latencies.len() as u64,
-        elapsed,
-        p50: at(0.50),
-        p99: at(0.99),
+    for who in [Who::Baseline, Who::Sentinel] {
+        drive(bench, who, work, workers, Duration::from_millis(200)).await;
     }
+    let slice = for_ / SLICES;
+    let mut sides = [(Vec::new(), Duration::ZERO), (Vec::new(), Duration::ZERO)];
+    for n in 0..SLICES {
+        // ABBA order: neither side always goes first.
+        let order = if n % 2 == 0 {
+            [Who::Baseline, Who::Sentinel]
+        } else {
+            [Who::Sentinel, Who::Baseline]
+        };
+        for who in order {
+            let side = &mut sides[usize::from(who == Who::Sentinel)];
+            let started = Instant::now();
+            side.0.extend(drive(bench, who, work, workers, slice).await);
+            side.1 += started.elapsed();
+        }
+    }
+    let [(base, base_time), (once, once_time)] = sides;
+    (Measured::of(base, base_time), Measured::of(once, once_time))
 }
 
 async fn drive(
@@ -359,8 +385,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             count(&counted, &proxy, Who::Sentinel, work).await,
         ];
         for workers in WORKERS {
-            let baseline = measure(&bench, Who::Baseline, work, workers, for_).await;
-            let sentinel = measure(&bench, Who::Sentinel, work, workers, for_).await;
+            let (baseline, sentinel) = measure_pair(&bench, work, workers, for_).await;
             let ratio = sentinel.per_second() / baseline.per_second();
             for (what, m, (waited, pings)) in [
                 ("baseline", &baseline, trips[0]),

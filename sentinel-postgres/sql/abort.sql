@@ -9,7 +9,7 @@
 -- An abort that would change nothing (already in the target state and expired) is not logged.
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.owner, e.token, e.lease_expires_at
+    SELECT e.state, e.owner, e.token, e.lease_expires_at, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR UPDATE
@@ -34,18 +34,26 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = j.target,
+    SET version = e.version + 1,
+        state = j.target,
         lease_expires_at = least(e.lease_expires_at, {schema}.at_micros(j.now_us)),
         updated_at = {schema}.at_micros(j.now_us)
     FROM judged AS j
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'aborted'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2, 'aborted', j.token, j.owner, j.target,
            {schema}.at_micros(j.now_us), json_build_object('disposition', $5::text)
     FROM judged AS j
     WHERE j.verdict = 'aborted'
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token
 FROM judged AS j

@@ -13,7 +13,7 @@
 -- Also run inside the caller's own transaction by PostgresStore::complete_in.
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.owner, e.token, e.result
+    SELECT e.state, e.owner, e.token, e.result, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR UPDATE
@@ -35,14 +35,15 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = 'completed',
+    SET version = e.version + 1,
+        state = 'completed',
         result = $5::json,
         updated_at = {schema}.at_micros(j.now_us)
     FROM judged AS j
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'completed'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2,
            CASE WHEN j.verdict = 'completed' THEN 'completed' ELSE 'completion_rejected' END,
            $4,
@@ -53,6 +54,13 @@ logged AS (
                 THEN json_build_object('reason', j.verdict, 'result', $5::json) END
     FROM judged AS j
     WHERE j.verdict IN ('completed', 'fenced', 'wrong_state')
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token
 FROM judged AS j

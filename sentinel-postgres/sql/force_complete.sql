@@ -8,7 +8,7 @@
 -- second event.
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.token, e.result
+    SELECT e.state, e.token, e.result, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR UPDATE
@@ -29,7 +29,8 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = 'completed',
+    SET version = e.version + 1,
+        state = 'completed',
         owner = $4,
         result = $5::json,
         updated_at = {schema}.at_micros(j.now_us)
@@ -37,11 +38,18 @@ applied AS (
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'force_completed'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2, 'force_completed', j.token, $4, 'completed',
            {schema}.at_micros(j.now_us), NULL
     FROM judged AS j
     WHERE j.verdict = 'force_completed'
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token
 FROM judged AS j

@@ -10,7 +10,7 @@ clock AS MATERIALIZED (
     SELECT coalesce($2, {schema}.micros(clock_timestamp())) AS now_us
 ),
 doomed AS MATERIALIZED (
-    SELECT e.namespace, e.key, e.token
+    SELECT e.namespace, e.key, e.token, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1
       AND e.state = 'completed'
@@ -21,8 +21,8 @@ doomed AS MATERIALIZED (
 ),
 tombstoned AS (
     UPDATE {schema}.executions AS e
-    SET state = NULL, owner = NULL, request_id = NULL, lease_expires_at = NULL,
-        hard_expires_at = NULL, ttl_us = NULL, hard_ttl_us = NULL, result = NULL,
+    SET version = e.version + 1, state = NULL, owner = NULL, request_id = NULL,
+        lease_expires_at = NULL, hard_expires_at = NULL, ttl_us = NULL, hard_ttl_us = NULL, result = NULL,
         fingerprint = NULL, created_at = NULL, updated_at = NULL
     FROM doomed AS d
     WHERE e.namespace = d.namespace AND e.key = d.key
@@ -33,11 +33,19 @@ forgotten AS (
     WHERE ev.keyspace = 'execution' AND ev.namespace = d.namespace AND ev.key = d.key
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', d.namespace, d.key, 'purged', d.token, NULL, NULL,
            {schema}.at_micros(c.now_us), NULL
     FROM doomed AS d
     CROSS JOIN clock AS c
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM doomed AS w
+               WHERE w.namespace = ev.namespace AND w.key = ev.key)
 )
 SELECT count(*) AS purged
 FROM doomed

@@ -7,7 +7,7 @@
 -- locked FOR UPDATE, so a worker's transaction holding a fence on it commits first.
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.token, e.lease_expires_at
+    SELECT e.state, e.token, e.lease_expires_at, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR UPDATE
@@ -29,7 +29,8 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = 'reconciling',
+    SET version = e.version + 1,
+        state = 'reconciling',
         owner = $4,
         token = j.next_token,
         request_id = NULL,
@@ -38,11 +39,18 @@ applied AS (
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'reconciling'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2, 'reconciling', j.next_token, $4, 'reconciling',
            {schema}.at_micros(j.now_us), NULL
     FROM judged AS j
     WHERE j.verdict = 'reconciling'
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state,
        CASE WHEN j.verdict = 'reconciling' THEN j.next_token ELSE j.token END AS token

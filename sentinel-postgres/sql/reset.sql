@@ -5,7 +5,7 @@
 -- $1 namespace, $2 key, $3 manual time in µs (NULL: the server clock), $4 operator (owner).
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.token
+    SELECT e.state, e.token, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR UPDATE
@@ -25,7 +25,8 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = 'claimed',
+    SET version = e.version + 1,
+        state = 'claimed',
         owner = $4,
         lease_expires_at = least(e.lease_expires_at, {schema}.at_micros(j.now_us)),
         updated_at = {schema}.at_micros(j.now_us)
@@ -33,11 +34,18 @@ applied AS (
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'reset'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2, 'reset', j.token, $4, 'claimed',
            {schema}.at_micros(j.now_us), NULL
     FROM judged AS j
     WHERE j.verdict = 'reset'
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token
 FROM judged AS j

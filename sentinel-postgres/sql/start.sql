@@ -7,7 +7,7 @@
 -- a fence (FOR KEY SHARE) does not block it. The time is read after the lock is taken.
 WITH
 locked AS MATERIALIZED (
-    SELECT e.state, e.owner, e.token, e.lease_expires_at, e.hard_expires_at, e.ttl_us
+    SELECT e.state, e.owner, e.token, e.lease_expires_at, e.hard_expires_at, e.ttl_us, e.watched
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
     FOR NO KEY UPDATE
@@ -34,18 +34,26 @@ judged AS MATERIALIZED (
 ),
 applied AS (
     UPDATE {schema}.executions AS e
-    SET state = 'executing',
+    SET version = e.version + 1,
+        state = 'executing',
         lease_expires_at = j.renewed,
         updated_at = {schema}.at_micros(j.now_us)
     FROM judged AS j
     WHERE e.namespace = $1 AND e.key = $2 AND j.verdict = 'started'
 ),
 logged AS (
-    INSERT INTO {schema}.events (keyspace, namespace, key, kind, token, owner, state, at, detail)
+    INSERT INTO {schema}.events AS ev (keyspace, namespace, key, kind, token, owner, state, at, detail)
     SELECT 'execution', $1, $2, 'started', j.token, j.owner, 'executing',
            {schema}.at_micros(j.now_us), NULL
     FROM judged AS j
     WHERE j.verdict = 'started'
+    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
+    RETURNING (SELECT CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END
+               FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token,
        {schema}.micros(CASE WHEN j.verdict = 'started' THEN j.renewed

@@ -7,11 +7,17 @@
 //!   record and appends its event (data-modifying CTEs), in one atomic step. A fresh `once()`
 //!   costs two statements (claim-and-start, complete), a cached one a single read that takes no
 //!   lock and writes nothing, a heartbeat tick one statement for everything the client holds.
+//!   The claim's statement calls a PL/pgSQL function (migration 3), where its rule lives: a
+//!   cached or busy answer is one plain read, only a grant runs the writes.
+//! - **Waiting without polling**: clients waiting for a busy key are woken by LISTEN/NOTIFY (one
+//!   listening connection per store, outside the pool, opened by the first wait). Transitions
+//!   notify only for records someone waits on, so the hot path's commits stay concurrent (see
+//!   [`PostgresStoreBuilder::listen`]).
 //! - **The server's clock** (`clock_timestamp()`) decides every expiry, unless the store is given
 //!   a [`sentinel_core::ManualClock`] (tests), whose time the same SQL takes as a parameter.
 //! - **Fencing downstream**: [`PostgresStore::fence`] checks a token inside your own transaction
 //!   and holds the record until you commit; [`PostgresStore::complete_in`] commits the result with
-//!   your own writes (see [`fence`](crate::fence)).
+//!   your own writes (see [`fence`]).
 //! - **Embedded migrations** in a schema of their own (`sentinel` by default), with their own
 //!   history table, safe when several processes start at once ([`migrate`], [`migrator`]).
 //!
@@ -37,6 +43,7 @@
 mod error;
 pub mod fence;
 mod migrate;
+mod notify;
 mod rows;
 mod schema;
 mod sql;

@@ -38,11 +38,23 @@ pub struct EmbeddedMigration {
 }
 
 /// Every migration of this version of the crate, oldest first.
-pub const MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
-    version: 1,
-    description: "initial",
-    sql: include_str!("../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[EmbeddedMigration] = &[
+    EmbeddedMigration {
+        version: 1,
+        description: "initial",
+        sql: include_str!("../migrations/0001_initial.sql"),
+    },
+    EmbeddedMigration {
+        version: 2,
+        description: "notifications",
+        sql: include_str!("../migrations/0002_notifications.sql"),
+    },
+    EmbeddedMigration {
+        version: 3,
+        description: "claim function",
+        sql: include_str!("../migrations/0003_claim_function.sql"),
+    },
+];
 
 /// A sqlx [`Migrator`] that creates or upgrades Sentinel's tables in `schema`, for applications
 /// that run their migrations themselves (a deploy step, a CLI).
@@ -125,6 +137,14 @@ mod tests {
                 m.version
             );
         }
+        // The claim function (the only one that logs events itself) notifies like the statements.
+        let claim = MIGRATIONS
+            .iter()
+            .find(|m| m.description == "claim function")
+            .map_or("", |m| m.sql);
+        assert!(claim.contains("INSERT INTO %1$I.events"));
+        assert!(claim.contains("IF watched THEN"));
+        assert!(claim.contains("PERFORM pg_notify(p_channel"));
         let migrator = migrator(&Schema::default());
         assert_eq!(migrator.table_name, "\"sentinel\"._sentinel_migrations");
         assert!(migrator.iter().all(|m| {

@@ -1,11 +1,13 @@
 //! The SQL of every store operation, from `sql/*.sql`, with the schema filled in once per store.
 //!
-//! Each file is one statement: one round trip, one atomic step. The only thing ever substituted
-//! into the text is the checked, quoted schema name (`{schema}`); every value is a bind
-//! parameter, and sqlx prepares each statement once per connection.
+//! Each file is one statement: one round trip, one atomic step. The only things ever substituted
+//! into the text are the checked, quoted schema name (`{schema}`) and the notification channel
+//! derived from it (`{channel}`, `[a-z0-9_]` only, see [`crate::notify::channel`]); every value is
+//! a bind parameter, and sqlx prepares each statement once per connection.
 
 use std::sync::Arc;
 
+use crate::notify;
 use crate::schema::Schema;
 
 macro_rules! statements {
@@ -19,8 +21,9 @@ macro_rules! statements {
         impl Statements {
             pub(crate) fn new(schema: &Schema) -> Self {
                 let quoted = schema.quoted();
+                let channel = notify::channel(schema);
                 Statements {
-                    $($name: fill(include_str!(concat!("../sql/", stringify!($name), ".sql")), &quoted),)*
+                    $($name: fill(include_str!(concat!("../sql/", stringify!($name), ".sql")), &quoted, &channel),)*
                 }
             }
         }
@@ -54,24 +57,53 @@ statements!(
     list_leases,
     fence,
     fence_lease,
+    watch,
 );
 
-fn fill(template: &str, quoted_schema: &str) -> Arc<str> {
-    Arc::from(template.replace("{schema}", quoted_schema))
+fn fill(template: &str, quoted_schema: &str, channel: &str) -> Arc<str> {
+    Arc::from(
+        template
+            .replace("{schema}", quoted_schema)
+            .replace("{channel}", channel),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Every statement that appends an execution event notifies, in the same statement; the
+    /// others never do.
+    #[test]
+    fn execution_events_notify() {
+        for (name, template) in TEMPLATES {
+            let appends = template.contains("'execution', ");
+            let logs = template.contains("INSERT INTO {schema}.events");
+            let notifies = template.contains("pg_notify('{channel}'");
+            assert_eq!(
+                logs && appends,
+                notifies,
+                "{name}: logs an execution event but does not notify, or the reverse"
+            );
+        }
+    }
+
     #[test]
     fn only_the_schema_is_substituted() {
         let schema = Schema::new("tenant_7").unwrap_or_default();
         let statements = Statements::new(&schema);
-        assert!(statements.claim.contains("\"tenant_7\".executions"));
+        assert!(statements.claim.contains("\"tenant_7\".claim("));
+        assert!(statements.claim.contains("'sentinel_tenant_7'"));
+        assert!(statements.complete.contains("\"tenant_7\".executions"));
+        assert!(
+            statements
+                .complete
+                .contains("pg_notify('sentinel_tenant_7'")
+        );
+        let channel = notify::channel(&schema);
         for (name, template) in TEMPLATES {
             assert!(template.contains("{schema}"), "{name} names no table");
-            let filled = fill(template, &schema.quoted());
+            let filled = fill(template, &schema.quoted(), &channel);
             assert!(!filled.contains('{'), "{name} has another placeholder");
             assert!(!filled.contains("sentinel."), "{name} names a fixed schema");
         }

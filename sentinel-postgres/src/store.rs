@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::store::{
+    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+};
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Disposition, Error, Event,
     EventKind, ExecutionRecord, ExecutionState, FencingToken, Grant, Key, Keyspace, LeaseRecord,
@@ -21,6 +23,7 @@ use tracing::Instrument;
 
 use crate::error::{self, BACKEND, corrupt};
 use crate::migrate;
+use crate::notify::{self, Notifier, Seen};
 use crate::rows::{self, get, required};
 use crate::schema::Schema;
 use crate::sql::Statements;
@@ -66,6 +69,9 @@ struct Inner {
     schema: Schema,
     time: TimeSource,
     sql: Statements,
+    notifier: Notifier,
+    /// Whether `wait_for_change` listens (else it answers `Unsupported`).
+    listen: bool,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -99,6 +105,7 @@ pub struct PostgresStoreBuilder {
     schema: String,
     time: TimeSource,
     migrate: bool,
+    listen: bool,
 }
 
 impl PostgresStoreBuilder {
@@ -122,13 +129,28 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Whether clients waiting for a busy key are woken by LISTEN/NOTIFY (default `true`): the
+    /// first wait opens one listening connection per store, outside the pool. Turn it off where
+    /// LISTEN does not work (behind a connection pooler in transaction mode, such as PgBouncer's
+    /// `pool_mode = transaction`): waits then answer [`Wait::Unsupported`] and clients poll.
+    /// Transitions notify either way.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// Checks the schema name, runs the migrations (unless turned off) and returns the store.
     pub async fn build(self) -> Result<PostgresStore> {
         let schema = Schema::new(self.schema)?;
         if self.migrate {
             migrate::migrate(&self.pool, &schema).await?;
         }
-        Ok(PostgresStore::assemble(self.pool, schema, self.time))
+        Ok(PostgresStore::assemble(
+            self.pool,
+            schema,
+            self.time,
+            self.listen,
+        ))
     }
 }
 
@@ -188,7 +210,7 @@ impl PostgresStore {
     /// A store over `pool` in the `sentinel` schema, on the server's clock, without running
     /// migrations: the tables must exist (see [`crate::migrate`]). Does no I/O.
     pub fn new(pool: PgPool) -> Self {
-        Self::assemble(pool, Schema::default(), TimeSource::Server)
+        Self::assemble(pool, Schema::default(), TimeSource::Server, true)
     }
 
     /// A builder over `pool`, to choose the schema and the clock.
@@ -198,17 +220,21 @@ impl PostgresStore {
             schema: Schema::DEFAULT.to_owned(),
             time: TimeSource::Server,
             migrate: true,
+            listen: true,
         }
     }
 
-    fn assemble(pool: PgPool, schema: Schema, time: TimeSource) -> Self {
+    fn assemble(pool: PgPool, schema: Schema, time: TimeSource, listen: bool) -> Self {
         let sql = Statements::new(&schema);
+        let notifier = Notifier::new(&schema);
         PostgresStore {
             inner: Arc::new(Inner {
                 pool,
                 schema,
                 time,
                 sql,
+                notifier,
+                listen,
             }),
         }
     }
@@ -435,6 +461,7 @@ impl CoordinationStore for PostgresStore {
         let span = span("claim", id);
         async {
             let request_id = rows::request_id_bytes(request.request_id);
+            let sent = tokio::time::Instant::now();
             for _ in 0..RACE_ATTEMPTS {
                 let statement = query(&self.statements().claim)
                     .bind(id.namespace.as_str())
@@ -450,8 +477,20 @@ impl CoordinationStore for PostgresStore {
                 let outcome: String = required(&row, "outcome")?;
                 if outcome != "retry" {
                     let outcome = claim_outcome(&outcome, &row)?;
-                    if let ClaimOutcome::Acquired(grant) = &outcome {
-                        tracing::Span::current().record("token", grant.token.get());
+                    match &outcome {
+                        ClaimOutcome::Acquired(grant) => {
+                            tracing::Span::current().record("token", grant.token.get());
+                        }
+                        // What a waiter's first wait compares with (see src/notify.rs).
+                        ClaimOutcome::Busy { .. } if self.inner.listen => {
+                            let digest = notify::digest(id.namespace.as_str(), id.key.as_str());
+                            let seen = Seen {
+                                version: required(&row, "version")?,
+                                watched: required(&row, "watched")?,
+                            };
+                            self.inner.notifier.observe(digest, sent, seen);
+                        }
+                        _ => {}
                     }
                     return Ok(outcome);
                 }
@@ -757,6 +796,39 @@ impl CoordinationStore for PostgresStore {
             .bind(i64::from(query_.limit) + 1);
         let rows = self.fetch_all(statement, "list_leases").await?;
         page(rows, query_.limit, rows::lease_record, |r| &r.key)
+    }
+
+    /// LISTEN/NOTIFY: woken by the notification of the record's next event (see
+    /// `src/notify.rs`); [`Wait::Unsupported`] when no listener can be opened.
+    async fn wait_for_change(
+        &self,
+        id: &RecordId,
+        since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        if !self.inner.listen {
+            return Ok(Wait::Unsupported);
+        }
+        let digest = notify::digest(id.namespace.as_str(), id.key.as_str());
+        let watch = async || {
+            let statement = query(&self.statements().watch)
+                .bind(id.namespace.as_str())
+                .bind(id.key.as_str());
+            match self.fetch_optional(statement, "wait_for_change").await {
+                Ok(Some(row)) => required::<i64>(&row, "version").ok().map(Some),
+                Ok(None) => Some(None),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot watch the record; answering Changed");
+                    None
+                }
+            }
+        };
+        Ok(self
+            .inner
+            .notifier
+            .wait(&self.inner.pool, digest, since, timeout, watch)
+            .instrument(span("wait_for_change", id))
+            .await)
     }
 }
 

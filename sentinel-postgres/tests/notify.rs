@@ -1,0 +1,710 @@
+//! `wait_for_change` over LISTEN/NOTIFY: waiters are woken by transitions made anywhere (another
+//! store, another process), no change between a claim and its wait is missed, a killed listener
+//! connection wakes its waiters and comes back, and a store that cannot listen says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{PgFactory, claim, granted, id, pool};
+use sentinel_core::store::Wait;
+use sentinel_core::{
+    ClaimOutcome, CoordinationStore, Disposition, Failure, Once, OnceOptions, OwnerId, Sentinel,
+    TimeSource,
+};
+use sentinel_postgres::PostgresStore;
+use sentinel_testkit::Counted;
+use serde_json::json;
+use sqlx::postgres::PgListener;
+use sqlx::{AssertSqlSafe, Connection};
+use tokio::time::Instant;
+
+macro_rules! factory {
+    () => {
+        match PgFactory::new() {
+            Some(factory) => factory,
+            None => return,
+        }
+    };
+}
+
+/// A second store over the same schema, with a pool of its own: "another process".
+async fn other_store(factory: &PgFactory, store: &PostgresStore) -> PostgresStore {
+    PostgresStore::builder(pool(factory.url(), 2).await)
+        .schema(store.schema().as_str())
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The server pids of the connections listening for `store`'s changes.
+async fn listener_pids(url: &str, store: &PostgresStore) -> Vec<i32> {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let pids: Vec<(i32,)> = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %' AND query LIKE '%' || $1 || '%'",
+    )
+    .bind(store.schema().as_str())
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let _ = admin.close().await;
+    pids.into_iter().map(|(pid,)| pid).collect()
+}
+
+/// Starts `store`'s listener (a first wait, which answers at once: listening began after
+/// `since`, and no busy claim of this store saw the record).
+async fn start_listening(store: &PostgresStore) {
+    let warm = id("warm", "up");
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .wait_for_change(&warm, since, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Wait::Changed,
+        "listening began after `since`: a change may have been missed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_wakes_when_another_store_completes() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+    start_listening(&store).await;
+    let key = id("wake", "k");
+    let token = granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+
+    let since = Instant::now();
+    let busy = store
+        .claim(&key, &claim("waiter", 60_000, true))
+        .await
+        .unwrap();
+    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    let waiter = {
+        let store = store.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            let outcome = store
+                .wait_for_change(&key, since, Duration::from_secs(10))
+                .await
+                .unwrap();
+            (outcome, Instant::now())
+        })
+    };
+    // The waiter is waiting, not answered at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the waiter returned before any change"
+    );
+    other.complete(&key, token, &json!("done")).await.unwrap();
+    let completed = Instant::now();
+    let (outcome, woke) = waiter.await.unwrap();
+    assert_eq!(outcome, Wait::Changed);
+    let latency = woke - completed;
+    eprintln!("woken {latency:?} after the completion returned");
+    assert!(
+        latency < Duration::from_millis(100),
+        "woken {latency:?} after the completion"
+    );
+    assert!(matches!(
+        store
+            .claim(&key, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Completed { .. }
+    ));
+
+    // No change: the wait times out.
+    let quiet = id("wake", "quiet");
+    granted(
+        other
+            .claim(&quiet, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let started = Instant::now();
+    assert!(matches!(
+        store
+            .claim(&quiet, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    assert_eq!(
+        store
+            .wait_for_change(&quiet, started, Duration::from_millis(150))
+            .await
+            .unwrap(),
+        Wait::TimedOut
+    );
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+
+    // Before the first wait: nobody listens yet when the change happens.
+    let key = id("gap", "first");
+    let token = granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let since = Instant::now();
+    assert!(matches!(
+        store
+            .claim(&key, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    other.complete(&key, token, &json!(1)).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            store.wait_for_change(&key, since, Duration::from_secs(30))
+        )
+        .await
+        .expect("answered at once")
+        .unwrap(),
+        Wait::Changed
+    );
+
+    // With the listener running: the notification arrives before the wait begins.
+    let key = id("gap", "second");
+    let token = granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let since = Instant::now();
+    assert!(matches!(
+        store
+            .claim(&key, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    other
+        .abort(&key, token, Disposition::NotApplied)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            store.wait_for_change(&key, since, Duration::from_secs(30))
+        )
+        .await
+        .expect("answered at once")
+        .unwrap(),
+        Wait::Changed
+    );
+    // A wait whose claim came after the last notification waits for the next one.
+    granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    // (The record is watched now: that grant notified too. A claim sent before its notification
+    // arrives would be woken by it, spuriously.)
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let since = Instant::now();
+    assert!(matches!(
+        store
+            .claim(&key, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    assert_eq!(
+        store
+            .wait_for_change(&key, since, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Wait::TimedOut
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_wait_waits_when_nothing_changed() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+    let key = id("first", "k");
+    let token = granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let since = Instant::now();
+    assert!(matches!(
+        store
+            .claim(&key, &claim("waiter", 60_000, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Busy { .. }
+    ));
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            store
+                .wait_for_change(&key, since, Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiter.is_finished(),
+        "nothing changed: the first wait waits"
+    );
+    other.complete(&key, token, &json!("r")).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+
+    // A wait with no busy claim of this store to compare with answers at once.
+    let unseen = id("first", "unseen");
+    granted(
+        other
+            .claim(&unseen, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let since = Instant::now();
+    let restarted = PostgresStore::builder(pool(factory.url(), 2).await)
+        .schema(store.schema().as_str())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            restarted.wait_for_change(&unseen, since, Duration::from_secs(30))
+        )
+        .await
+        .expect("answered at once")
+        .unwrap(),
+        Wait::Changed
+    );
+}
+
+/// A busy claim of `key` by `store` (another store holds it), then a wait from before that claim,
+/// in a task.
+async fn busy_then_wait(
+    store: &PostgresStore,
+    key: &sentinel_core::RecordId,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Wait> {
+    let since = Instant::now();
+    let busy = store
+        .claim(key, &claim("waiter", 60_000, true))
+        .await
+        .unwrap();
+    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    let (store, key) = (store.clone(), key.clone());
+    tokio::spawn(async move { store.wait_for_change(&key, since, timeout).await.unwrap() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+    start_listening(&store).await;
+    let pids = listener_pids(factory.url(), &store).await;
+    assert_eq!(
+        pids.len(),
+        1,
+        "one listening connection per store: {pids:?}"
+    );
+
+    let key = id("killed", "k");
+    let token = granted(
+        other
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let waiter = busy_then_wait(&store, &key, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiter.is_finished(), "nothing changed: it waits");
+    common::kill_pid(factory.url(), pids[0]).await;
+    let woken = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter is woken when the listener's connection dies")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+
+    // It reconnects by itself; meanwhile waits answer at once (something may have been missed).
+    let mut back = Vec::new();
+    for _ in 0..100 {
+        back = listener_pids(factory.url(), &store).await;
+        if !back.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(back.len(), 1, "listening again");
+    assert_ne!(back[0], pids[0]);
+    // Once LISTEN has returned, waits wait again.
+    let mut settled = false;
+    for _ in 0..50 {
+        let waiter = busy_then_wait(&store, &key, Duration::from_millis(20)).await;
+        if waiter.await.unwrap() == Wait::TimedOut {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "waits wait again after the reconnect");
+
+    // And are woken by notifications again.
+    let waiter = busy_then_wait(&store, &key, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiter.is_finished(), "a wait after the reconnect waits");
+    other.complete(&key, token, &json!("r")).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_takes_no_pooled_connection() {
+    let factory = factory!();
+    // A pool of one connection: the listener must not take it.
+    let store = PostgresStore::builder(pool(factory.url(), 1).await)
+        .schema(common::unique_schema("sentinel_notify"))
+        .build()
+        .await
+        .unwrap();
+    let key = id("pool", "k");
+    let waiter = {
+        let (store, key) = (store.clone(), key.clone());
+        tokio::spawn(async move {
+            store
+                .wait_for_change(&key, Instant::now(), Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The pool still serves calls while the listener listens.
+    let token = granted(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            store.claim(&key, &claim("w", 60_000, true)),
+        )
+        .await
+        .expect("the pool is not exhausted by the listener")
+        .unwrap(),
+    );
+    store.complete(&key, token, &json!(1)).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    assert_eq!(listener_pids(factory.url(), &store).await.len(), 1);
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_listen_says_unsupported() {
+    // Nothing listens on this port: the listener cannot be opened.
+    let unreachable = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        drop(socket);
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    };
+    let pool = PostgresStore::pool_options()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&unreachable)
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    let key = id("unsupported", "k");
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.wait_for_change(&key, Instant::now(), Duration::from_secs(30)),
+    )
+    .await
+    .expect("answered, not hung")
+    .unwrap();
+    assert_eq!(answer, Wait::Unsupported);
+
+    // Turned off: Unsupported without trying.
+    let Some(factory) = PgFactory::new() else {
+        return;
+    };
+    let quiet = PostgresStore::builder(pool_for(&factory).await)
+        .schema(common::unique_schema("sentinel_notify"))
+        .listen(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        quiet
+            .wait_for_change(&key, Instant::now(), Duration::from_secs(30))
+            .await
+            .unwrap(),
+        Wait::Unsupported
+    );
+    assert!(listener_pids(factory.url(), &quiet).await.is_empty());
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        quiet.schema()
+    )))
+    .execute(quiet.pool())
+    .await;
+}
+
+async fn pool_for(factory: &PgFactory) -> sqlx::PgPool {
+    pool(factory.url(), 2).await
+}
+
+/// Every transition that logs an execution event of a watched record notifies once, with the
+/// record's digest; records nobody waited on, and calls that log nothing, never notify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_logged_transition_of_a_watched_record_notifies() {
+    let factory = factory!();
+    let (store, clock) = common::manual_store(&factory).await;
+    let mut listener = PgListener::connect(factory.url()).await.unwrap();
+    let schema = store.schema().as_str().to_owned();
+    listener
+        .listen(&format!("sentinel_{schema}"))
+        .await
+        .unwrap();
+    let mut heard = async |expected: usize, what: &str| {
+        let mut payloads = Vec::new();
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(150), listener.recv()).await
+        {
+            payloads.push(n.payload().to_owned());
+        }
+        assert_eq!(payloads.len(), expected, "{what}: {payloads:?}");
+        payloads
+    };
+    let digest = async |ns: &str, key: &str| -> String {
+        let (d,): (String,) = sqlx::query_as(
+            "SELECT md5(convert_to($1, 'UTF8') || decode('00', 'hex') || convert_to($2, 'UTF8'))",
+        )
+        .bind(ns)
+        .bind(key)
+        .fetch_one(&mut sqlx::PgConnection::connect(factory.url()).await.unwrap())
+        .await
+        .unwrap();
+        d
+    };
+    let version = async |key: &str| -> (i64, bool) {
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT version, watched FROM \"{schema}\".executions WHERE key = $1"
+        )))
+        .bind(key)
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+    };
+    // A busy claim, then a wait: the record is watched from then on.
+    let watch = async |key: &sentinel_core::RecordId| {
+        let since = Instant::now();
+        assert!(matches!(
+            store
+                .claim(key, &claim("watcher", 1_000, false))
+                .await
+                .unwrap(),
+            ClaimOutcome::Busy { .. }
+        ));
+        assert_eq!(
+            store
+                .wait_for_change(key, since, Duration::from_millis(50))
+                .await
+                .unwrap(),
+            Wait::TimedOut
+        );
+    };
+    let operator = OwnerId::new("operator").unwrap();
+    let key = id("events", "k");
+    let k = digest("events", "k").await;
+
+    let t1 = granted(store.claim(&key, &claim("a", 1_000, false)).await.unwrap());
+    heard(0, "a claim of a record nobody waits on").await;
+    assert_eq!(version("k").await, (1, false));
+    watch(&key).await;
+    assert_eq!(version("k").await, (1, true), "watching is no transition");
+    heard(0, "busy claim, wait").await;
+    store.start(&key, t1).await.unwrap();
+    assert_eq!(heard(1, "start").await, vec![k.clone()]);
+    store
+        .heartbeat(&[sentinel_core::Renewal {
+            keyspace: sentinel_core::Keyspace::Execution,
+            id: key.clone(),
+            token: t1,
+        }])
+        .await
+        .unwrap();
+    heard(0, "heartbeat").await;
+    assert_eq!(
+        version("k").await,
+        (2, true),
+        "heartbeats are no transition"
+    );
+    store.abort(&key, t1, Disposition::Uncertain).await.unwrap();
+    heard(1, "abort").await;
+    let t2 = store.reconcile(&key, &operator).await.unwrap();
+    heard(1, "reconcile").await;
+    store.reset_to_claimed(&key, &operator).await.unwrap();
+    heard(1, "reset").await;
+    let t3 = granted(store.claim(&key, &claim("c", 1_000, true)).await.unwrap());
+    assert!(t3 > t2);
+    heard(1, "claim after reset").await;
+    assert!(store.complete(&key, t1, &json!("stale")).await.is_err());
+    heard(1, "completion_rejected").await;
+    store.complete(&key, t3, &json!("r")).await.unwrap();
+    heard(1, "complete").await;
+    assert_eq!(version("k").await, (7, true));
+    store.complete(&key, t3, &json!("r")).await.unwrap();
+    heard(0, "the same completion again").await;
+    assert!(matches!(
+        store.claim(&key, &claim("d", 1_000, true)).await.unwrap(),
+        ClaimOutcome::Completed { .. }
+    ));
+    heard(0, "cached claim").await;
+
+    // Nobody waits on this one: nothing is sent.
+    let other = id("events", "o");
+    granted(store.claim(&other, &claim("a", 1_000, true)).await.unwrap());
+    clock.advance(Duration::from_secs(2));
+    store.reconcile(&other, &operator).await.unwrap();
+    store
+        .force_complete(&other, &operator, &json!("known"))
+        .await
+        .unwrap();
+    heard(0, "claim, reconcile, force_complete of an unwatched record").await;
+    assert_eq!(version("o").await, (3, false));
+
+    clock.advance(Duration::from_secs(60));
+    let ns = sentinel_core::Namespace::new("events").unwrap();
+    assert_eq!(
+        store.purge(&ns, Duration::from_secs(1), 10).await.unwrap(),
+        2
+    );
+    assert_eq!(heard(1, "purge").await, vec![k.clone()]);
+    assert_eq!(version("k").await, (8, true), "the tombstone stays watched");
+
+    // Long and awkward names: the payload stays a 32-digit digest.
+    let (ns, key) = ("n".repeat(1024), "é🦀".repeat(170));
+    let long = id(&ns, &key);
+    let t = granted(store.claim(&long, &claim("a", 60_000, true)).await.unwrap());
+    watch(&long).await;
+    store.complete(&long, t, &json!(1)).await.unwrap();
+    let payload = heard(1, "long names").await;
+    assert_eq!(payload[0].len(), 32);
+    assert_eq!(payload[0], digest(&ns, &key).await);
+}
+
+/// `waiting_for_a_result` of the conformance kit, with its counts printed: 50 waiters on a key
+/// whose work takes 600 ms, listening and polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn waiting_costs() {
+    let factory = factory!();
+    for listen in [true, false] {
+        let base = PostgresStore::builder(pool(factory.url(), 8).await)
+            .schema(common::unique_schema("sentinel_notify"))
+            .listen(listen)
+            .build()
+            .await
+            .unwrap();
+        let store = Counted::new(base.clone());
+        let client = |who: String| {
+            Sentinel::builder(store.clone())
+                .namespace("waiting")
+                .owner(OwnerId::new(who).unwrap())
+                .ttl(Duration::from_secs(10))
+                .build()
+                .unwrap()
+        };
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let executor = client("executor".into());
+        let work_runs = Arc::clone(&runs);
+        let slow = tokio::spawn(async move {
+            executor
+                .once("report", |_| async move {
+                    work_runs.fetch_add(1, Ordering::SeqCst);
+                    let _ = started_tx.send(());
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    Ok::<_, Failure>("the one result".to_owned())
+                })
+                .await
+        });
+        started_rx.await.unwrap();
+        let (claims_before, waits_before) = (store.count("claim"), store.count("wait_for_change"));
+        let options = OnceOptions::new().wait(Duration::from_secs(30));
+        let waiters: Vec<_> = (0..50)
+            .map(|n| {
+                let (waiter, options) = (client(format!("waiter-{n}")), options.clone());
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let once = waiter
+                        .once_with("report", &options, |_| async {
+                            Ok::<_, Failure>("a second run".to_owned())
+                        })
+                        .await;
+                    (once, t.elapsed())
+                })
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for waiter in waiters {
+            let (once, took) = waiter.await.unwrap();
+            match once {
+                Ok(Once::Cached { value, .. }) => assert_eq!(value, "the one result"),
+                other => panic!("a waiter got {other:?}"),
+            }
+            slowest = slowest.max(took);
+        }
+        let done = slow.await.unwrap().unwrap();
+        assert!(done.is_executed());
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        let claims = store.count("claim") - claims_before;
+        let waits = store.count("wait_for_change") - waits_before;
+        eprintln!(
+            "listen={listen}: 50 waiters: {claims} claims, {waits} waits ({:.2} and {:.2} per \
+             waiter), the last answered after {slowest:?}",
+            claims as f64 / 50.0,
+            waits as f64 / 50.0
+        );
+        assert!(claims <= 50 * 8 && waits <= 50 * 4);
+        let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP SCHEMA \"{}\" CASCADE",
+            base.schema()
+        )))
+        .execute(base.pool())
+        .await;
+    }
+}
