@@ -17,7 +17,7 @@ use crate::Result;
 use crate::backend::Backend;
 use crate::config::WorkerConfig;
 use crate::journal::Journal;
-use crate::lossy::LossyStore;
+use crate::lossy::Lossy;
 use crate::worker::{self, DieMode, WorkerCtx, WorkerFaults};
 
 /// What happened to the workers.
@@ -281,7 +281,7 @@ fn spawn_mem(
 ) -> Result<MemWorker> {
     let name = format!("w{index}.{incarnation}");
     let journal = Arc::new(Journal::create(&config.dir.join(format!("{name}.jsonl")))?);
-    let store: Arc<dyn sentinel_core::CoordinationStore> = Arc::new(LossyStore::new(
+    let store: Arc<dyn sentinel_core::CoordinationStore> = Arc::new(Lossy::wrap(
         backend.store.clone(),
         config.lost_reply_rate,
         config.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),

@@ -9,27 +9,22 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
 
-use sentinel_core::store::{
-    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
-};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Disposition, Error, Event,
-    ExecutionRecord, FencingToken, Keyspace, LeaseRecord, LeaseRequest, Namespace, OwnerId,
-    RecordId, Result, Timestamp,
+    ClaimOutcome, ClaimRequest, CoordinationStore, Error, FencingToken, RecordId, Result,
 };
+use sentinel_testkit::{Decorated, Decorator};
 
 use crate::journal::{Entry, Journal};
 use crate::rng::Rng;
 
-/// Loses the replies of a fraction of applied claims and completions.
+/// Loses the replies of a fraction of applied claims and completions: a [`Decorator`], so the
+/// store it wraps is a `Decorated<Lossy>`.
 #[derive(Debug)]
-pub struct LossyStore {
-    inner: Arc<dyn CoordinationStore>,
+pub struct Lossy {
     rate: f64,
     journal: Arc<Journal>,
     state: Mutex<State>,
@@ -55,17 +50,20 @@ fn answer_of(outcome: &ClaimOutcome) -> (&'static str, Option<i64>) {
     }
 }
 
-impl LossyStore {
+impl Lossy {
     /// Wraps `inner`, losing each applied claim's and completion's reply with probability `rate`
     /// (0: none; it still journals the retries of claims that failed in transit).
-    pub fn new(
+    pub fn wrap(
         inner: Arc<dyn CoordinationStore>,
         rate: f64,
         seed: u64,
         journal: Arc<Journal>,
-    ) -> Self {
-        LossyStore {
-            inner,
+    ) -> Decorated<Lossy> {
+        Decorated::around(inner, Lossy::new(rate, seed, journal))
+    }
+
+    fn new(rate: f64, seed: u64, journal: Arc<Journal>) -> Self {
+        Lossy {
             rate,
             journal,
             state: Mutex::new(State {
@@ -83,9 +81,9 @@ impl LossyStore {
         }
     }
 
-    fn lost(&self, operation: &str) -> Error {
+    fn lost(&self, store: &dyn CoordinationStore, operation: &str) -> Error {
         Error::Unavailable {
-            store: self.inner.backend(),
+            store: store.backend(),
             source: format!("chaos: the reply to {operation} was lost after the store applied it")
                 .into(),
         }
@@ -93,17 +91,14 @@ impl LossyStore {
 }
 
 #[async_trait]
-impl CoordinationStore for LossyStore {
-    fn backend(&self) -> &'static str {
-        self.inner.backend()
-    }
-
-    async fn now(&self) -> Result<Timestamp> {
-        self.inner.now().await
-    }
-
-    async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
-        let answer = self.inner.claim(id, request).await;
+impl Decorator for Lossy {
+    async fn claim(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        request: &ClaimRequest,
+    ) -> Result<ClaimOutcome> {
+        let answer = store.claim(id, request).await;
         let req = request.request_id.as_u128();
         let retried = self.state().claims.remove(&req);
         if let Some((granted, in_transit)) = retried {
@@ -151,19 +146,17 @@ impl CoordinationStore for LossyStore {
             request: format!("{req:x}"),
             granted,
         });
-        Err(self.lost("claim"))
+        Err(self.lost(store, "claim"))
     }
 
-    async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp> {
-        self.inner.start(id, token).await
-    }
-
-    async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
-        self.inner.heartbeat(renewals).await
-    }
-
-    async fn complete(&self, id: &RecordId, token: FencingToken, result: &Value) -> Result<()> {
-        let answer = self.inner.complete(id, token, result).await;
+    async fn complete(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+        result: &Value,
+    ) -> Result<()> {
+        let answer = store.complete(id, token, result).await;
         let slot = (id.clone(), token.get());
         let retried = self.state().completions.remove(&slot).is_some();
         if retried {
@@ -194,73 +187,6 @@ impl CoordinationStore for LossyStore {
             key: id.key.as_str().to_owned(),
             token: token.get(),
         });
-        Err(self.lost("complete"))
-    }
-
-    async fn abort(
-        &self,
-        id: &RecordId,
-        token: FencingToken,
-        disposition: Disposition,
-    ) -> Result<()> {
-        self.inner.abort(id, token, disposition).await
-    }
-
-    async fn reconcile(&self, id: &RecordId, owner: &OwnerId) -> Result<FencingToken> {
-        self.inner.reconcile(id, owner).await
-    }
-
-    async fn force_complete(&self, id: &RecordId, owner: &OwnerId, result: &Value) -> Result<()> {
-        self.inner.force_complete(id, owner, result).await
-    }
-
-    async fn reset_to_claimed(&self, id: &RecordId, owner: &OwnerId) -> Result<()> {
-        self.inner.reset_to_claimed(id, owner).await
-    }
-
-    async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
-        self.inner.purge(namespace, older_than, limit).await
-    }
-
-    async fn inspect(&self, id: &RecordId) -> Result<Option<ExecutionRecord>> {
-        self.inner.inspect(id).await
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Page<ExecutionRecord>> {
-        self.inner.list(query).await
-    }
-
-    async fn history(
-        &self,
-        keyspace: Keyspace,
-        id: &RecordId,
-        query: &HistoryQuery,
-    ) -> Result<Vec<Event>> {
-        self.inner.history(keyspace, id, query).await
-    }
-
-    async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
-        self.inner.acquire_lease(id, request).await
-    }
-
-    async fn release_lease(&self, id: &RecordId, token: FencingToken) -> Result<()> {
-        self.inner.release_lease(id, token).await
-    }
-
-    async fn inspect_lease(&self, id: &RecordId) -> Result<Option<LeaseRecord>> {
-        self.inner.inspect_lease(id).await
-    }
-
-    async fn list_leases(&self, query: &LeaseListQuery) -> Result<Page<LeaseRecord>> {
-        self.inner.list_leases(query).await
-    }
-
-    async fn wait_for_change(
-        &self,
-        id: &RecordId,
-        since: tokio::time::Instant,
-        timeout: Duration,
-    ) -> Result<Wait> {
-        self.inner.wait_for_change(id, since, timeout).await
+        Err(self.lost(store, "complete"))
     }
 }

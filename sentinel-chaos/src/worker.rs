@@ -19,7 +19,7 @@ use crate::Result;
 use crate::backend::{self, Backend, Delivery, WriteOutcome, chain};
 use crate::config::{Sabotage, StoreKind, WorkerConfig};
 use crate::journal::{Entry, Journal};
-use crate::lossy::LossyStore;
+use crate::lossy::Lossy;
 
 /// How a worker dies when a kill fault is armed.
 #[derive(Debug)]
@@ -423,7 +423,7 @@ pub async fn process_main(config_path: &Path, index: usize, incarnation: u32) ->
             Err(e) => return Err(e),
         }
     }
-    let store: Arc<dyn CoordinationStore> = Arc::new(LossyStore::new(
+    let store: Arc<dyn CoordinationStore> = Arc::new(Lossy::wrap(
         backend.store.clone(),
         config.lost_reply_rate,
         config.seed ^ ((index as u64) << 32) ^ u64::from(incarnation),

@@ -249,7 +249,7 @@ async fn fifty_waiters(store: Faulty) -> (Vec<Once<String>>, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_waiters_get_the_one_result_with_few_round_trips() {
-    let (outcomes, claims) = fifty_waiters(Faulty::new(MemoryStore::new())).await;
+    let (outcomes, claims) = fifty_waiters(support::faulty(MemoryStore::new())).await;
     assert!(
         outcomes
             .iter()
@@ -264,7 +264,7 @@ async fn fifty_waiters_get_the_one_result_with_few_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_notifications_waiters_poll_with_a_bounded_backoff() {
     let (outcomes, claims) =
-        fifty_waiters(Faulty::new(MemoryStore::new()).without_notifications()).await;
+        fifty_waiters(support::without_notifications(MemoryStore::new())).await;
     assert!(outcomes.iter().all(|o| o.is_cached()), "{outcomes:?}");
     // 20, 40, 80, 160, 320 ms pauses cover a 400 ms wait: at most about seven claims each.
     assert!(claims <= 50 * 8, "{claims} claims for 50 waiters");

@@ -12,7 +12,7 @@ use sentinel_core::{
     RejectReason, Sentinel,
 };
 use sentinel_memory::MemoryStore;
-use support::{Faulty, Renewals, TokioClock};
+use support::{Renewals, TokioClock};
 
 fn clients(store: MemoryStore) -> (Sentinel, Sentinel) {
     let build = |store: MemoryStore| {
@@ -109,7 +109,7 @@ async fn the_closure_form_runs_only_when_acquired_and_releases_after() {
 
 #[tokio::test(start_paused = true)]
 async fn refused_renewals_signal_the_guard() {
-    let faulty = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let faulty = support::faulty(MemoryStore::with_clock(TokioClock::new()));
     let sentinel = Sentinel::builder(faulty.clone())
         .ttl(Duration::from_secs(3))
         .hard_ttl(Duration::from_secs(30))

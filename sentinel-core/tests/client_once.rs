@@ -16,7 +16,7 @@ use sentinel_core::{
     ListFilter, LostReason, ManualClock, Once, OnceOptions, RejectReason, Sentinel, TimeSource,
 };
 use sentinel_memory::MemoryStore;
-use support::{Faulty, Renewals, TokioClock};
+use support::{Renewals, TokioClock};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Receipt {
@@ -294,7 +294,7 @@ async fn heartbeats_carry_long_work_past_the_ttl_up_to_the_hard_ttl_and_no_furth
 
 #[tokio::test(start_paused = true)]
 async fn refused_renewals_signal_lost_authority_to_the_work() {
-    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
     let sentinel = Sentinel::builder(store.clone())
         .ttl(Duration::from_secs(3))
         .hard_ttl(Duration::from_secs(60))
@@ -320,7 +320,7 @@ async fn refused_renewals_signal_lost_authority_to_the_work() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
-    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
     let sentinel = Sentinel::builder(store.clone())
         .ttl(Duration::from_secs(3))
         .hard_ttl(Duration::from_secs(60))
@@ -346,7 +346,7 @@ async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn one_heartbeat_call_renews_every_held_execution_and_lease() {
-    let store = Faulty::new(MemoryStore::with_clock(TokioClock::new()));
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
     let sentinel = Sentinel::builder(store.clone())
         .ttl(Duration::from_secs(3))
         .hard_ttl(Duration::from_secs(60))
@@ -634,7 +634,7 @@ async fn the_same_key_in_two_namespaces_is_two_executions() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_claim_reply_is_adopted_by_the_retry_not_left_uncertain() {
     let (memory, _clock) = MemoryStore::with_manual_clock();
-    let store = Faulty::new(memory);
+    let store = support::faulty(memory);
     let sentinel = Sentinel::builder(store.clone()).build().unwrap();
     store.lost_claim_replies.store(1, Ordering::SeqCst);
     let outcome = sentinel
@@ -664,7 +664,7 @@ async fn a_lost_claim_reply_is_adopted_by_the_retry_not_left_uncertain() {
 #[tokio::test(start_paused = true)]
 async fn a_claim_whose_every_reply_was_lost_is_given_up_not_left_uncertain() {
     let (memory, _clock) = MemoryStore::with_manual_clock();
-    let store = Faulty::new(memory);
+    let store = support::faulty(memory);
     let sentinel = Sentinel::builder(store.clone()).build().unwrap();
     store.lost_claim_replies.store(3, Ordering::SeqCst);
     let runs = AtomicUsize::new(0);

@@ -55,7 +55,7 @@
 //! ```
 
 pub mod cases;
-mod counted;
+mod decorate;
 mod harness;
 pub mod servers;
 
@@ -66,7 +66,7 @@ use async_trait::async_trait;
 use sentinel_core::{CoordinationStore, Result, TimeSource};
 use sentinel_memory::MemoryStore;
 
-pub use counted::Counted;
+pub use decorate::{CallCounter, Counted, Decorated, Decorator};
 pub use harness::{Harness, unique_namespace};
 
 /// Builds the stores the suite runs against. Implement it for your store.

@@ -13,7 +13,7 @@ use sentinel_core::{
 };
 
 use crate::StoreFactory;
-use crate::counted::Counted;
+use crate::decorate::Counted;
 use crate::harness::{Harness, owner, ttl, unique_namespace};
 
 fn with_fingerprint(who: &str, fingerprint: Option<&str>) -> ClaimRequest {
@@ -99,7 +99,7 @@ pub async fn fingerprints_guard_the_key<F: StoreFactory>(factory: &F) {
 /// A slow executor and 50 waiters: every waiter gets the one result, the work runs once, and each
 /// waiter makes only a few store calls.
 pub async fn waiting_for_a_result<F: StoreFactory>(factory: &F) {
-    let store = Counted::new(
+    let store = Counted::counting(
         factory
             .create(TimeSource::Server)
             .await
