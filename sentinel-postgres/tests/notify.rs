@@ -639,7 +639,7 @@ async fn waiting_costs() {
             .build()
             .await
             .unwrap();
-        let store = Counted::new(base.clone());
+        let store = Counted::counting(base.clone());
         let client = |who: String| {
             Sentinel::builder(store.clone())
                 .namespace("waiting")

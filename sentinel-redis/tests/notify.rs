@@ -197,7 +197,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed<S: CoordinationSt
 /// The conformance case `waiting_for_a_result` (50 waiters, one slow executor), with the store
 /// calls printed: claims and waits per run.
 async fn waiting_counts<S: CoordinationStore + Clone>(store: S, label: &str) -> (u64, u64) {
-    let store = Counted::new(store);
+    let store = Counted::counting(store);
     let namespace = unique_namespace("waiting");
     let client = |who: String| {
         Sentinel::builder(store.clone())
