@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         description: "claim function",
         sql: include_str!("../migrations/0003_claim_function.sql"),
     },
+    EmbeddedMigration {
+        version: 4,
+        description: "lean writes",
+        sql: include_str!("../migrations/0004_lean_writes.sql"),
+    },
 ];
 
 /// A sqlx [`Migrator`] that creates or upgrades Sentinel's tables in `schema`, for applications
@@ -137,14 +142,23 @@ mod tests {
                 m.version
             );
         }
-        // The claim function (the only one that logs events itself) notifies like the statements.
-        let claim = MIGRATIONS
+        // The claim function (the only one that logs events itself) notifies like the statements,
+        // in each version that defines it.
+        let claims: Vec<&str> = MIGRATIONS
             .iter()
-            .find(|m| m.description == "claim function")
-            .map_or("", |m| m.sql);
-        assert!(claim.contains("INSERT INTO %1$I.events"));
-        assert!(claim.contains("IF watched THEN"));
-        assert!(claim.contains("PERFORM pg_notify(p_channel"));
+            .filter(|m| m.sql.contains("FUNCTION %1$I.claim("))
+            .map(|m| m.sql)
+            .collect();
+        assert_eq!(
+            claims.len(),
+            2,
+            "migrations 3 and 4 define the claim function"
+        );
+        for claim in claims {
+            assert!(claim.contains("INSERT INTO %1$I.events"));
+            assert!(claim.contains("IF watched THEN"));
+            assert!(claim.contains("PERFORM pg_notify(p_channel"));
+        }
         let migrator = migrator(&Schema::default());
         assert_eq!(migrator.table_name, "\"sentinel\"._sentinel_migrations");
         assert!(migrator.iter().all(|m| {

@@ -155,3 +155,88 @@ async fn a_store_on_an_unmigrated_schema_says_so() {
     assert!(matches!(error, Error::Backend { .. }), "{error}");
     assert!(error.to_string().contains("not migrated"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_written_by_an_older_schema_carry_on_after_an_upgrade() {
+    let factory = factory!();
+    let name = common::unique_schema("sentinel_upgrade");
+    let schema = Schema::new(name.clone()).unwrap();
+    let pool = common::pool(factory.url(), 2).await;
+    // The schema as version 3 left it, with records mid-flight written by its claim function.
+    let mut old = sentinel_postgres::migrator(&schema);
+    old.migrations = old.migrations[..3].to_vec().into();
+    old.run(&pool).await.unwrap();
+    let store = PostgresStore::builder(pool.clone())
+        .schema(name.as_str())
+        .migrate(false)
+        .build()
+        .await
+        .unwrap();
+    let (running, done) = (common::id("ns", "running"), common::id("ns", "done"));
+    let running_token = common::granted(
+        store
+            .claim(&running, &common::claim("w1", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let done_token = common::granted(
+        store
+            .claim(&done, &common::claim("w1", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    store
+        .complete(&done, done_token, &serde_json::json!({"paid": 1}))
+        .await
+        .unwrap();
+
+    store.migrate().await.unwrap();
+    let (version,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT max(version) FROM \"{name}\"._sentinel_migrations"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(version, MIGRATIONS.len() as i64);
+
+    // The execution started before the upgrade completes with its token; the completed one is
+    // still cached; a new key is claimed by the new function; histories run on.
+    store
+        .complete(&running, running_token, &serde_json::json!({"paid": 2}))
+        .await
+        .unwrap();
+    match store
+        .claim(&done, &common::claim("w2", 60_000, true))
+        .await
+        .unwrap()
+    {
+        sentinel_core::ClaimOutcome::Completed { result, token, .. } => {
+            assert_eq!(result, serde_json::json!({"paid": 1}));
+            assert_eq!(token, done_token);
+        }
+        other => panic!("expected the cached result, got {other:?}"),
+    }
+    let fresh = common::id("ns", "fresh");
+    let fresh_token = common::granted(
+        store
+            .claim(&fresh, &common::claim("w2", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    assert!(fresh_token > running_token);
+    let kinds: Vec<String> = store
+        .history(
+            sentinel_core::Keyspace::Execution,
+            &running,
+            &sentinel_core::HistoryQuery::default(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind.to_string())
+        .collect();
+    assert_eq!(kinds, ["claimed", "completed"]);
+    drop(store);
+    pool.close().await;
+    drop_schema(factory.url(), &name).await;
+}
