@@ -7,8 +7,8 @@
 //!   record and appends its event (data-modifying CTEs), in one atomic step. A fresh `once()`
 //!   costs two statements (claim-and-start, complete), a cached one a single read that takes no
 //!   lock and writes nothing, a heartbeat tick one statement for everything the client holds.
-//!   The claim's statement calls a PL/pgSQL function (migration 3), where its rule lives: a
-//!   cached or busy answer is one plain read, only a grant runs the writes.
+//!   The claim's statement calls a PL/pgSQL function (migrations 3 and 4), where its rule
+//!   lives: a cached or busy answer is one plain read, only a grant runs the writes.
 //! - **Waiting without polling**: clients waiting for a busy key are woken by LISTEN/NOTIFY (one
 //!   listening connection per store, outside the pool, opened by the first wait). Transitions
 //!   notify only for records someone waits on, so the hot path's commits stay concurrent (see
