@@ -18,7 +18,7 @@ pub use authority::{Authority, LostReason};
 pub use failure::Failure;
 pub use lease::{LeaseAttempt, LeaseGuard, LeaseOptions, Leased};
 pub use observe::{Observer, Transition, TransitionKind};
-pub use once::{ExecutionContext, Once, OnceOptions, Preparation};
+pub use once::{ExecutionContext, Once, OnceOptions, Preparation, panic_message};
 
 use heartbeat::Heartbeat;
 use observe::Telemetry;

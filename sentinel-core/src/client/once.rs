@@ -861,7 +861,14 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The message of a panic's payload (a `&str` or a `String`, as `panic!` makes them), as
+/// [`Once::Panicked`] reports it.
+///
+/// ```
+/// let payload = std::panic::catch_unwind(|| panic!("card declined: {}", 402)).unwrap_err();
+/// assert_eq!(sentinel_core::client::panic_message(payload.as_ref()), "card declined: 402");
+/// ```
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_owned()
     } else if let Some(s) = payload.downcast_ref::<String>() {
