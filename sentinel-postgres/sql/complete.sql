@@ -54,12 +54,8 @@ logged AS (
                 THEN json_build_object('reason', j.verdict, 'result', $5::json) END
     FROM judged AS j
     WHERE j.verdict IN ('completed', 'fenced', 'wrong_state')
-    -- Wakes the record's waiters, if it has some, when the event commits (src/notify.rs).
-    RETURNING (SELECT CASE WHEN w.watched
-                           THEN pg_notify('{channel}',
-                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
-                                              || convert_to(ev.key, 'UTF8')))
-                      END
+    -- Wakes the record's waiters, if it has some, when the event commits (src/sql.rs, NOTIFY).
+    RETURNING (SELECT {notify}
                FROM judged AS w)
 )
 SELECT j.verdict, j.state, j.token

@@ -1,9 +1,10 @@
 //! The SQL of every store operation, from `sql/*.sql`, with the schema filled in once per store.
 //!
 //! Each file is one statement: one round trip, one atomic step. The only things ever substituted
-//! into the text are the checked, quoted schema name (`{schema}`) and the notification channel
-//! derived from it (`{channel}`, `[a-z0-9_]` only, see [`crate::notify::channel`]); every value is
-//! a bind parameter, and sqlx prepares each statement once per connection.
+//! into the text are the checked, quoted schema name (`{schema}`), the notification channel
+//! derived from it (`{channel}`, `[a-z0-9_]` only, see [`crate::notify::channel`]) and
+//! [`NOTIFY`] (`{notify}`); every value is a bind parameter, and sqlx prepares each statement once
+//! per connection.
 
 use std::sync::Arc;
 
@@ -60,9 +61,20 @@ statements!(
     watch,
 );
 
+/// `{notify}`: the expression that wakes the waiters of the record of the event `ev` just
+/// inserted, if it is watched (`w.watched`), when the transaction commits; its payload is
+/// [`crate::notify::digest`] of the record's namespace and key. Every statement that logs an
+/// execution event returns it (`RETURNING (SELECT {notify} FROM … AS w …)`).
+const NOTIFY: &str = "CASE WHEN w.watched
+                           THEN pg_notify('{channel}',
+                                          md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
+                                              || convert_to(ev.key, 'UTF8')))
+                      END";
+
 fn fill(template: &str, quoted_schema: &str, channel: &str) -> Arc<str> {
     Arc::from(
         template
+            .replace("{notify}", NOTIFY)
             .replace("{schema}", quoted_schema)
             .replace("{channel}", channel),
     )
@@ -79,7 +91,7 @@ mod tests {
         for (name, template) in TEMPLATES {
             let appends = template.contains("'execution', ");
             let logs = template.contains("INSERT INTO {schema}.events");
-            let notifies = template.contains("pg_notify('{channel}'");
+            let notifies = template.contains("RETURNING (SELECT {notify}");
             assert_eq!(
                 logs && appends,
                 notifies,
