@@ -160,6 +160,10 @@ impl PostgresStore {
     ///
     /// Fails with [`Error::Unavailable`] when the server cannot be reached, and with
     /// [`Error::InvalidInput`] when the URL does not parse.
+    ///
+    /// TLS (`sslmode=verify-full` in the URL) needs one of sqlx's TLS features, which this crate
+    /// leaves to the application: with `sqlx = { version = "0.9", features = ["tls-rustls"] }` in
+    /// your `Cargo.toml`, Cargo builds one sqlx with it, and this store's connections use it.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = Self::pool_options()
             .connect(url)

@@ -54,9 +54,10 @@ const MAX_OBSERVED: usize = 8;
 pub(crate) enum Source {
     /// A store over a connection the caller built: no URL to subscribe with.
     None,
-    /// A standalone server, through this RESP3 client.
+    /// A standalone server, through this RESP3 client (boxed: with TLS compiled in, a client is
+    /// several hundred bytes).
     Standalone {
-        client: redis::Client,
+        client: Box<redis::Client>,
         response_timeout: Duration,
         connection_timeout: Duration,
     },
@@ -83,7 +84,7 @@ impl Source {
             .set_protocol(ProtocolVersion::RESP3);
         match redis::Client::open(info.set_redis_settings(settings)) {
             Ok(client) => Source::Standalone {
-                client,
+                client: Box::new(client),
                 response_timeout,
                 connection_timeout,
             },
@@ -351,7 +352,7 @@ impl Notifier {
                     .set_max_delay(Duration::from_secs(1))
                     .set_push_sender(push_handler(state))
                     .set_automatic_resubscription();
-                ConnectionManager::new_with_config(client.clone(), config)
+                ConnectionManager::new_with_config(redis::Client::clone(client), config)
                     .await
                     .map(Subscriber::Standalone)
             }

@@ -231,8 +231,12 @@ impl RedisStoreBuilder {
         Ok(())
     }
 
-    /// Connects to a standalone server (`redis://host:port/db`, `rediss://` for TLS is not
-    /// compiled in) through a reconnecting [`ConnectionManager`].
+    /// Connects to a standalone server (`redis://host:port/db`) through a reconnecting
+    /// [`ConnectionManager`].
+    ///
+    /// `rediss://` (TLS) needs a TLS feature of redis-rs, which this crate leaves to the
+    /// application: with `redis = { version = "1.8", features = ["tokio-rustls-comp"] }` in your
+    /// `Cargo.toml`, Cargo builds one redis-rs with it, and this store's connections use it.
     pub async fn connect(self, url: &str) -> Result<RedisStore<ConnectionManager>> {
         self.check()?;
         let client = redis::Client::open(url).map_err(|e| bad_url(url, e))?;
