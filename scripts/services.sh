@@ -239,6 +239,11 @@ ensure_services() {
   _svc_failures=0
   _svc_ensure_postgres
   _svc_ensure_redis
+  # The CLI's TLS tests make their certificates with openssl.
+  if ! command -v openssl >/dev/null 2>&1; then
+    _svc_apt_install openssl || true
+    command -v openssl >/dev/null 2>&1 || _svc_fail "openssl is not installed and could not be installed (tests/tls.rs needs it)"
+  fi
   if ((_svc_failures > 0)); then
     printf 'ERROR (services): SENTINEL_REQUIRE_BACKENDS=1 and %d backend(s) could not be brought up\n' \
       "$_svc_failures" >&2
