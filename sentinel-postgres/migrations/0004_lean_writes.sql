@@ -14,21 +14,21 @@
 --    THE RULE OF THE CLAIM LIVES HERE from this version on (the function below replaces version
 --    3's); the header of migration 3 describes the rest of it, unchanged.
 ALTER TABLE executions
-    DROP CONSTRAINT executions_token_check,
-    DROP CONSTRAINT executions_state_check,
-    DROP CONSTRAINT executions_request_id_check,
-    DROP CONSTRAINT executions_ttl_us_check,
-    DROP CONSTRAINT executions_record_is_whole,
-    DROP CONSTRAINT executions_lease_within_hard,
-    DROP CONSTRAINT executions_hard_ttl_covers_ttl;
+    DROP CONSTRAINT IF EXISTS executions_token_check,
+    DROP CONSTRAINT IF EXISTS executions_state_check,
+    DROP CONSTRAINT IF EXISTS executions_request_id_check,
+    DROP CONSTRAINT IF EXISTS executions_ttl_us_check,
+    DROP CONSTRAINT IF EXISTS executions_record_is_whole,
+    DROP CONSTRAINT IF EXISTS executions_lease_within_hard,
+    DROP CONSTRAINT IF EXISTS executions_hard_ttl_covers_ttl;
 ALTER TABLE leases
-    DROP CONSTRAINT leases_token_check,
-    DROP CONSTRAINT leases_request_id_check,
-    DROP CONSTRAINT leases_ttl_us_check,
-    DROP CONSTRAINT leases_record_is_whole,
-    DROP CONSTRAINT leases_lease_within_hard,
-    DROP CONSTRAINT leases_hard_ttl_covers_ttl;
-ALTER TABLE events DROP CONSTRAINT events_keyspace_check;
+    DROP CONSTRAINT IF EXISTS leases_token_check,
+    DROP CONSTRAINT IF EXISTS leases_request_id_check,
+    DROP CONSTRAINT IF EXISTS leases_ttl_us_check,
+    DROP CONSTRAINT IF EXISTS leases_record_is_whole,
+    DROP CONSTRAINT IF EXISTS leases_lease_within_hard,
+    DROP CONSTRAINT IF EXISTS leases_hard_ttl_covers_ttl;
+ALTER TABLE events DROP CONSTRAINT IF EXISTS events_keyspace_check;
 
 DO $migration$
 BEGIN

@@ -198,6 +198,15 @@ async fn records_written_by_an_older_schema_carry_on_after_an_upgrade() {
     .await
     .unwrap();
     assert_eq!(version, MIGRATIONS.len() as i64);
+    // Version 4 dropped every CHECK constraint of version 1 (by name: none is left behind).
+    let (checks,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'c' AND connamespace = $1::regnamespace",
+    )
+    .bind(&name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(checks, 0);
 
     // The execution started before the upgrade completes with its token; the completed one is
     // still cached; a new key is claimed by the new function; histories run on.
