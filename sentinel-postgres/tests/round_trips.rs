@@ -20,13 +20,18 @@ use serde_json::json;
 use sqlx::postgres::PgConnectOptions;
 
 /// Runs `op` once to prepare its statement on the (single) connection, then again, and returns
-/// the statement round trips of the second run.
+/// the statement round trips of the second run. Both runs must succeed: a call that failed before
+/// it sent anything would count zero.
 macro_rules! trips {
     ($proxy:expr, $op:expr) => {{
-        let _ = $op;
+        if let Err(error) = $op {
+            panic!("{}: {error}", stringify!($op));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let before = $proxy.counts();
-        let _ = $op;
+        if let Err(error) = $op {
+            panic!("{}: {error}", stringify!($op));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let spent = $proxy.counts().since(before);
         assert_eq!(
