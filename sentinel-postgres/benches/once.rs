@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use sentinel_core::{Failure, Once, Sentinel};
 use sentinel_postgres::PostgresStore;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use proxy::{CountingProxy, Counts};
@@ -370,7 +370,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let proxy = CountingProxy::start(upstream).await?;
     let counted_pool = PostgresStore::pool_options()
         .max_connections(1)
-        .connect_with(options.clone().host("127.0.0.1").port(proxy.port()))
+        // In clear, whatever TLS features sqlx was built with: the proxy reads the protocol.
+        .connect_with(
+            options
+                .clone()
+                .host("127.0.0.1")
+                .port(proxy.port())
+                .ssl_mode(PgSslMode::Disable),
+        )
         .await?;
     let counted = bench_on(counted_pool, &schema).await?;
 

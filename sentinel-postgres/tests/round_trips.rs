@@ -17,7 +17,7 @@ use sentinel_core::{
 };
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
-use sqlx::postgres::PgConnectOptions;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 /// Runs `op` once to prepare its statement on the (single) connection, then again, and returns
 /// the statement round trips of the second run. Both runs must succeed: a call that failed before
@@ -56,7 +56,14 @@ async fn every_call_is_one_statement() {
     let proxy = CountingProxy::start(upstream).await.unwrap();
     let pool = PostgresStore::pool_options()
         .max_connections(1)
-        .connect_with(options.host("127.0.0.1").port(proxy.port()))
+        // In clear, whatever TLS features sqlx was built with (the workspace's CLI enables
+        // rustls, and sslmode defaults to `prefer`): the proxy reads the protocol.
+        .connect_with(
+            options
+                .host("127.0.0.1")
+                .port(proxy.port())
+                .ssl_mode(PgSslMode::Disable),
+        )
         .await
         .unwrap();
     let clock = ManualClock::new();
