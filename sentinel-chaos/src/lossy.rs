@@ -40,6 +40,33 @@ struct State {
     completions: HashMap<(RecordId, i64), ()>,
 }
 
+/// A claim sent to the store and not yet answered; dropped unanswered (the caller cancelled it),
+/// it is recorded as failed in transit, so that its retry is journaled and checked.
+struct InTransit<'a> {
+    lossy: &'a Lossy,
+    request: u128,
+    answered: bool,
+}
+
+impl InTransit<'_> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for InTransit<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            // Keeps what an earlier attempt recorded (a dropped grant) if there is one.
+            self.lossy
+                .state()
+                .claims
+                .entry(self.request)
+                .or_insert((None, true));
+        }
+    }
+}
+
 fn answer_of(outcome: &ClaimOutcome) -> (&'static str, Option<i64>) {
     match outcome {
         ClaimOutcome::Acquired(g) => ("acquired", Some(g.token.get())),
@@ -98,8 +125,16 @@ impl Decorator for Lossy {
         id: &RecordId,
         request: &ClaimRequest,
     ) -> Result<ClaimOutcome> {
-        let answer = store.claim(id, request).await;
         let req = request.request_id.as_u128();
+        // A call the client abandons before its answer (its call timeout fires while a restart
+        // stalls the connection) may have been applied, like one that failed in transit.
+        let pending = InTransit {
+            lossy: self,
+            request: req,
+            answered: false,
+        };
+        let answer = store.claim(id, request).await;
+        pending.answered();
         let retried = self.state().claims.remove(&req);
         if let Some((granted, in_transit)) = retried {
             match &answer {
@@ -188,5 +223,79 @@ impl Decorator for Lossy {
             token: token.get(),
         });
         Err(self.lost(store, "complete"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use sentinel_core::{OwnerId, RequestId, Ttl};
+
+    use super::*;
+
+    /// Holds the first claim until it is cancelled: a connection stalled by a restart.
+    #[derive(Debug, Default)]
+    struct StallFirstClaim {
+        stalled: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Decorator for StallFirstClaim {
+        async fn claim(
+            &self,
+            store: &dyn CoordinationStore,
+            id: &RecordId,
+            request: &ClaimRequest,
+        ) -> Result<ClaimOutcome> {
+            if !self.stalled.swap(true, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            store.claim(id, request).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_abandoned_before_its_answer_has_its_retry_journaled() {
+        let dir = std::env::temp_dir().join(format!("chaos-lossy-{}", crate::unix_micros()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let journal = Arc::new(Journal::create(&dir.join("w0.0.jsonl")).unwrap());
+        let stalling: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
+            Arc::new(sentinel_memory::MemoryStore::new()),
+            StallFirstClaim::default(),
+        ));
+        let lossy = Lossy::wrap(stalling, 0.0, 7, Arc::clone(&journal));
+        let id = RecordId::parse("ns", "k").unwrap();
+        let request = ClaimRequest {
+            owner: OwnerId::new("w").unwrap(),
+            ttl: Ttl::new(Duration::from_secs(30)).unwrap(),
+            start: true,
+            request_id: RequestId::random(),
+            fingerprint: None,
+        };
+        // The client's call timeout gives up on the first attempt; the retry is answered.
+        let first = tokio::time::timeout(Duration::from_millis(20), lossy.claim(&id, &request));
+        assert!(first.await.is_err(), "the first attempt never answers");
+        let retry = lossy.claim(&id, &request).await.unwrap();
+        assert!(matches!(retry, ClaimOutcome::Acquired(_)));
+
+        let (journals, torn) = crate::journal::read_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(torn, 0);
+        let retried: Vec<&Entry> = journals
+            .iter()
+            .flat_map(|(_, entries)| entries)
+            .filter(|e| {
+                matches!(
+                    e,
+                    Entry::ClaimRetried {
+                        in_transit: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(retried.len(), 1, "{journals:?}");
     }
 }
