@@ -117,10 +117,11 @@ impl Certificates {
                     String::from_utf8_lossy(&out.stderr)
                 ),
                 Err(error) => {
-                    let message = format!("openssl is needed to make test certificates: {error}");
-                    assert!(!servers::backends_required(), "{message}");
-                    eprintln!("SKIPPED: {message}");
-                    return None;
+                    let missing = local_binary_missing(
+                        "openssl",
+                        format!("openssl is needed to make test certificates: {error}"),
+                    );
+                    return servers::require("TLS", Err(missing));
                 }
             }
         }
@@ -135,6 +136,17 @@ impl Certificates {
 impl Drop for Certificates {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What [`servers::require`] is told when a program the test runs itself is not installed.
+fn local_binary_missing(server: &'static str, reason: impl Into<String>) -> servers::ServerError {
+    servers::ServerError::Unavailable {
+        server,
+        attempts: vec![servers::Attempt::new(
+            servers::AttemptSource::LocalBinaries,
+            reason,
+        )],
     }
 }
 
@@ -246,15 +258,12 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start(certs: &Certificates) -> Option<Self> {
-        let binaries = servers::Resolver::from_process().redis_binaries();
-        let server = match binaries {
-            Ok(found) => found.server().to_owned(),
-            Err(reason) => {
-                assert!(!servers::backends_required(), "redis-server: {reason}");
-                eprintln!("SKIPPED: redis-server: {reason}");
-                return None;
-            }
-        };
+        let binaries = servers::Resolver::from_process()
+            .redis_binaries()
+            .map_err(|reason| local_binary_missing("redis", reason));
+        let server = servers::require("redis (TLS)", binaries)?
+            .server()
+            .to_owned();
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .unwrap()
             .local_addr()
