@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{PgFactory, claim, granted, id, pool};
 use sentinel_core::store::Wait;
 use sentinel_core::{
-    ClaimOutcome, CoordinationStore, Disposition, Failure, Once, OnceOptions, OwnerId, Sentinel,
-    TimeSource,
+    ClaimOutcome, CoordinationStore, Disposition, Failure, Once, OnceOptions, OwnerId, RecordId,
+    Sentinel, TimeSource,
 };
 use sentinel_postgres::PostgresStore;
 use sentinel_testkit::Counted;
@@ -41,6 +41,18 @@ async fn other_store(factory: &PgFactory, store: &PostgresStore) -> PostgresStor
 }
 
 /// The server pids of the connections listening for `store`'s changes.
+/// Claims `key`, which another store holds, as "waiter", and checks it is busy. Returns when the
+/// claim was sent: what a wait on it starts from.
+async fn claim_busy(store: &PostgresStore, key: &RecordId) -> Instant {
+    let since = Instant::now();
+    let busy = store
+        .claim(key, &claim("waiter", 60_000, true))
+        .await
+        .unwrap();
+    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    since
+}
+
 async fn listener_pids(url: &str, store: &PostgresStore) -> Vec<i32> {
     let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
     let pids: Vec<(i32,)> = sqlx::query_as(
@@ -84,12 +96,7 @@ async fn a_waiter_wakes_when_another_store_completes() {
             .unwrap(),
     );
 
-    let since = Instant::now();
-    let busy = store
-        .claim(&key, &claim("waiter", 60_000, true))
-        .await
-        .unwrap();
-    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    let since = claim_busy(&store, &key).await;
     let waiter = {
         let store = store.clone();
         let key = key.clone();
@@ -165,14 +172,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
             .await
             .unwrap(),
     );
-    let since = Instant::now();
-    assert!(matches!(
-        store
-            .claim(&key, &claim("waiter", 60_000, true))
-            .await
-            .unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&store, &key).await;
     other.complete(&key, token, &json!(1)).await.unwrap();
     assert_eq!(
         tokio::time::timeout(
@@ -194,14 +194,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
             .unwrap(),
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let since = Instant::now();
-    assert!(matches!(
-        store
-            .claim(&key, &claim("waiter", 60_000, true))
-            .await
-            .unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&store, &key).await;
     other
         .abort(&key, token, Disposition::NotApplied)
         .await
@@ -227,14 +220,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
     // (The record is watched now: that grant notified too. A claim sent before its notification
     // arrives would be woken by it, spuriously.)
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let since = Instant::now();
-    assert!(matches!(
-        store
-            .claim(&key, &claim("waiter", 60_000, true))
-            .await
-            .unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&store, &key).await;
     assert_eq!(
         store
             .wait_for_change(&key, since, Duration::from_millis(100))
@@ -256,14 +242,7 @@ async fn the_first_wait_waits_when_nothing_changed() {
             .await
             .unwrap(),
     );
-    let since = Instant::now();
-    assert!(matches!(
-        store
-            .claim(&key, &claim("waiter", 60_000, true))
-            .await
-            .unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&store, &key).await;
     let waiter = {
         let (store, key) = (store.clone(), key.clone());
         tokio::spawn(async move {
@@ -315,15 +294,10 @@ async fn the_first_wait_waits_when_nothing_changed() {
 /// in a task.
 async fn busy_then_wait(
     store: &PostgresStore,
-    key: &sentinel_core::RecordId,
+    key: &RecordId,
     timeout: Duration,
 ) -> tokio::task::JoinHandle<Wait> {
-    let since = Instant::now();
-    let busy = store
-        .claim(key, &claim("waiter", 60_000, true))
-        .await
-        .unwrap();
-    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    let since = claim_busy(store, key).await;
     let (store, key) = (store.clone(), key.clone());
     tokio::spawn(async move { store.wait_for_change(&key, since, timeout).await.unwrap() })
 }
@@ -530,7 +504,7 @@ async fn every_logged_transition_of_a_watched_record_notifies() {
         .unwrap()
     };
     // A busy claim, then a wait: the record is watched from then on.
-    let watch = async |key: &sentinel_core::RecordId| {
+    let watch = async |key: &RecordId| {
         let since = Instant::now();
         assert!(matches!(
             store

@@ -44,6 +44,15 @@ fn granted(outcome: ClaimOutcome) -> Grant {
     }
 }
 
+/// `store` claims `id`, which another store holds, as "b", and checks it is busy. Returns when
+/// the claim was sent: what a wait on it starts from.
+async fn claim_busy<S: CoordinationStore>(store: &S, id: &RecordId) -> Instant {
+    let since = Instant::now();
+    let busy = store.claim(id, &claim("b")).await.unwrap();
+    assert!(matches!(busy, ClaimOutcome::Busy { .. }), "{busy:?}");
+    since
+}
+
 /// `b` finds the key busy and waits; `change` runs after 300 ms of nothing happening. Returns
 /// how long after `change` was sent the waiter woke.
 async fn wake_latency<S, F, Fut>(b: &S, id: &RecordId, change: F) -> Duration
@@ -52,11 +61,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let since = Instant::now();
-    assert!(matches!(
-        b.claim(id, &claim("b")).await.unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(b, id).await;
     let waiter = {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move {
@@ -141,11 +146,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed<S: CoordinationSt
         let grant = granted(a.claim(&id, &claim("a")).await.unwrap());
         if established {
             // Subscribe first: a wait that times out.
-            let since = Instant::now();
-            assert!(matches!(
-                b.claim(&id, &claim("b")).await.unwrap(),
-                ClaimOutcome::Busy { .. }
-            ));
+            let since = claim_busy(&b, &id).await;
             assert_eq!(
                 b.wait_for_change(&id, since, Duration::from_millis(50))
                     .await
@@ -153,11 +154,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed<S: CoordinationSt
                 Wait::TimedOut
             );
         }
-        let since = Instant::now();
-        assert!(matches!(
-            b.claim(&id, &claim("b")).await.unwrap(),
-            ClaimOutcome::Busy { .. }
-        ));
+        let since = claim_busy(&b, &id).await;
         a.complete(&id, grant.token, &serde_json::json!(1))
             .await
             .unwrap();
@@ -373,11 +370,7 @@ async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestabl
 
     // An established subscription, then its connection is killed server-side: the waiter is
     // woken (something may have been missed), and the next wait subscribes again.
-    let since = Instant::now();
-    assert!(matches!(
-        b.claim(&id, &claim("b")).await.unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&b, &id).await;
     let waiter = {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move { b.wait_for_change(&id, since, Duration::from_secs(10)).await })
@@ -397,11 +390,7 @@ async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestabl
     assert_eq!(waiter.await.unwrap().unwrap(), Wait::Changed);
     assert!(t0.elapsed() < Duration::from_secs(2));
     // Subscribed again: a completion wakes the next waiter.
-    let since = Instant::now();
-    assert!(matches!(
-        b.claim(&id, &claim("b")).await.unwrap(),
-        ClaimOutcome::Busy { .. }
-    ));
+    let since = claim_busy(&b, &id).await;
     let waiter = {
         let (b, id) = (b.clone(), id.clone());
         tokio::spawn(async move { b.wait_for_change(&id, since, Duration::from_secs(10)).await })
