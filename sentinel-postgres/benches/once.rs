@@ -14,6 +14,12 @@
 //!   `INSERT … ON CONFLICT DO NOTHING RETURNING` + `UPDATE`;
 //! - **cached**: `once()` on a completed key vs the baseline `SELECT`.
 //!
+//! Per operation it also reports CPU time: the bench process's, all threads ("client cpu"), and,
+//! when the server runs on this machine (a loopback or socket address), that of every process
+//! named `postgres` ("server cpu": the backends, and the WAL writer and checkpointer that their
+//! writes keep busy). The client and the server share the machine's cores, so on a small machine
+//! the throughput follows the two together.
+//!
 //! Round trips are counted, not assumed: a second pool goes through a proxy that reads the
 //! PostgreSQL frontend protocol and classifies every exchange the client waits on (see
 //! `tests/common/proxy.rs`). The server is `SENTINEL_BENCH_POSTGRES_URL`, else
@@ -80,6 +86,8 @@ enum Who {
 /// Everything a scenario needs: the once() client and the baseline's SQL, over one pool.
 struct Bench {
     pool: PgPool,
+    /// The server runs on this machine: its processes' CPU time can be read.
+    server_is_local: bool,
     sentinel: Sentinel,
     schema: String,
 }
@@ -167,6 +175,9 @@ struct Measured {
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
+    /// CPU time per operation, µs: this process, and the server's processes if they are local.
+    client_cpu: Option<f64>,
+    server_cpu: Option<f64>,
 }
 
 impl Measured {
@@ -174,15 +185,45 @@ impl Measured {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn of(mut latencies: Vec<Duration>, elapsed: Duration) -> Measured {
+    fn of(mut latencies: Vec<Duration>, elapsed: Duration, cpu: CpuTime) -> Measured {
         latencies.sort_unstable();
         let at = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        let ops = latencies.len() as u64;
         Measured {
-            ops: latencies.len() as u64,
+            ops,
             elapsed,
             p50: at(0.50),
             p99: at(0.99),
+            client_cpu: cpu.client.map(|t| t / ops as f64),
+            server_cpu: cpu.server.map(|t| t / ops as f64),
         }
+    }
+}
+
+/// CPU time (µs) spent so far, or during a run: `None` where it cannot be read.
+#[derive(Clone, Copy, Default)]
+struct CpuTime {
+    client: Option<f64>,
+    server: Option<f64>,
+}
+
+impl CpuTime {
+    fn now(server_is_local: bool) -> CpuTime {
+        CpuTime {
+            client: sentinel_testkit::cpu::this_process_micros(),
+            server: server_is_local
+                .then(|| sentinel_testkit::cpu::processes_named_micros("postgres"))
+                .flatten(),
+        }
+    }
+
+    /// Adds the time spent from `before` to `after`.
+    fn add_span(&mut self, before: CpuTime, after: CpuTime) {
+        let span = |total: Option<f64>, b: Option<f64>, a: Option<f64>| {
+            Some(total.unwrap_or(0.0) + (a? - b?))
+        };
+        self.client = span(self.client, before.client, after.client);
+        self.server = span(self.server, before.server, after.server);
     }
 }
 
@@ -202,7 +243,10 @@ async fn measure_pair(
         drive(bench, who, work, workers, Duration::from_millis(200)).await;
     }
     let slice = for_ / SLICES;
-    let mut sides = [(Vec::new(), Duration::ZERO), (Vec::new(), Duration::ZERO)];
+    let mut sides = [
+        (Vec::new(), Duration::ZERO, CpuTime::default()),
+        (Vec::new(), Duration::ZERO, CpuTime::default()),
+    ];
     for n in 0..SLICES {
         // ABBA order: neither side always goes first.
         let order = if n % 2 == 0 {
@@ -212,13 +256,17 @@ async fn measure_pair(
         };
         for who in order {
             let side = &mut sides[usize::from(who == Who::Sentinel)];
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), CpuTime::now(bench.server_is_local));
             side.0.extend(drive(bench, who, work, workers, slice).await);
             side.1 += started.elapsed();
+            side.2.add_span(cpu, CpuTime::now(bench.server_is_local));
         }
     }
-    let [(base, base_time), (once, once_time)] = sides;
-    (Measured::of(base, base_time), Measured::of(once, once_time))
+    let [(base, base_time, base_cpu), (once, once_time, once_cpu)] = sides;
+    (
+        Measured::of(base, base_time, base_cpu),
+        Measured::of(once, once_time, once_cpu),
+    )
 }
 
 async fn drive(
@@ -276,7 +324,11 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn bench_on(pool: PgPool, schema: &str) -> Result<Arc<Bench>, Box<dyn std::error::Error>> {
+async fn bench_on(
+    pool: PgPool,
+    schema: &str,
+    server_is_local: bool,
+) -> Result<Arc<Bench>, Box<dyn std::error::Error>> {
     let store = PostgresStore::builder(pool.clone())
         .schema(schema)
         .build()
@@ -287,6 +339,7 @@ async fn bench_on(pool: PgPool, schema: &str) -> Result<Arc<Bench>, Box<dyn std:
         .build()?;
     Ok(Arc::new(Bench {
         pool,
+        server_is_local,
         sentinel,
         schema: schema.to_owned(),
     }))
@@ -328,7 +381,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     )
     .fetch_all(&pool)
     .await?;
-    let bench = bench_on(pool.clone(), &schema).await?;
+    let host = options.get_host();
+    let server_is_local =
+        host.starts_with('/') || matches!(host, "localhost" | "127.0.0.1" | "::1" | "[::1]");
+    let bench = bench_on(pool.clone(), &schema, server_is_local).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE TABLE \"{schema}\".baseline (
              namespace text COLLATE \"C\" NOT NULL, key text COLLATE \"C\" NOT NULL,
@@ -358,8 +414,18 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!();
     println!(
-        "{:<8} {:>7} {:<9} {:>10} {:>10} {:>10} {:>9} {:>13} {:>9}",
-        "work", "workers", "what", "ops/s", "p50", "p99", "ratio", "round trips", "pings"
+        "{:<8} {:>7} {:<9} {:>10} {:>10} {:>10} {:>9} {:>13} {:>9} {:>11} {:>11}",
+        "work",
+        "workers",
+        "what",
+        "ops/s",
+        "p50",
+        "p99",
+        "ratio",
+        "round trips",
+        "pings",
+        "server cpu",
+        "client cpu"
     );
 
     // Round trips: a one-connection pool through the counting proxy.
@@ -379,7 +445,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 .ssl_mode(PgSslMode::Disable),
         )
         .await?;
-    let counted = bench_on(counted_pool, &schema).await?;
+    let counted = bench_on(counted_pool, &schema, false).await?;
 
     let mut failures = Vec::new();
     for work in [Work::Fresh, Work::Cached] {
@@ -398,8 +464,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                 ("baseline", &baseline, trips[0]),
                 ("once()", &sentinel, trips[1]),
             ] {
+                let cpu = |t: Option<f64>| t.map_or("-".to_owned(), |t| format!("{t:.0} µs"));
                 println!(
-                    "{:<8} {:>7} {:<9} {:>10.0} {:>10} {:>10} {:>9} {:>13.2} {:>9.2}",
+                    "{:<8} {:>7} {:<9} {:>10.0} {:>10} {:>10} {:>9} {:>13.2} {:>9.2} {:>11} {:>11}",
                     name,
                     workers,
                     what,
@@ -413,6 +480,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
                     },
                     waited,
                     pings,
+                    cpu(m.server_cpu),
+                    cpu(m.client_cpu),
                 );
             }
             let goal = match work {
@@ -436,7 +505,9 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "round trips: exchanges the caller waited on per operation (statements + first-use \
          prepares), counted on the wire; pings: bare Syncs sqlx's pool sends when a connection \
-         is returned (off the caller's path, the same for both)"
+         is returned (off the caller's path, the same for both); server cpu: every local \
+         `postgres` process, per operation (- when the server is not on this machine); client \
+         cpu: this process, all threads, per operation"
     );
 
     sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))

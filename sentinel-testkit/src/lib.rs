@@ -55,6 +55,7 @@
 //! ```
 
 pub mod cases;
+pub mod cpu;
 mod decorate;
 mod harness;
 pub mod servers;

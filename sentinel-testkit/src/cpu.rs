@@ -1,0 +1,92 @@
+//! CPU time, for benchmarks that share a machine with the server they measure.
+//!
+//! On a small machine the benchmark's client and the server compete for the same cores, so the
+//! throughput of each side follows the CPU it spends per operation, client and server together.
+//! These readings let a benchmark report both. They read Linux's `/proc` (the scheduler's
+//! nanosecond counters in `schedstat`) and return `None` where it is not there.
+//!
+//! ```
+//! let before = sentinel_testkit::cpu::this_process_micros();
+//! let _work: u64 = (0..100_000u64).sum();
+//! if let (Some(before), Some(after)) = (before, sentinel_testkit::cpu::this_process_micros()) {
+//!     assert!(after >= before);
+//! }
+//! ```
+
+use std::fs;
+use std::path::Path;
+
+/// The CPU time this process has used so far, summed over all its threads, in microseconds.
+/// `None` where `/proc/self/task` cannot be read (not Linux).
+pub fn this_process_micros() -> Option<f64> {
+    let tasks = fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|task| on_cpu_nanos(&task.ok()?.path()))
+            .sum::<f64>()
+            / 1e3,
+    )
+}
+
+/// The CPU time used so far by every process of this machine whose name (`/proc/<pid>/comm`) is
+/// `name`, in microseconds: for a server of several single-threaded processes, such as
+/// PostgreSQL's backends and its WAL writer (`"postgres"`). Processes that already exited are not
+/// counted. `None` where `/proc` cannot be read.
+pub fn processes_named_micros(name: &str) -> Option<f64> {
+    let entries = fs::read_dir("/proc").ok()?;
+    Some(
+        entries
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let comm = fs::read_to_string(path.join("comm")).ok()?;
+                (comm.trim_end() == name)
+                    .then(|| on_cpu_nanos(&path))
+                    .flatten()
+            })
+            .sum::<f64>()
+            / 1e3,
+    )
+}
+
+/// The first field of `<dir>/schedstat`: nanoseconds spent on a CPU.
+fn on_cpu_nanos(dir: &Path) -> Option<f64> {
+    fs::read_to_string(dir.join("schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_counts_its_own_work() {
+        let Some(before) = this_process_micros() else {
+            return; // not Linux
+        };
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let spent = this_process_micros().expect("read once, readable again") - before;
+        assert!(spent >= 40_000.0, "50 ms of spinning counted as {spent} µs");
+    }
+
+    #[test]
+    fn processes_are_found_by_name() {
+        let Ok(own) = fs::read_to_string("/proc/self/comm") else {
+            return; // not Linux
+        };
+        let ours = processes_named_micros(own.trim_end()).expect("/proc is readable");
+        assert!(ours > 0.0, "this process ({}) used no CPU?", own.trim_end());
+        assert_eq!(
+            processes_named_micros("no process has this name"),
+            Some(0.0)
+        );
+    }
+}
