@@ -201,13 +201,18 @@ impl Measured {
 }
 
 /// CPU time (µs) spent so far, or during a run: `None` where it cannot be read.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct CpuTime {
     client: Option<f64>,
     server: Option<f64>,
 }
 
 impl CpuTime {
+    const ZERO: CpuTime = CpuTime {
+        client: Some(0.0),
+        server: Some(0.0),
+    };
+
     fn now(server_is_local: bool) -> CpuTime {
         CpuTime {
             client: sentinel_testkit::cpu::this_process_micros(),
@@ -217,11 +222,9 @@ impl CpuTime {
         }
     }
 
-    /// Adds the time spent from `before` to `after`.
+    /// Adds the time spent from `before` to `after` (unknown from the first reading missing on).
     fn add_span(&mut self, before: CpuTime, after: CpuTime) {
-        let span = |total: Option<f64>, b: Option<f64>, a: Option<f64>| {
-            Some(total.unwrap_or(0.0) + (a? - b?))
-        };
+        let span = |total: Option<f64>, b: Option<f64>, a: Option<f64>| Some(total? + (a? - b?));
         self.client = span(self.client, before.client, after.client);
         self.server = span(self.server, before.server, after.server);
     }
@@ -244,8 +247,8 @@ async fn measure_pair(
     }
     let slice = for_ / SLICES;
     let mut sides = [
-        (Vec::new(), Duration::ZERO, CpuTime::default()),
-        (Vec::new(), Duration::ZERO, CpuTime::default()),
+        (Vec::new(), Duration::ZERO, CpuTime::ZERO),
+        (Vec::new(), Duration::ZERO, CpuTime::ZERO),
     ];
     for n in 0..SLICES {
         // ABBA order: neither side always goes first.
