@@ -43,12 +43,13 @@
 //! # }
 //! ```
 
+use std::sync::Arc;
+
 use sentinel_core::{FencingToken, RecordId, Result};
 use serde_json::Value;
 use sqlx::PgTransaction;
 
-use crate::error::corrupt;
-use crate::rows::{self, required};
+use crate::rows;
 use crate::store::PostgresStore;
 
 impl PostgresStore {
@@ -69,15 +70,9 @@ impl PostgresStore {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.statements().fence.clone()))
-            .bind(id.namespace.as_str())
-            .bind(id.key.as_str())
-            .bind(self.manual_now())
-            .bind(token.get())
-            .fetch_optional(&mut **tx)
+        let statement = self.statements().fence.clone();
+        self.fence_record(tx, statement, "fence", id, token, true)
             .await
-            .map_err(|e| self.error(e, "fence"))?;
-        judge(row, true)
     }
 
     /// [`Self::fence`] for a lease: `token` must be the current token of the held lease `id`
@@ -89,15 +84,31 @@ impl PostgresStore {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.statements().fence_lease.clone()))
+        let statement = self.statements().fence_lease.clone();
+        self.fence_record(tx, statement, "fence_lease", id, token, false)
+            .await
+    }
+
+    /// Runs `statement` (`sql/fence.sql` or `sql/fence_lease.sql`) in `tx` and judges its
+    /// verdict; `with_state`: the record is an execution, which must also be executing.
+    async fn fence_record(
+        &self,
+        tx: &mut PgTransaction<'_>,
+        statement: Arc<str>,
+        operation: &'static str,
+        id: &RecordId,
+        token: FencingToken,
+        with_state: bool,
+    ) -> Result<()> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(statement))
             .bind(id.namespace.as_str())
             .bind(id.key.as_str())
             .bind(self.manual_now())
             .bind(token.get())
             .fetch_optional(&mut **tx)
             .await
-            .map_err(|e| self.error(e, "fence_lease"))?;
-        judge(row, false)
+            .map_err(|e| self.error(e, operation))?;
+        rows::verdict(row, &["held"], with_state).map(drop)
     }
 
     /// Records the result of execution `id` inside `tx`: the same transition as
@@ -130,27 +141,6 @@ impl PostgresStore {
             .fetch_optional(&mut **tx)
             .await
             .map_err(|e| self.error(e, "complete_in"))?;
-        let Some(row) = row else {
-            return Err(sentinel_core::Rejection::not_found().into());
-        };
-        let verdict: String = required(&row, "verdict")?;
-        match verdict.as_str() {
-            "completed" | "unchanged" => Ok(()),
-            other => Err(rows::rejection(other, &row, true)?.into()),
-        }
-    }
-}
-
-fn judge(row: Option<sqlx::postgres::PgRow>, with_state: bool) -> Result<()> {
-    let Some(row) = row else {
-        return Err(sentinel_core::Rejection::not_found().into());
-    };
-    let verdict: String = required(&row, "verdict")?;
-    match verdict.as_str() {
-        "held" => Ok(()),
-        "not_found" | "fenced" | "wrong_state" | "expired" => {
-            Err(rows::rejection(&verdict, &row, with_state)?.into())
-        }
-        other => Err(corrupt(format!("fence: unexpected verdict {other:?}"))),
+        rows::verdict(row, rows::COMPLETED, true).map(drop)
     }
 }

@@ -121,6 +121,25 @@ pub(crate) fn lease_record(row: &PgRow) -> Result<LeaseRecord> {
 
 /// The rejection named by a statement's `verdict`, with the record's state (if the statement
 /// reports one) and token, as the core builds it.
+/// The row of a "verdict" statement (start, complete, abort, reconcile, force_complete, reset,
+/// fence): `Ok(row)` for a verdict in `accepted`, the core's rejection for any other, `NotFound`
+/// when there is no row. `with_state`: the refusal reports the record's state (executions).
+pub(crate) fn verdict(row: Option<PgRow>, accepted: &[&str], with_state: bool) -> Result<PgRow> {
+    let Some(row) = row else {
+        return Err(Rejection::not_found().into());
+    };
+    let verdict: String = required(&row, "verdict")?;
+    if accepted.contains(&verdict.as_str()) {
+        Ok(row)
+    } else {
+        Err(rejection(&verdict, &row, with_state)?.into())
+    }
+}
+
+/// The completion verdicts that mean the result is recorded: done now, or done before with the
+/// same token and result (a repeat, which logs nothing).
+pub(crate) const COMPLETED: &[&str] = &["completed", "unchanged"];
+
 pub(crate) fn rejection(verdict: &str, row: &PgRow, with_state: bool) -> Result<Rejection> {
     let reason = match verdict {
         "not_found" => return Ok(Rejection::not_found()),

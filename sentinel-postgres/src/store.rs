@@ -318,15 +318,7 @@ impl PostgresStore {
         operation: &'static str,
         accepted: &[&str],
     ) -> Result<PgRow> {
-        let Some(row) = self.fetch_optional(query, operation).await? else {
-            return Err(Rejection::not_found().into());
-        };
-        let verdict: String = required(&row, "verdict")?;
-        if accepted.contains(&verdict.as_str()) {
-            Ok(row)
-        } else {
-            Err(rows::rejection(&verdict, &row, true)?.into())
-        }
+        rows::verdict(self.fetch_optional(query, operation).await?, accepted, true)
     }
 }
 
@@ -571,7 +563,7 @@ impl CoordinationStore for PostgresStore {
             .bind(self.manual_now())
             .bind(token.get())
             .bind(result.as_str());
-        self.decide(statement, "complete", &["completed", "unchanged"])
+        self.decide(statement, "complete", rows::COMPLETED)
             .instrument(span("complete", id))
             .await
             .map(drop)

@@ -309,6 +309,75 @@ async fn complete_in_commits_the_side_effect_and_the_completion_together() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_in_refuses_what_complete_refuses() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let order = id("pay", "order-9");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 1_000, true))
+            .await
+            .unwrap(),
+    );
+    store.complete(&order, token, &json!("ch_9")).await.unwrap();
+
+    let mut tx = store.pool().begin().await.unwrap();
+    // The same result again (a lost reply): accepted.
+    store
+        .complete_in(&mut tx, &order, token, &json!("ch_9"))
+        .await
+        .unwrap();
+    // Another result for a completed record: refused, with the record's state and token.
+    let other = rejection(
+        store
+            .complete_in(&mut tx, &order, token, &json!("ch_other"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(other.reason, RejectReason::WrongState);
+    assert_eq!(other.state, Some(ExecutionState::Completed));
+    assert_eq!(other.token, Some(token));
+    // A token that is not the record's: fenced.
+    let stale = sentinel_core::FencingToken::new(token.get() - 1).unwrap();
+    let fenced = rejection(
+        store
+            .complete_in(&mut tx, &order, stale, &json!("ch_9"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(fenced.reason, RejectReason::Fenced);
+    assert_eq!(fenced.token, Some(token));
+    // No record at all.
+    let missing = rejection(
+        store
+            .complete_in(&mut tx, &id("pay", "order-none"), token, &json!("ch_9"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(missing.reason, RejectReason::NotFound);
+    // The refusals are logged in the caller's transaction: committed here, they show.
+    tx.commit().await.unwrap();
+    let kinds: Vec<EventKind> = store
+        .history(Keyspace::Execution, &order, &HistoryQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Claimed,
+            EventKind::Completed,
+            EventKind::CompletionRejected,
+            EventKind::CompletionRejected
+        ]
+    );
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    assert_eq!(record.result, Some(json!("ch_9")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_side_effect_and_commit_leaves_neither() {
     let factory = factory!();
     let store = factory.store(sentinel_core::TimeSource::Server).await;
