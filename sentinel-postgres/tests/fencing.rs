@@ -44,6 +44,17 @@ async fn count(store: &PostgresStore, table: &str) -> i64 {
     n
 }
 
+/// The kinds of the events of execution `id`, oldest first.
+async fn kinds(store: &PostgresStore, id: &sentinel_core::RecordId) -> Vec<EventKind> {
+    store
+        .history(Keyspace::Execution, id, &HistoryQuery::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
 fn rejection(error: Error) -> sentinel_core::Rejection {
     match error {
         Error::Rejected(rejection) => rejection,
@@ -298,13 +309,7 @@ async fn complete_in_commits_the_side_effect_and_the_completion_together() {
     assert_eq!(count(&store, &table).await, 1);
     // once() then records the same result with the same token: accepted, nothing logged.
     store.complete(&order, token, &receipt).await.unwrap();
-    let kinds: Vec<EventKind> = store
-        .history(Keyspace::Execution, &order, &HistoryQuery::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&store, &order).await;
     assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
 }
 
@@ -327,43 +332,44 @@ async fn complete_in_refuses_what_complete_refuses() {
         .complete_in(&mut tx, &order, token, &json!("ch_9"))
         .await
         .unwrap();
+    // The refusal of one completion inside `tx`.
+    async fn refused(
+        store: &PostgresStore,
+        tx: &mut sqlx::PgTransaction<'_>,
+        order: &sentinel_core::RecordId,
+        token: sentinel_core::FencingToken,
+        result: serde_json::Value,
+    ) -> sentinel_core::Rejection {
+        rejection(
+            store
+                .complete_in(tx, order, token, &result)
+                .await
+                .unwrap_err(),
+        )
+    }
     // Another result for a completed record: refused, with the record's state and token.
-    let other = rejection(
-        store
-            .complete_in(&mut tx, &order, token, &json!("ch_other"))
-            .await
-            .unwrap_err(),
-    );
+    let other = refused(&store, &mut tx, &order, token, json!("ch_other")).await;
     assert_eq!(other.reason, RejectReason::WrongState);
     assert_eq!(other.state, Some(ExecutionState::Completed));
     assert_eq!(other.token, Some(token));
     // A token that is not the record's: fenced.
     let stale = sentinel_core::FencingToken::new(token.get() - 1).unwrap();
-    let fenced = rejection(
-        store
-            .complete_in(&mut tx, &order, stale, &json!("ch_9"))
-            .await
-            .unwrap_err(),
-    );
+    let fenced = refused(&store, &mut tx, &order, stale, json!("ch_9")).await;
     assert_eq!(fenced.reason, RejectReason::Fenced);
     assert_eq!(fenced.token, Some(token));
     // No record at all.
-    let missing = rejection(
-        store
-            .complete_in(&mut tx, &id("pay", "order-none"), token, &json!("ch_9"))
-            .await
-            .unwrap_err(),
-    );
+    let missing = refused(
+        &store,
+        &mut tx,
+        &id("pay", "order-none"),
+        token,
+        json!("ch_9"),
+    )
+    .await;
     assert_eq!(missing.reason, RejectReason::NotFound);
     // The refusals are logged in the caller's transaction: committed here, they show.
     tx.commit().await.unwrap();
-    let kinds: Vec<EventKind> = store
-        .history(Keyspace::Execution, &order, &HistoryQuery::default())
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&store, &order).await;
     assert_eq!(
         kinds,
         [
@@ -486,16 +492,8 @@ async fn the_readme_pattern_charges_exactly_once() {
     assert!(again.is_cached(), "{}", again.kind());
     assert_eq!(again.value(), first.value());
     assert_eq!(count(&store, &table).await, 1);
-    let kinds: Vec<EventKind> = store
-        .history(
-            Keyspace::Execution,
-            &id("payments", "order-8"),
-            &HistoryQuery::default(),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
+    assert_eq!(
+        kinds(&store, &id("payments", "order-8")).await,
+        [EventKind::Claimed, EventKind::Completed]
+    );
 }
