@@ -50,7 +50,7 @@ use serde_json::Value;
 use sqlx::PgTransaction;
 
 use crate::rows;
-use crate::store::PostgresStore;
+use crate::store::{PostgresStore, query};
 
 impl PostgresStore {
     /// Inside `tx`, checks that `token` is the current token of the execution `id`, that it is
@@ -70,8 +70,7 @@ impl PostgresStore {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
-        let statement = self.statements().fence.clone();
-        self.fence_record(tx, statement, "fence", id, token, true)
+        self.fence_record(tx, &self.statements().fence, "fence", id, token, true)
             .await
     }
 
@@ -84,9 +83,15 @@ impl PostgresStore {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
-        let statement = self.statements().fence_lease.clone();
-        self.fence_record(tx, statement, "fence_lease", id, token, false)
-            .await
+        self.fence_record(
+            tx,
+            &self.statements().fence_lease,
+            "fence_lease",
+            id,
+            token,
+            false,
+        )
+        .await
     }
 
     /// Runs `statement` (`sql/fence.sql` or `sql/fence_lease.sql`) in `tx` and judges its
@@ -94,13 +99,13 @@ impl PostgresStore {
     async fn fence_record(
         &self,
         tx: &mut PgTransaction<'_>,
-        statement: Arc<str>,
+        statement: &Arc<str>,
         operation: &'static str,
         id: &RecordId,
         token: FencingToken,
         with_state: bool,
     ) -> Result<()> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(statement))
+        let row = query(statement)
             .bind(id.namespace.as_str())
             .bind(id.key.as_str())
             .bind(self.manual_now())
@@ -132,7 +137,7 @@ impl PostgresStore {
                 e.to_string(),
             ))
         })?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(self.statements().complete.clone()))
+        let row = query(&self.statements().complete)
             .bind(id.namespace.as_str())
             .bind(id.key.as_str())
             .bind(self.manual_now())

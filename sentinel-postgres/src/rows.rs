@@ -119,10 +119,8 @@ pub(crate) fn lease_record(row: &PgRow) -> Result<LeaseRecord> {
     })
 }
 
-/// The rejection named by a statement's `verdict`, with the record's state (if the statement
-/// reports one) and token, as the core builds it.
 /// The row of a "verdict" statement (start, complete, abort, reconcile, force_complete, reset,
-/// fence): `Ok(row)` for a verdict in `accepted`, the core's rejection for any other, `NotFound`
+/// release_lease, fence): `Ok(row)` for a verdict in `accepted`, the core's rejection for any other, `NotFound`
 /// when there is no row. `with_state`: the refusal reports the record's state (executions).
 pub(crate) fn verdict(row: Option<PgRow>, accepted: &[&str], with_state: bool) -> Result<PgRow> {
     let Some(row) = row else {
@@ -140,6 +138,8 @@ pub(crate) fn verdict(row: Option<PgRow>, accepted: &[&str], with_state: bool) -
 /// same token and result (a repeat, which logs nothing).
 pub(crate) const COMPLETED: &[&str] = &["completed", "unchanged"];
 
+/// The rejection named by a statement's `verdict`, with the record's state (if the statement
+/// reports one) and token, as the core builds it.
 pub(crate) fn rejection(verdict: &str, row: &PgRow, with_state: bool) -> Result<Rejection> {
     let reason = match verdict {
         "not_found" => return Ok(Rejection::not_found()),

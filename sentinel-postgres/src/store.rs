@@ -322,7 +322,8 @@ impl PostgresStore {
     }
 }
 
-fn query(sql: &Arc<str>) -> Query<'static, Postgres, PgArguments> {
+/// A statement of [`crate::sql`], prepared once per connection by sqlx.
+pub(crate) fn query(sql: &Arc<str>) -> Query<'static, Postgres, PgArguments> {
     sqlx::query(AssertSqlSafe(Arc::clone(sql)))
 }
 
@@ -759,19 +760,11 @@ impl CoordinationStore for PostgresStore {
             .bind(id.key.as_str())
             .bind(self.manual_now())
             .bind(token.get());
-        let Some(row) = self
+        let row = self
             .fetch_optional(statement, "release_lease")
             .instrument(span("release_lease", id))
-            .await?
-        else {
-            return Err(Rejection::not_found().into());
-        };
-        let verdict: String = required(&row, "verdict")?;
-        if verdict == "released" {
-            Ok(())
-        } else {
-            Err(rows::rejection(&verdict, &row, false)?.into())
-        }
+            .await?;
+        rows::verdict(row, &["released"], false).map(drop)
     }
 
     async fn inspect_lease(&self, id: &RecordId) -> Result<Option<LeaseRecord>> {
