@@ -38,6 +38,8 @@ struct Registry {
     entries: HashMap<u64, Held>,
     /// When the task will next wake on its own (`None` while it waits for a registration).
     armed: Option<Instant>,
+    /// How many registrations have woken the task.
+    wakes: u64,
 }
 
 #[derive(Debug)]
@@ -118,8 +120,15 @@ impl Heartbeat {
                 },
             );
             // Wake the task only if this registration is due before the task's own alarm: with
-            // equal ttls (the usual case) most registrations need no wake-up at all.
+            // equal ttls (the usual case) most registrations need no wake-up at all. The alarm
+            // moves to this registration's due time at once, and stays there even if the
+            // registration is dropped before the task runs (work shorter than the wake-up):
+            // otherwise every short execution would wake the task anew.
             let wake = registry.armed.is_none_or(|armed| first_due < armed);
+            if wake {
+                registry.armed = Some(first_due);
+                registry.wakes += 1;
+            }
             (id, wake)
         };
         self.ensure_task();
@@ -164,14 +173,18 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// When the task must next wake, remembered so that a registration due later does not wake it.
+    /// When the task must next wake: the earliest due time of what is held or, with nothing
+    /// held, the alarm a registration set while it is still ahead. Remembered, so that a
+    /// registration due later does not wake the task.
     fn next_due(&self) -> Option<Instant> {
         let mut registry = self.registry();
+        let now = Instant::now();
         let due = registry
             .entries
             .values()
             .map(|h| h.due.min(h.cell.state().deadline))
-            .min();
+            .min()
+            .or(registry.armed.filter(|alarm| *alarm > now));
         registry.armed = due;
         due
     }
@@ -303,5 +316,172 @@ async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::error::{Error, Result};
+    use crate::event::Event;
+    use crate::execution::{ClaimOutcome, ClaimRequest, Disposition, ExecutionRecord};
+    use crate::key::{Keyspace, Namespace, RecordId};
+    use crate::lease::{Acquisition, LeaseRecord, LeaseRequest};
+    use crate::owner::OwnerId;
+    use crate::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, RenewalResult};
+    use crate::time::Timestamp;
+    use crate::token::FencingToken;
+
+    /// A store that renews everything and answers nothing else: the heartbeat calls nothing else.
+    #[derive(Debug, Default)]
+    struct RenewsOnly {
+        heartbeats: AtomicUsize,
+    }
+
+    fn unused<T>() -> Result<T> {
+        Err(Error::Unavailable {
+            store: "renews-only",
+            source: "not used by the heartbeat".into(),
+        })
+    }
+
+    #[async_trait]
+    impl CoordinationStore for RenewsOnly {
+        fn backend(&self) -> &'static str {
+            "renews-only"
+        }
+        async fn now(&self) -> Result<Timestamp> {
+            unused()
+        }
+        async fn claim(&self, _: &RecordId, _: &ClaimRequest) -> Result<ClaimOutcome> {
+            unused()
+        }
+        async fn start(&self, _: &RecordId, _: FencingToken) -> Result<Timestamp> {
+            unused()
+        }
+        async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
+            self.heartbeats.fetch_add(1, Ordering::SeqCst);
+            Ok(renewals
+                .iter()
+                .map(|_| Ok(Timestamp::from_micros(1)))
+                .collect())
+        }
+        async fn complete(&self, _: &RecordId, _: FencingToken, _: &Value) -> Result<()> {
+            unused()
+        }
+        async fn abort(&self, _: &RecordId, _: FencingToken, _: Disposition) -> Result<()> {
+            unused()
+        }
+        async fn reconcile(&self, _: &RecordId, _: &OwnerId) -> Result<FencingToken> {
+            unused()
+        }
+        async fn force_complete(&self, _: &RecordId, _: &OwnerId, _: &Value) -> Result<()> {
+            unused()
+        }
+        async fn reset_to_claimed(&self, _: &RecordId, _: &OwnerId) -> Result<()> {
+            unused()
+        }
+        async fn purge(&self, _: &Namespace, _: Duration, _: u32) -> Result<u64> {
+            unused()
+        }
+        async fn inspect(&self, _: &RecordId) -> Result<Option<ExecutionRecord>> {
+            unused()
+        }
+        async fn list(&self, _: &ListQuery) -> Result<Page<ExecutionRecord>> {
+            unused()
+        }
+        async fn history(&self, _: Keyspace, _: &RecordId, _: &HistoryQuery) -> Result<Vec<Event>> {
+            unused()
+        }
+        async fn acquire_lease(&self, _: &RecordId, _: &LeaseRequest) -> Result<Acquisition> {
+            unused()
+        }
+        async fn release_lease(&self, _: &RecordId, _: FencingToken) -> Result<()> {
+            unused()
+        }
+        async fn inspect_lease(&self, _: &RecordId) -> Result<Option<LeaseRecord>> {
+            unused()
+        }
+        async fn list_leases(&self, _: &LeaseListQuery) -> Result<Page<LeaseRecord>> {
+            unused()
+        }
+    }
+
+    fn renewal(n: u64) -> Renewal {
+        Renewal {
+            keyspace: Keyspace::Execution,
+            id: RecordId::parse("heartbeat", &format!("job-{n}")).expect("a valid id"),
+            token: FencingToken::new(7).expect("a valid token"),
+        }
+    }
+
+    fn heartbeat() -> (Heartbeat, Arc<RenewsOnly>) {
+        let store = Arc::new(RenewsOnly::default());
+        let heartbeat = Heartbeat::new(store.clone(), Telemetry::default());
+        (heartbeat, store)
+    }
+
+    fn wakes(heartbeat: &Heartbeat) -> u64 {
+        heartbeat.shared.registry().wakes
+    }
+
+    /// Work shorter than a wake-up drops its registration before the task runs. The task must
+    /// keep its alarm anyway, so the next registration, due later, does not wake it again: one
+    /// wake-up per alarm, not one per execution.
+    #[tokio::test(start_paused = true)]
+    async fn short_executions_wake_the_task_once_per_alarm_not_once_each() {
+        let (heartbeat, store) = heartbeat();
+        let ttl = Ttl::new(Duration::from_secs(30)).expect("a valid ttl");
+        for n in 0..100 {
+            let (registration, _authority) = heartbeat.register(renewal(n), ttl, Instant::now());
+            drop(registration);
+            // The task runs here, finding nothing held.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            wakes(&heartbeat),
+            1,
+            "only the first registration woke the task"
+        );
+
+        // Past the alarm (a third of the ttl), the task waits for a registration again.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (registration, _authority) = heartbeat.register(renewal(100), ttl, Instant::now());
+        drop(registration);
+        assert_eq!(wakes(&heartbeat), 2);
+        assert_eq!(
+            store.heartbeats.load(Ordering::SeqCst),
+            0,
+            "nothing was held at any alarm: nothing was sent"
+        );
+    }
+
+    /// The alarm a dropped registration left never delays one due earlier: it wakes the task and
+    /// is renewed in time.
+    #[tokio::test(start_paused = true)]
+    async fn a_registration_due_before_the_alarm_still_wakes_the_task() {
+        let (heartbeat, store) = heartbeat();
+        let long = Ttl::new(Duration::from_secs(30)).expect("a valid ttl");
+        let (registration, _authority) = heartbeat.register(renewal(0), long, Instant::now());
+        drop(registration);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+
+        let short =
+            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let (registration, authority) = heartbeat.register(renewal(1), short, Instant::now());
+        assert_eq!(wakes(&heartbeat), 2, "due in 1 s, before the 10 s alarm");
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(
+            store.heartbeats.load(Ordering::SeqCst) >= 6,
+            "renewed every second: {:?}",
+            store.heartbeats
+        );
+        assert!(authority.is_held(), "held past its 3 s ttl");
+        drop(registration);
     }
 }
