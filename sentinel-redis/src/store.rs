@@ -1438,3 +1438,148 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
             .await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::collection::{hash_map, vec};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Every field name a record hash or a history entry can hold, and a few it cannot.
+    const FIELDS: &[&str] = &[
+        "state", "owner", "token", "rid", "lease", "hard", "ttl", "hard_ttl", "result", "c", "fp",
+        "created", "updated", "acquired", "kind", "at", "detail", "seq", "last", "other",
+    ];
+
+    /// Values near the valid ones (numbers, states, JSON, compact fields) and arbitrary text.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("executing".to_owned()),
+            Just("completed".to_owned()),
+            Just("claimed".to_owned()),
+            Just("00112233445566778899aabbccddeeff".to_owned()),
+            Just("\"ch_1\"".to_owned()),
+            Just("\0C17\0\"r\"".to_owned()),
+            ".{0,24}",
+        ]
+    }
+
+    /// A whole execution record hash, as the scripts write it, and a whole lease record hash.
+    fn whole(keyspace: Keyspace) -> HashMap<String, String> {
+        let common = [
+            ("owner", "w1"),
+            ("token", "17"),
+            ("rid", "00112233445566778899aabbccddeeff"),
+            ("lease", "2000"),
+            ("hard", "3000"),
+            ("ttl", "1000"),
+            ("hard_ttl", "2000"),
+        ];
+        let own: &[(&str, &str)] = match keyspace {
+            Keyspace::Execution => &[
+                ("state", "completed"),
+                ("created", "1000"),
+                ("updated", "1500"),
+                ("c", "\0C17\0\"r\""),
+            ],
+            Keyspace::Lease => &[("acquired", "1000")],
+        };
+        common
+            .iter()
+            .chain(own)
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A whole record hash of either keyspace with a few fields changed or removed, or any
+    /// fields at all.
+    fn fields() -> impl Strategy<Value = HashMap<String, String>> {
+        let name = || prop::sample::select(FIELDS).prop_map(str::to_owned);
+        let edited = (
+            prop_oneof![Just(Keyspace::Execution), Just(Keyspace::Lease)],
+            vec((name(), prop::option::of(value())), 0..4),
+        )
+            .prop_map(|(keyspace, edits)| {
+                let mut fields = whole(keyspace);
+                for (name, value) in edits {
+                    match value {
+                        Some(value) => fields.insert(name, value),
+                        None => fields.remove(&name),
+                    };
+                }
+                fields
+            });
+        prop_oneof![edited, hash_map(name(), value(), 0..16)]
+    }
+
+    fn id() -> RecordId {
+        RecordId::parse("ns", "key").expect("a valid id")
+    }
+
+    fn is_corrupt<T>(decoded: &Result<T>) -> bool {
+        matches!(decoded, Err(Error::CorruptRecord { .. }))
+    }
+
+    #[test]
+    fn whole_hashes_decode_to_their_records() {
+        let execution = execution_record(&id(), whole(Keyspace::Execution))
+            .expect("decodes")
+            .expect("a record");
+        assert_eq!(execution.state, ExecutionState::Completed);
+        assert_eq!(execution.result, Some(json!("r")));
+        let lease = lease_record(&id(), whole(Keyspace::Lease))
+            .expect("decodes")
+            .expect("a record");
+        assert_eq!(lease.token.get(), 17);
+    }
+
+    proptest! {
+        /// Whatever a record hash or a history entry holds (another program's data, a damaged
+        /// key), decoding it gives a record, no record, or `CorruptRecord`: never a panic, never
+        /// another error.
+        #[test]
+        fn any_hash_decodes_or_is_reported_corrupt(fields in fields(), stream_id in ".{0,24}") {
+            let execution = execution_record(&id(), fields.clone());
+            prop_assert!(execution.is_ok() || is_corrupt(&execution));
+            let lease = lease_record(&id(), fields.clone());
+            prop_assert!(lease.is_ok() || is_corrupt(&lease));
+            let entry = event(&stream_id, fields);
+            prop_assert!(entry.is_ok() || is_corrupt(&entry));
+        }
+
+        /// The same for the compact field `c`, from arbitrary bytes.
+        #[test]
+        fn any_compact_field_decodes_or_is_reported_corrupt(c in vec(any::<u8>(), 0..40)) {
+            let outcome = compact_outcome(&c);
+            prop_assert!(outcome.is_ok() || is_corrupt(&outcome));
+            let result = compact_result(&c);
+            prop_assert!(result.is_ok() || is_corrupt(&result));
+        }
+
+        /// A completed compact field, as the scripts write it (fingerprint, NUL, `C`, token, NUL,
+        /// result), answers a claim with that token and result.
+        #[test]
+        fn a_completed_compact_field_answers_with_its_token_and_result(
+            fingerprint in "[a-z0-9]{0,12}",
+            token in 1..i64::MAX,
+            result in prop_oneof![
+                Just(json!(null)), any::<i64>().prop_map(|n| json!(n)), ".{0,16}".prop_map(|s| json!(s)),
+            ],
+        ) {
+            let text = serde_json::to_string(&result).expect("JSON");
+            let c = format!("{fingerprint}\0C{token}\0{text}");
+            let expected_token = FencingToken::new(token).expect("a valid token");
+            match compact_outcome(c.as_bytes()) {
+                Ok(ClaimOutcome::Completed { token: got, result: stored }) => {
+                    prop_assert_eq!(got, expected_token);
+                    prop_assert_eq!(stored, result);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+            prop_assert_eq!(compact_result(c.as_bytes()).ok().flatten(), Some(text.as_str()));
+        }
+    }
+}
