@@ -493,7 +493,13 @@ impl CoordinationStore for PostgresStore {
                 }
                 tracing::debug!("a concurrent first claim won the insert; asking again");
             }
-            Err(error::backend(Contention("claim")))
+            // A race settles on the next attempt. A record the claim cannot judge (a corrupt row,
+            // say a state no version of Sentinel writes) asks for a retry every time: reading it
+            // tells the two apart, and reports the corrupt row as such.
+            match self.inspect(id).await {
+                Ok(_) => Err(error::backend(Contention("claim"))),
+                Err(error) => Err(error),
+            }
         }
         .instrument(span)
         .await
