@@ -496,10 +496,8 @@ impl CoordinationStore for PostgresStore {
             // A race settles on the next attempt. A record the claim cannot judge (a corrupt row,
             // say a state no version of Sentinel writes) asks for a retry every time: reading it
             // tells the two apart, and reports the corrupt row as such.
-            match self.inspect(id).await {
-                Ok(_) => Err(error::backend(Contention("claim"))),
-                Err(error) => Err(error),
-            }
+            self.inspect(id).await?;
+            Err(error::backend(Contention("claim")))
         }
         .instrument(span)
         .await
