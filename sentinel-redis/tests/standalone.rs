@@ -506,6 +506,31 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     let value: String = conn.get(&hash).await.unwrap();
     assert_eq!(value, "not a hash");
 
+    // A lease hash missing its expiry: acquiring and reading both report it, nothing is logged.
+    let k = id("corrupt-lease");
+    let (hash, stream) = store.key_names(Keyspace::Lease, &k);
+    let _: () = conn
+        .hset_multiple(&hash, &[("token", "12"), ("owner", "x")])
+        .await
+        .unwrap();
+    let request = LeaseRequest {
+        owner: owner("a"),
+        ttl,
+        request_id: RequestId::random(),
+    };
+    let err = store.acquire_lease(&k, &request).await.unwrap_err();
+    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
+    assert!(matches!(
+        store.inspect_lease(&k).await.unwrap_err(),
+        Error::CorruptRecord { .. }
+    ));
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "nothing was logged");
+
     // A foreign key in place of the history stream: the XADD fails first, nothing is written.
     let k = id("foreign-stream");
     let (hash, stream) = store.key_names(Keyspace::Execution, &k);
