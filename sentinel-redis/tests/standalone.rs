@@ -470,6 +470,27 @@ async fn history_streams_are_trimmed_to_the_configured_length() {
     );
 }
 
+/// A transition and a read of a corrupt record both report it as such, and the transition logged
+/// nothing to the record's history `stream`.
+async fn reported_and_unlogged<T: std::fmt::Debug, U: std::fmt::Debug>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &[u8],
+    transition: sentinel_core::Result<T>,
+    read: sentinel_core::Result<U>,
+) {
+    assert!(
+        matches!(transition, Err(Error::CorruptRecord { .. })),
+        "{transition:?}"
+    );
+    assert!(matches!(read, Err(Error::CorruptRecord { .. })), "{read:?}");
+    let len: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "nothing was logged");
+}
+
 #[tokio::test]
 async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     let store = standalone(TimeSource::Server).await;
@@ -485,18 +506,13 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
         )
         .await
         .unwrap();
-    let err = store.claim(&k, &claim("a", ttl, true)).await.unwrap_err();
-    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
-    assert!(matches!(
-        store.inspect(&k).await.unwrap_err(),
-        Error::CorruptRecord { .. }
-    ));
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(len, 0, "nothing was logged");
+    reported_and_unlogged(
+        &mut conn,
+        &stream,
+        store.claim(&k, &claim("a", ttl, true)).await,
+        store.inspect(&k).await,
+    )
+    .await;
 
     let k = id("foreign");
     let (hash, _) = store.key_names(Keyspace::Execution, &k);
@@ -518,18 +534,13 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
         ttl,
         request_id: RequestId::random(),
     };
-    let err = store.acquire_lease(&k, &request).await.unwrap_err();
-    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
-    assert!(matches!(
-        store.inspect_lease(&k).await.unwrap_err(),
-        Error::CorruptRecord { .. }
-    ));
-    let len: u64 = redis::cmd("XLEN")
-        .arg(&stream)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(len, 0, "nothing was logged");
+    reported_and_unlogged(
+        &mut conn,
+        &stream,
+        store.acquire_lease(&k, &request).await,
+        store.inspect_lease(&k).await,
+    )
+    .await;
 
     // A foreign key in place of the history stream: the XADD fails first, nothing is written.
     let k = id("foreign-stream");
