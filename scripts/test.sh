@@ -16,6 +16,27 @@ step "services"
 source scripts/services.sh
 ensure_services
 
+# The suites put every key they write to the shared Redis under sentinel-test/<run>/ (see
+# sentinel_testkit::servers::redis_test_prefix): remove them when the run ends, pass or fail, so
+# runs do not pile up on a server that outlives them.
+export SENTINEL_TEST_RUN="${SENTINEL_TEST_RUN:-run$$}"
+remove_test_keys() {
+  [[ -n "${SENTINEL_TEST_REDIS_URL:-}" ]] || return 0
+  # On the server, not through a pipe: key names hold any byte the tests use, newlines included.
+  redis-cli -u "$SENTINEL_TEST_REDIS_URL" EVAL "
+    local cursor, removed = '0', 0
+    repeat
+      local page = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)
+      cursor = page[1]
+      for _, key in ipairs(page[2]) do
+        redis.call('UNLINK', key)
+        removed = removed + 1
+      end
+    until cursor == '0'
+    return removed" 0 "sentinel-test/$SENTINEL_TEST_RUN/*" >/dev/null || true
+}
+trap remove_test_keys EXIT
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -249,13 +249,20 @@ async fn postgres_reconciliation_flow() {
         .connect(server.url())
         .await
         .unwrap();
-    let store = PostgresStore::builder(pool)
+    let store = PostgresStore::builder(pool.clone())
         .schema(&schema)
         .migrate(false)
         .build()
         .await
         .unwrap();
     reconciliation_flow(&cli, Arc::new(store)).await;
+    // The server is shared with later runs: leave nothing behind.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +270,7 @@ async fn redis_reconciliation_flow() {
     let Some(server) = servers::require("redis", servers::redis()) else {
         return;
     };
-    let prefix = unique("cli");
+    let prefix = servers::redis_test_prefix("cli");
     let cli = Cli {
         url: server.url().to_owned(),
         namespace: "payments".into(),

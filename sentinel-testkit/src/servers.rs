@@ -62,6 +62,10 @@ pub const REDIS_URL_VAR: &str = "SENTINEL_TEST_REDIS_URL";
 pub const REDIS_CLUSTER_URLS_VAR: &str = "SENTINEL_TEST_REDIS_CLUSTER_URLS";
 /// Set to `1` to make a missing backend fail its suite instead of skipping it (CI sets it).
 pub const REQUIRE_BACKENDS_VAR: &str = "SENTINEL_REQUIRE_BACKENDS";
+/// Names the test run (`scripts/test.sh` sets it; a short name of `[A-Za-z0-9_.-]`, as it goes
+/// into key prefixes of at most 64 bytes): [`redis_test_prefix`] puts every key the run writes
+/// to a shared Redis under `sentinel-test/<run>/`, which the script removes afterwards.
+pub const TEST_RUN_VAR: &str = "SENTINEL_TEST_RUN";
 /// Where PostgreSQL binaries are looked for after `PATH`: `<root>/<version>/bin`.
 pub const POSTGRES_INSTALL_ROOT: &str = "/usr/lib/postgresql";
 /// The reason given for the Docker attempt when the `docker` feature is off.
@@ -509,6 +513,21 @@ pub fn spawn_redis(options: RedisOptions) -> Result<LocalRedis, ServerError> {
     Resolver::from_process().spawn_redis(options)
 }
 
+/// A Redis key prefix no other store uses, for a store a test creates on a shared server:
+/// `sentinel-test/<run>/<label>-<16 hex digits>`, where `<run>` is [`TEST_RUN_VAR`] (`local` when
+/// unset). A shared server outlives the run, so the run's keys stay behind unless something
+/// removes them: `scripts/test.sh` deletes `sentinel-test/<run>/*` when it ends.
+pub fn redis_test_prefix(label: &str) -> String {
+    let run = std::env::var(TEST_RUN_VAR)
+        .ok()
+        .filter(|run| !run.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    format!(
+        "sentinel-test/{run}/{label}-{:016x}",
+        sentinel_core::RequestId::random().as_u128() as u64
+    )
+}
+
 /// Whether this process's environment sets [`REQUIRE_BACKENDS_VAR`].
 pub fn backends_required() -> bool {
     Resolver::from_process().backends_required()
@@ -544,4 +563,28 @@ pub fn skipped_message(name: &str, error: &ServerError) -> String {
     format!(
         "SKIPPED: {name} suite: {error}\n  (set {REQUIRE_BACKENDS_VAR}=1 to make this a failure)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_test_prefixes_are_distinct_short_and_under_the_run() {
+        let a = redis_test_prefix("redis");
+        let b = redis_test_prefix("redis");
+        assert_ne!(a, b);
+        for prefix in [&a, &b] {
+            assert!(prefix.starts_with("sentinel-test/"), "{prefix}");
+            assert!(prefix.contains("/redis-"), "{prefix}");
+            // What a Redis store accepts as a prefix: at most 64 bytes of [A-Za-z0-9_.:/-].
+            assert!(prefix.len() <= 64, "{prefix}");
+            assert!(
+                prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(&b)),
+                "{prefix}"
+            );
+        }
+    }
 }

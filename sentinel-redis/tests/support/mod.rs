@@ -4,14 +4,14 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use async_trait::async_trait;
-use sentinel_core::{RequestId, Result, TimeSource};
+use sentinel_core::{Result, TimeSource};
 use sentinel_redis::{ClusterStore, RedisStore};
 use sentinel_testkit::StoreFactory;
 use sentinel_testkit::servers;
 
-/// A prefix no other store uses.
+/// A prefix no other store uses, under this test run's (see `servers::redis_test_prefix`).
 pub fn unique_prefix() -> String {
-    format!("sentinel-test/{:032x}", RequestId::random().as_u128())
+    servers::redis_test_prefix("redis")
 }
 
 /// The shared standalone server's URL. Panics when there is none: these suites fail rather than
