@@ -1,5 +1,5 @@
 -- claim: the "claim" rows of DESIGN §3, as sentinel_core::execution::transition (claim, grant).
--- THE RULE LIVES IN THE FUNCTION: migrations/0003_claim_function.sql (one statement, one round
+-- THE RULE LIVES IN THE FUNCTION: migrations/0005_lean_functions.sql (one statement, one round
 -- trip; most claims are one plain read inside it, only a grant writes).
 --
 -- $1 namespace, $2 key, $3 manual time in µs (NULL: the server clock), $4 owner, $5 ttl µs,

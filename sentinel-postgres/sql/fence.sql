@@ -4,10 +4,11 @@
 -- transaction ends.
 --
 -- Every transition that could hand the key to another generation (claim, reconcile, abort,
--- complete, force_complete, reset, purge) locks the row FOR UPDATE, which conflicts with
--- FOR KEY SHARE: it waits until the fenced transaction commits or rolls back, so a write
--- committed under the fence can never land after a takeover. Heartbeats and start lock
--- FOR NO KEY UPDATE, which does not conflict: the holder keeps renewing meanwhile.
+-- force_complete, reset, purge) locks the row FOR UPDATE, which conflicts with FOR KEY SHARE:
+-- it waits until the fenced transaction commits or rolls back, so a write committed under the
+-- fence can never land after a takeover. Heartbeats, start and a complete that applies (only the
+-- fenced token can complete; completing hands the key to nobody) lock FOR NO KEY UPDATE, which
+-- does not conflict: the holder keeps renewing meanwhile.
 WITH
 locked AS MATERIALIZED (
     SELECT e.state, e.token, e.lease_expires_at

@@ -6,10 +6,12 @@
 //! - [`PostgresStore::fence`] (and [`PostgresStore::fence_lease`]) checks that your token is the
 //!   current one and still alive, and keeps the record locked `FOR KEY SHARE` until your
 //!   transaction ends. Every transition that could hand the key to someone else (a claim of the
-//!   expired key, `reconcile`, `abort`, `complete`, `purge`, and acquiring or releasing a lease)
-//!   locks the record `FOR UPDATE` and so waits for your commit or rollback: a write committed
-//!   under a fence can never land after a takeover, and a worker that paused past its lease is
-//!   refused before it writes. Heartbeats do not wait: your lease keeps being renewed meanwhile.
+//!   expired key, `reconcile`, `abort`, `force_complete`, `reset`, `purge`, and acquiring or
+//!   releasing a lease) locks the record `FOR UPDATE` and so waits for your commit or rollback: a
+//!   write committed under a fence can never land after a takeover, and a worker that paused past
+//!   its lease is refused before it writes. Heartbeats do not wait: your lease keeps being renewed
+//!   meanwhile; nor does a `complete` that applies, which only the fenced token can do and which
+//!   hands the key to nobody.
 //! - [`PostgresStore::complete_in`] records the execution's result in your transaction, so the
 //!   side effect and the completion commit together or not at all: exactly once, for effects in
 //!   the same database.
@@ -132,20 +134,7 @@ impl PostgresStore {
         token: FencingToken,
         result: &Value,
     ) -> Result<()> {
-        let text = serde_json::to_string(result).map_err(|e| {
-            sentinel_core::Error::InvalidInput(sentinel_core::InvalidInput::ResultNotJson(
-                e.to_string(),
-            ))
-        })?;
-        let row = query(&self.statements().complete)
-            .bind(id.namespace.as_str())
-            .bind(id.key.as_str())
-            .bind(self.manual_now())
-            .bind(token.get())
-            .bind(text.as_str())
-            .fetch_optional(&mut **tx)
+        self.send_complete(tx, id, token, result, "complete_in")
             .await
-            .map_err(|e| self.error(e, "complete_in"))?;
-        rows::verdict(row, rows::COMPLETED, true).map(drop)
     }
 }

@@ -59,6 +59,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         description: "lean writes",
         sql: include_str!("../migrations/0004_lean_writes.sql"),
     },
+    EmbeddedMigration {
+        version: 5,
+        description: "lean functions",
+        sql: include_str!("../migrations/0005_lean_functions.sql"),
+    },
 ];
 
 /// A sqlx [`Migrator`] that creates or upgrades Sentinel's tables in `schema`, for applications
@@ -142,22 +147,34 @@ mod tests {
                 m.version
             );
         }
-        // The claim function (the only one that logs events itself) notifies like the statements,
-        // in each version that defines it.
-        let claims: Vec<&str> = MIGRATIONS
+        // Each function that logs an execution event notifies like the statements, in each
+        // version that defines it.
+        let functions: Vec<(i64, &str)> = MIGRATIONS
             .iter()
-            .filter(|m| m.sql.contains("FUNCTION %1$I.claim("))
-            .map(|m| m.sql)
+            .flat_map(|m| {
+                m.sql
+                    .split("FUNCTION %1$I.")
+                    .skip(1)
+                    .map(move |f| (m.version, f))
+            })
+            .filter(|(_, f)| f.contains("INSERT INTO %1$I.events"))
+            .collect();
+        let names: Vec<(i64, &str)> = functions
+            .iter()
+            .map(|(v, f)| (*v, &f[..f.find('(').unwrap_or(0)]))
             .collect();
         assert_eq!(
-            claims.len(),
-            2,
-            "migrations 3 and 4 define the claim function"
+            names,
+            [(3, "claim"), (4, "claim"), (5, "claim"), (5, "complete")],
+            "the functions that log events"
         );
-        for claim in claims {
-            assert!(claim.contains("INSERT INTO %1$I.events"));
-            assert!(claim.contains("IF watched THEN"));
-            assert!(claim.contains("PERFORM pg_notify(p_channel"));
+        for (version, function) in functions {
+            assert!(
+                function.contains("IF watched THEN")
+                    && (function.contains("PERFORM pg_notify(p_channel")
+                        || function.contains("PERFORM %1$I.wake(p_channel")),
+                "a function of migration {version} logs events without notifying"
+            );
         }
         let migrator = migrator(&Schema::default());
         assert_eq!(migrator.table_name, "\"sentinel\"._sentinel_migrations");

@@ -64,7 +64,8 @@ statements!(
 /// `{notify}`: the expression that wakes the waiters of the record of the event `ev` just
 /// inserted, if it is watched (`w.watched`), when the transaction commits; its payload is
 /// [`crate::notify::digest`] of the record's namespace and key. Every statement that logs an
-/// execution event returns it (`RETURNING (SELECT {notify} FROM … AS w …)`).
+/// execution event returns it (`RETURNING (SELECT {notify} FROM … AS w …)`); the claim and
+/// complete functions (migrations/0005_lean_functions.sql) call the same `pg_notify` themselves.
 const NOTIFY: &str = "CASE WHEN w.watched
                            THEN pg_notify('{channel}',
                                           md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
@@ -106,12 +107,10 @@ mod tests {
         let statements = Statements::new(&schema);
         assert!(statements.claim.contains("\"tenant_7\".claim("));
         assert!(statements.claim.contains("'sentinel_tenant_7'"));
-        assert!(statements.complete.contains("\"tenant_7\".executions"));
-        assert!(
-            statements
-                .complete
-                .contains("pg_notify('sentinel_tenant_7'")
-        );
+        assert!(statements.complete.contains("\"tenant_7\".complete("));
+        assert!(statements.complete.contains("'sentinel_tenant_7'"));
+        assert!(statements.abort.contains("\"tenant_7\".executions"));
+        assert!(statements.abort.contains("pg_notify('sentinel_tenant_7'"));
         let channel = notify::channel(&schema);
         for (name, template) in TEMPLATES {
             assert!(template.contains("{schema}"), "{name} names no table");

@@ -16,7 +16,7 @@ use sentinel_core::{
     Timestamp,
 };
 use serde_json::Value;
-use sqlx::postgres::{PgArguments, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnection, PgPoolOptions, PgRow};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres};
 use tracing::Instrument;
@@ -28,9 +28,10 @@ use crate::rows::{self, get, required};
 use crate::schema::Schema;
 use crate::sql::Statements;
 
-/// How many times a claim or lease acquire is sent when it keeps meeting a concurrent first
-/// claim of the same key. Each `retry` means another caller inserted the key between this
-/// statement's snapshot and its insert; the next attempt sees that row, so one retry is the rule.
+/// How many times a claim, lease acquire or completion is sent when it keeps answering `retry`.
+/// A claim or acquire answers it when another caller inserted the key between the statement's
+/// snapshot and its insert; a completion, when the record changed after the update's snapshot.
+/// The next attempt sees that change, so one retry is the rule.
 const RACE_ATTEMPTS: usize = 8;
 
 /// How long a pooled connection may sit idle before [`PostgresStore::pool_options`] pings it.
@@ -309,7 +310,40 @@ impl PostgresStore {
             .map_err(|e| self.error(e, operation))
     }
 
-    /// Runs one of the "locked row, verdict" statements (start, complete, abort, reconcile,
+    /// Sends the complete statement on `conn` (a pooled connection, or the caller's transaction
+    /// for [`PostgresStore::complete_in`]), again while the verdict is `retry`: the record
+    /// changed after the update's snapshot, and the next statement sees it.
+    pub(crate) async fn send_complete(
+        &self,
+        conn: &mut PgConnection,
+        id: &RecordId,
+        token: FencingToken,
+        result: &Value,
+        operation: &'static str,
+    ) -> Result<()> {
+        let result = json_text(result)?;
+        for _ in 0..RACE_ATTEMPTS {
+            let row = query(&self.statements().complete)
+                .bind(id.namespace.as_str())
+                .bind(id.key.as_str())
+                .bind(self.manual_now())
+                .bind(token.get())
+                .bind(result.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.error(e, operation))?;
+            if let Some(row) = &row
+                && required::<String>(row, "verdict")? == "retry"
+            {
+                tracing::debug!("the record changed under the completion; asking again");
+                continue;
+            }
+            return rows::verdict(row, rows::COMPLETED, true).map(drop);
+        }
+        Err(error::backend(Contention(operation)))
+    }
+
+    /// Runs one of the "locked row, verdict" statements (start, abort, reconcile,
     /// force_complete, reset): `Ok(row)` for the verdicts in `accepted`, the core's rejection
     /// otherwise, `NotFound` when there is no row.
     async fn decide(
@@ -561,17 +595,18 @@ impl CoordinationStore for PostgresStore {
     }
 
     async fn complete(&self, id: &RecordId, token: FencingToken, result: &Value) -> Result<()> {
-        let result = json_text(result)?;
-        let statement = query(&self.statements().complete)
-            .bind(id.namespace.as_str())
-            .bind(id.key.as_str())
-            .bind(self.manual_now())
-            .bind(token.get())
-            .bind(result.as_str());
-        self.decide(statement, "complete", rows::COMPLETED)
-            .instrument(span("complete", id))
-            .await
-            .map(drop)
+        async {
+            let mut conn = self
+                .inner
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| self.error(e, "complete"))?;
+            self.send_complete(&mut conn, id, token, result, "complete")
+                .await
+        }
+        .instrument(span("complete", id))
+        .await
     }
 
     async fn abort(
@@ -825,7 +860,7 @@ impl CoordinationStore for PostgresStore {
     }
 }
 
-/// A claim or acquire met a concurrent first claim of the same key on every attempt.
+/// A claim, acquire or completion answered `retry` on every attempt.
 #[derive(Debug)]
 struct Contention(&'static str);
 
@@ -833,8 +868,8 @@ impl fmt::Display for Contention {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} lost the race to insert a new key {RACE_ATTEMPTS} times in a row; nothing was \
-             written, it is safe to send again",
+            "{} lost a race with a concurrent transition of the same key {RACE_ATTEMPTS} times \
+             in a row; nothing was written, it is safe to send again",
             self.0
         )
     }
