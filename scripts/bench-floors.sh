@@ -3,8 +3,9 @@
 # Measures the server side alone, with the servers' own C load generators (pgbench,
 # redis-benchmark), so the numbers carry none of the Rust client's CPU:
 #
-#   ./scripts/bench-floors.sh postgres   # pgbench: three statement pairs, interleaved
-#   ./scripts/bench-floors.sh redis      # redis-benchmark: four single commands
+#   ./scripts/bench-floors.sh postgres                # pgbench: three statement pairs
+#   ./scripts/bench-floors.sh postgres-instructions   # the same, instructions counted (valgrind)
+#   ./scripts/bench-floors.sh redis                   # redis-benchmark: four single commands
 #
 # PostgreSQL (SENTINEL_BENCH_POSTGRES_URL, default postgres://postgres@127.0.0.1:5432/postgres),
 # in a scratch schema that is dropped afterwards, with every migration of sentinel-postgres:
@@ -12,9 +13,11 @@
 #   sentinel  Sentinel's own claim (sql/claim.sql) and complete (sql/complete.sql) statements;
 #   floor     the least one statement per transition can do under DESIGN §7: a PL/pgSQL function
 #             inserting the record and its event, then an UPDATE and its event in one statement.
-# Each pair is timed per statement (pgbench -r) at 1 and 8 clients; the ratio is the baseline's
-# time over the pair's. The key of each pair comes from a sequence, by a statement left out of the
-# sums.
+# Each pair runs alone at 1 and 8 clients, in turns; the ratio is of pairs per second. The key of
+# each pair comes from a sequence. (Pairs interleaved in one pgbench run would share the CPU
+# queue, which evens their latencies out when the cores are saturated: at 8 clients that hid most
+# of the difference.) postgres-instructions counts what the server executes for each pair, and
+# for a cached read on each side (see postgres_instructions below).
 #
 # Redis (SENTINEL_BENCH_REDIS_HOST/PORT, default 127.0.0.1:6379), at 8 clients, on fresh keys:
 # SET NX PX (the raw claim), a script that only sends that SET, a script writing only a record
@@ -26,14 +29,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-postgres() {
-    local url=${SENTINEL_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
-    local seconds=${SENTINEL_BENCH_SECONDS:-15}
-    local schema=sentinel_floor_$$
-    local dir
-    dir=$(mktemp -d)
-    # shellcheck disable=SC2064 # expand now: the trap runs after these locals are gone
-    trap "psql -q '$url' -c 'DROP SCHEMA IF EXISTS $schema CASCADE' >/dev/null 2>&1; rm -rf '$dir'" EXIT
+# Creates, in schema $2 of server $1, every migration of sentinel-postgres, the baseline's table,
+# the floor's claim function and a key sequence; writes to directory $3 the pgbench scripts of
+# the three fresh pairs (baseline.sql, sentinel.sql, floor.sql) and, for the instruction counts,
+# pairs.sql: the same pairs (and a cached read for each side) as PL/pgSQL statements on a key `k`.
+postgres_setup() {
+    local url=$1 schema=$2 dir=$3
     psql -q -v ON_ERROR_STOP=1 "$url" -c "CREATE SCHEMA $schema"
     local m
     for m in sentinel-postgres/migrations/*.sql; do
@@ -61,45 +62,158 @@ BEGIN
     VALUES ('execution', 'bench', p_key, 'claimed', token, 'w', 'executing', clock_timestamp());
 END \$\$;
 SQL
-    local next_key="SELECT 'k' || nextval('$schema.keys') AS key \\gset"
+    # Each statement with the key (and token) as $1 ($2): for pgbench as :key (:token), for
+    # PL/pgSQL as k (tok).
+    local baseline_claim baseline_complete floor_complete
+    baseline_claim="INSERT INTO $schema.baseline (namespace, key, state, owner, token, lease_expires_at) VALUES ('bench', \$1, 'executing', 'w', 1, clock_timestamp() + interval '30 seconds') ON CONFLICT (namespace, key) DO NOTHING RETURNING token"
+    baseline_complete="UPDATE $schema.baseline SET state = 'completed', result = '\"ch\"'::json WHERE namespace = 'bench' AND key = \$1 AND token = \$2"
+    floor_complete="WITH done AS (UPDATE $schema.executions AS e SET state = 'completed', result = '\"ch\"'::json, updated_at = clock_timestamp(), version = e.version + 1 WHERE e.namespace = 'bench' AND e.key = \$1 AND e.token = \$2 AND e.state = 'executing' RETURNING e.owner, e.updated_at) INSERT INTO $schema.events (keyspace, namespace, key, kind, token, owner, state, at) SELECT 'execution', 'bench', \$1, 'completed', \$2, d.owner, 'completed', d.updated_at FROM done AS d"
     # Sentinel's statements, rendered as the store renders them (src/sql.rs), with the
-    # parameters of a fresh claim-and-start and of its completion.
-    local claim complete
-    claim=$(render sentinel-postgres/sql/claim.sql "$schema" \
-        "'bench'" ":key" "NULL::bigint" "'w'" "30000000" "60000000" "true" \
-        "'\\x00112233445566778899aabbccddeeff'::bytea" "NULL::text")
-    complete=$(render sentinel-postgres/sql/complete.sql "$schema" \
-        "'bench'" ":key" "NULL::bigint" ":token" "'\"ch\"'")
+    # parameters of a claim-and-start and of its completion.
+    local key token
+    sentinel() {
+        key=$1 token=$2
+        claim=$(render sentinel-postgres/sql/claim.sql "$schema" \
+            "'bench'" "$key" "NULL::bigint" "'w'" "30000000" "60000000" "true" \
+            "'\\x00112233445566778899aabbccddeeff'::bytea" "NULL::text")
+        complete=$(render sentinel-postgres/sql/complete.sql "$schema" \
+            "'bench'" "$key" "NULL::bigint" "$token" "'\"ch\"'")
+    }
+    local claim complete next_key="SELECT 'k' || nextval('$schema.keys') AS key \\gset"
+    for_pgbench() { sed "s/\\\$1/:key/g; s/\\\$2/:token/g" <<<"$1"; }
+    sentinel ":key" ":token"
     printf '%s\n%s \\gset\n%s;\n' "$next_key" "$claim" "$complete" >"$dir/sentinel.sql"
-    cat >"$dir/baseline.sql" <<SQL
-$next_key
-INSERT INTO $schema.baseline (namespace, key, state, owner, token, lease_expires_at) VALUES ('bench', :key, 'executing', 'w', 1, clock_timestamp() + interval '30 seconds') ON CONFLICT (namespace, key) DO NOTHING RETURNING token \\gset
-UPDATE $schema.baseline SET state = 'completed', result = '"ch"'::json WHERE namespace = 'bench' AND key = :key AND token = :token;
+    printf '%s\n%s \\gset\n%s;\n' "$next_key" "$(for_pgbench "$baseline_claim")" \
+        "$(for_pgbench "$baseline_complete")" >"$dir/baseline.sql"
+    printf '%s\n%s \\gset\n%s;\n' "$next_key" "SELECT token FROM $schema.floor_claim(:key)" \
+        "$(for_pgbench "$floor_complete")" >"$dir/floor.sql"
+    for_plpgsql() { sed "s/\\\$1/k/g; s/\\\$2/tok/g" <<<"$1"; }
+    sentinel "k" "tok"
+    local cached_claim=$claim
+    cached_claim=${cached_claim//, k, /, \'cached\', }
+    cat >"$dir/pairs.sql" <<SQL
+-- One iteration of a pair: the claim, a commit, the complete, a commit (a cached read: the read
+-- and a commit), on a fresh key k.
+CREATE PROCEDURE $schema.pairs(variant text, n int) LANGUAGE plpgsql AS \$proc\$
+DECLARE k text; tok bigint; r record;
+BEGIN
+    FOR i IN 1..n LOOP
+        k := 'k' || nextval('$schema.keys');
+        IF variant = 'baseline' THEN
+            $(for_plpgsql "$baseline_claim") INTO r; tok := r.token; COMMIT;
+            $(for_plpgsql "$baseline_complete"); COMMIT;
+        ELSIF variant = 'sentinel' THEN
+            $claim INTO r; tok := r.token; COMMIT;
+            $complete INTO r; COMMIT;
+        ELSIF variant = 'floor' THEN
+            SELECT s.token FROM $schema.floor_claim(k) AS s INTO r; tok := r.token; COMMIT;
+            $(for_plpgsql "$floor_complete"); COMMIT;
+        ELSIF variant = 'cached-baseline' THEN
+            SELECT b.state, b.result FROM $schema.baseline AS b
+             WHERE b.namespace = 'bench' AND b.key = 'cached' INTO r;
+            COMMIT;
+        ELSIF variant = 'cached-sentinel' THEN
+            $cached_claim INTO r; COMMIT;
+        END IF;
+    END LOOP;
+END \$proc\$;
+-- The completed key of the cached reads, on each side.
+INSERT INTO $schema.baseline VALUES ('bench', 'cached', 'completed', 'w', 1, now(), '"ch"');
+DO \$do\$
+DECLARE k text := 'cached'; tok bigint; r record;
+BEGIN
+    $claim INTO r; tok := r.token;
+    $complete INTO r;
+END \$do\$;
 SQL
-    cat >"$dir/floor.sql" <<SQL
-$next_key
-SELECT token FROM $schema.floor_claim(:key) \\gset
-WITH done AS (UPDATE $schema.executions AS e SET state = 'completed', result = '"ch"'::json, updated_at = clock_timestamp(), version = e.version + 1 WHERE e.namespace = 'bench' AND e.key = :key AND e.token = :token AND e.state = 'executing' RETURNING e.owner, e.updated_at) INSERT INTO $schema.events (keyspace, namespace, key, kind, token, owner, state, at) SELECT 'execution', 'bench', :key, 'completed', :token, d.owner, 'completed', d.updated_at FROM done AS d;
-SQL
+}
+
+# pgbench: each fresh pair alone, at 1 and 8 clients, in the order baseline, sentinel, floor,
+# floor, sentinel, baseline (so that a drifting machine slows all alike); the ratio is the
+# baseline's transactions per second over the pair's.
+postgres() {
+    local url=${SENTINEL_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+    local seconds=${SENTINEL_BENCH_SECONDS:-15}
+    local schema=sentinel_floor_$$
+    local dir
+    dir=$(mktemp -d)
+    # shellcheck disable=SC2064 # expand now: the trap runs after these locals are gone
+    trap "psql -q '$url' -c 'DROP SCHEMA IF EXISTS $schema CASCADE' >/dev/null 2>&1; rm -rf '$dir'" EXIT
+    postgres_setup "$url" "$schema" "$dir"
     echo "pgbench against $(psql -Atq "$url" -c "SELECT version()" | cut -d' ' -f1-2)," \
         "fsync=$(psql -Atq "$url" -c 'SHOW fsync')," \
-        "synchronous_commit=$(psql -Atq "$url" -c 'SHOW synchronous_commit'); ${seconds} s per run"
-    local clients
+        "synchronous_commit=$(psql -Atq "$url" -c 'SHOW synchronous_commit');" \
+        "${seconds} s per pair and turn, each pair alone"
+    local clients pair
     for clients in 1 8; do
-        pgbench -n -M prepared -r -c "$clients" -j 2 -T "$seconds" \
-            -f "$dir/baseline.sql@1" -f "$dir/sentinel.sql@1" -f "$dir/floor.sql@1" "$url" \
-            | awk -v clients="$clients" '
-                /^SQL script [0-9]+:/ { name = $4; sub(/.*\//, "", name); sub(/\.sql$/, "", name) }
-                # Statement lines: latency (ms), failures, the statement. The key is not summed.
-                /^ +[0-9]+\.[0-9]+ +[0-9]+ / && name != "" && $0 !~ /nextval/ { ms[name] += $1 }
-                END {
-                    printf "%d client(s), ms per fresh pair (claim + complete, commits included):\n", clients
-                    split("baseline sentinel floor", order, " ")
-                    for (i = 1; i <= 3; i++) {
-                        n = order[i]
-                        printf "  %-9s %7.3f ms   ratio %.2f\n", n, ms[n], ms["baseline"] / ms[n]
-                    }
-                }'
+        declare -A done_tx=()
+        for pair in baseline sentinel floor floor sentinel baseline; do
+            local n
+            n=$(pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$dir/$pair.sql" "$url" \
+                | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1] }')
+            done_tx[$pair]=$(( ${done_tx[$pair]:-0} + n ))
+        done
+        echo "$clients client(s), fresh pairs (claim + complete, commits included):"
+        for pair in baseline sentinel floor; do
+            awk -v name="$pair" -v n="${done_tx[$pair]}" -v base="${done_tx[baseline]}" \
+                -v secs=$((2 * seconds)) \
+                'BEGIN { printf "  %-9s %8.1f pairs/s   ratio %.2f\n", name, n / secs, n / base }'
+        done
+        unset done_tx
+    done
+}
+
+# Instructions: the pairs run in a scratch cluster by a single-user backend under callgrind,
+# which counts the instructions it executes, the same count from run to run whatever else the
+# machine is doing. Each side runs 30 warm-up iterations, then SENTINEL_BENCH_ITERATIONS (default
+# 300); the count per pair is the difference over the iterations. Commits write WAL without
+# waiting for the flush (synchronous_commit=off, fsync=off): this counts CPU work, not I/O.
+# Needs valgrind and PostgreSQL's server binaries (pg_config --bindir, else the newest under
+# /usr/lib/postgresql); run as root, it runs the server as the user postgres.
+postgres_instructions() {
+    local iterations=${SENTINEL_BENCH_ITERATIONS:-300}
+    local bin
+    bin=$(pg_config --bindir 2>/dev/null || true)
+    [[ -x "$bin/postgres" ]] || bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [[ -x "$bin/postgres" ]] || { echo "no PostgreSQL server binaries found" >&2; exit 1; }
+    command -v valgrind >/dev/null || { echo "valgrind is needed" >&2; exit 1; }
+    local dir
+    dir=$(mktemp -d)
+    as_server() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+    [[ $(id -u) == 0 ]] && chown postgres "$dir"
+    # shellcheck disable=SC2064 # expand now: the trap runs after these locals are gone
+    trap "as_server '$bin/pg_ctl' -D '$dir/data' -m immediate stop >/dev/null 2>&1; rm -rf '$dir'" EXIT
+    as_server "$bin/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
+    as_server "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+        -o "-k $dir -c listen_addresses= -p 5499" start >/dev/null
+    local url="postgresql://postgres@/postgres?host=$dir&port=5499" schema=sentinel_cost
+    postgres_setup "$url" "$schema" "$dir"
+    psql -q -v ON_ERROR_STOP=1 "$url" -f "$dir/pairs.sql"
+    as_server "$bin/pg_ctl" -D "$dir/data" -w stop >/dev/null
+    # Instructions of one single-user session that calls the procedure with each count given.
+    count() {
+        local variant=$1 n
+        shift
+        for n in "$@"; do echo "CALL $schema.pairs('$variant', $n);"; done >"$dir/in.sql"
+        chmod a+r "$dir/in.sql"
+        as_server valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+            "$bin/postgres" --single -D "$dir/data" -c synchronous_commit=off -c fsync=off \
+            postgres <"$dir/in.sql" 2>&1 >/dev/null | awk '/Collected :/ { print $NF }'
+    }
+    echo "instructions per operation (callgrind, PostgreSQL $("$bin/postgres" -V | awk '{ print $3 }'), $iterations iterations):"
+    local variant base
+    declare -A per=()
+    for variant in baseline sentinel floor cached-baseline cached-sentinel; do
+        local warm all
+        warm=$(count "$variant" 30)
+        all=$(count "$variant" 30 "$iterations")
+        per[$variant]=$(( (all - warm) / iterations ))
+    done
+    for variant in baseline sentinel floor cached-baseline cached-sentinel; do
+        base=${per[baseline]}
+        [[ $variant == cached-* ]] && base=${per[cached-baseline]}
+        awk -v name="$variant" -v n="${per[$variant]}" -v base="$base" \
+            'BEGIN { printf "  %-16s %9d   ratio %.2f\n", name, n, base / n }'
     done
 }
 
@@ -158,6 +272,7 @@ return redis.call('HSET', KEYS[1], 'state', 'executing', 'owner', ARGV[1])")
 
 case "${1:-}" in
     postgres) postgres ;;
+    postgres-instructions) postgres_instructions ;;
     redis) redis ;;
-    *) echo "usage: $0 postgres|redis" >&2; exit 2 ;;
+    *) echo "usage: $0 postgres|postgres-instructions|redis" >&2; exit 2 ;;
 esac
