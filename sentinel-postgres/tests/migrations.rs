@@ -8,7 +8,7 @@ use common::PgFactory;
 use sentinel_core::{CoordinationStore, Error};
 use sentinel_postgres::{MIGRATIONS, PostgresStore, Schema};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 macro_rules! factory {
     () => {
@@ -259,6 +259,67 @@ async fn records_written_by_an_older_schema_carry_on_after_an_upgrade() {
         .collect();
     assert_eq!(kinds, ["claimed", "completed"]);
     drop(store);
+    pool.close().await;
+    drop_schema(factory.url(), &name).await;
+}
+
+/// A store of an earlier version keeps a connection with the claim statement prepared while the
+/// schema is migrated under it (a rolling upgrade): version 5 drops and recreates the claim
+/// function with a new result type, and the prepared statement, past PostgreSQL's switch to a
+/// generic plan, must go on working with the same columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_prepared_before_version_5_keeps_working_after_it() {
+    let factory = factory!();
+    let name = common::unique_schema("sentinel_rolling");
+    let schema = Schema::new(name.clone()).unwrap();
+    let pool = common::pool(factory.url(), 2).await;
+    let mut old = sentinel_postgres::migrator(&schema);
+    old.migrations = old.migrations[..4].to_vec().into();
+    old.run(&pool).await.unwrap();
+
+    // The claim statement as version 4 stores sent it (sql/claim.sql has not changed since).
+    let sql = format!(
+        "SELECT c.outcome, c.state, c.owner, c.token, c.lease_expires_us, c.hard_expires_us, \
+                c.result, c.fingerprint, c.version, c.watched \
+         FROM \"{name}\".claim($1, $2, NULL::bigint, 'w', 30000000, 60000000, true, $3, \
+                               NULL::text, 'sentinel_rolling') AS c"
+    );
+    let mut conn = sqlx::PgConnection::connect(factory.url()).await.unwrap();
+    let claim = async |conn: &mut sqlx::PgConnection, key: &str, request: u8| {
+        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind("ns")
+            .bind(key)
+            .bind(&[request; 16][..])
+            .fetch_one(conn)
+            .await
+            .unwrap();
+        (
+            row.get::<String, _>("outcome"),
+            row.get::<Option<i64>, _>("token"),
+        )
+    };
+    let mut first = (String::new(), None);
+    for n in 0..8 {
+        let outcome = claim(&mut conn, &format!("before-{n}"), n).await;
+        assert_eq!(outcome.0, "acquired");
+        if n == 0 {
+            first = outcome;
+        }
+    }
+
+    sentinel_postgres::migrator(&schema)
+        .run(&pool)
+        .await
+        .unwrap();
+    assert_eq!(claim(&mut conn, "after", 9).await.0, "acquired");
+    assert_eq!(
+        claim(&mut conn, "before-0", 0).await,
+        first,
+        "a retried request gets its own live claim back"
+    );
+    let (outcome, _) = claim(&mut conn, "before-1", 9).await;
+    assert_eq!(outcome, "busy", "another request sees the live claim");
+    conn.close().await.unwrap();
     pool.close().await;
     drop_schema(factory.url(), &name).await;
 }
