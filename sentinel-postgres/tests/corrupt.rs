@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PgFactory, claim, granted, id, lease, manual_store};
+use common::{PgFactory, claim, granted, id, lease, manual_store, set_row};
 use sentinel_core::{
     ClaimOutcome, CoordinationStore, Error, ListQuery, Namespace, RecordId, Result,
 };
@@ -22,19 +22,6 @@ macro_rules! factory {
             None => return,
         }
     };
-}
-
-/// Breaks a rule of the row of `id` in `table`: `set` is the SQL of the assignment.
-async fn plant(store: &PostgresStore, table: &str, id: &RecordId, set: &str) {
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{}\".{table} SET {set} WHERE namespace = $1 AND key = $2",
-        store.schema()
-    )))
-    .bind(id.namespace.as_str())
-    .bind(id.key.as_str())
-    .execute(store.pool())
-    .await
-    .unwrap();
 }
 
 /// The version of the row of `id` (a write makes a new one) and how many events it has.
@@ -90,7 +77,7 @@ async fn corrupt_execution_rows_are_reported_and_claims_write_nothing_over_them(
             n += 1;
             let k = id("corrupt", &format!("k{n}"));
             granted(store.claim(&k, &claim("a", 1_000, true)).await.unwrap());
-            plant(&store, "executions", &k, set).await;
+            set_row(store.pool(), &store, "executions", &k, set).await;
             if expired {
                 clock.advance(Duration::from_secs(2));
             }
@@ -130,7 +117,7 @@ async fn corrupt_lease_rows_are_reported() {
     {
         let k = id("corrupt-lease", &format!("l{n}"));
         store.acquire_lease(&k, &lease("a", 1_000)).await.unwrap();
-        plant(&store, "leases", &k, set).await;
+        set_row(store.pool(), &store, "leases", &k, set).await;
         let acquired = store.acquire_lease(&k, &lease("b", 1_000)).await;
         assert!(
             is_corrupt(&acquired),

@@ -29,6 +29,21 @@ async fn drop_schema(url: &str, schema: &str) {
     .unwrap();
 }
 
+/// A fresh schema (named from `prefix`) migrated up to `version` only, and a pool on its server.
+async fn schema_at_version(
+    factory: &PgFactory,
+    prefix: &str,
+    version: usize,
+) -> (String, Schema, sqlx::PgPool) {
+    let name = common::unique_schema(prefix);
+    let schema = Schema::new(name.clone()).unwrap();
+    let pool = common::pool(factory.url(), 2).await;
+    let mut old = sentinel_postgres::migrator(&schema);
+    old.migrations = old.migrations[..version].to_vec().into();
+    old.run(&pool).await.unwrap();
+    (name, schema, pool)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_processes_migrating_at_once_all_succeed() {
     let factory = factory!();
@@ -159,13 +174,8 @@ async fn a_store_on_an_unmigrated_schema_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_written_by_an_older_schema_carry_on_after_an_upgrade() {
     let factory = factory!();
-    let name = common::unique_schema("sentinel_upgrade");
-    let schema = Schema::new(name.clone()).unwrap();
-    let pool = common::pool(factory.url(), 2).await;
     // The schema as version 3 left it, with records mid-flight written by its claim function.
-    let mut old = sentinel_postgres::migrator(&schema);
-    old.migrations = old.migrations[..3].to_vec().into();
-    old.run(&pool).await.unwrap();
+    let (name, _, pool) = schema_at_version(&factory, "sentinel_upgrade", 3).await;
     let store = PostgresStore::builder(pool.clone())
         .schema(name.as_str())
         .migrate(false)
@@ -270,12 +280,7 @@ async fn records_written_by_an_older_schema_carry_on_after_an_upgrade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_prepared_before_version_5_keeps_working_after_it() {
     let factory = factory!();
-    let name = common::unique_schema("sentinel_rolling");
-    let schema = Schema::new(name.clone()).unwrap();
-    let pool = common::pool(factory.url(), 2).await;
-    let mut old = sentinel_postgres::migrator(&schema);
-    old.migrations = old.migrations[..4].to_vec().into();
-    old.run(&pool).await.unwrap();
+    let (name, schema, pool) = schema_at_version(&factory, "sentinel_rolling", 4).await;
 
     // The claim statement as version 4 stores sent it (sql/claim.sql has not changed since).
     let sql = format!(

@@ -7,10 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PgFactory, claim, granted, id, manual_store};
+use common::{PgFactory, claim, granted, id, manual_store, set_row};
 use sentinel_core::{CoordinationStore, EventKind, ExecutionState, HistoryQuery, Keyspace};
 use serde_json::json;
-use sqlx::AssertSqlSafe;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_that_meets_an_uncommitted_start_is_sent_again_and_applies() {
@@ -30,15 +29,14 @@ async fn a_completion_that_meets_an_uncommitted_start_is_sent_again_and_applies(
     // the completion's update sees the claimed record and applies to nothing; its judging read
     // waits for the lock, then sees the record executing under this very token ('retry').
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE \"{}\".executions SET state = 'executing' WHERE namespace = $1 AND key = $2",
-        store.schema()
-    )))
-    .bind(order.namespace.as_str())
-    .bind(order.key.as_str())
-    .execute(&mut *tx)
-    .await
-    .unwrap();
+    set_row(
+        &mut *tx,
+        &store,
+        "executions",
+        &order,
+        "state = 'executing'",
+    )
+    .await;
     let completer = store.clone();
     let oid = order.clone();
     let completion =

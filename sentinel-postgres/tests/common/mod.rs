@@ -200,3 +200,23 @@ pub async fn kill_pid(url: &str, pid: i32) {
     assert!(done, "backend {pid} was not terminated");
     let _ = admin.close().await;
 }
+
+/// Writes `set` (the SQL of an assignment) to the row of `id` in `table` of the store's schema,
+/// behind the store's back, through `executor` (the pool, or an open transaction).
+pub async fn set_row<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    store: &PostgresStore,
+    table: &str,
+    id: &sentinel_core::RecordId,
+    set: &str,
+) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".{table} SET {set} WHERE namespace = $1 AND key = $2",
+        store.schema()
+    )))
+    .bind(id.namespace.as_str())
+    .bind(id.key.as_str())
+    .execute(executor)
+    .await
+    .unwrap();
+}
