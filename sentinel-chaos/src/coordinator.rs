@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,7 +38,8 @@ use crate::{Context, EXIT_HARNESS, EXIT_OK, EXIT_UNAVAILABLE, EXIT_VIOLATION, Re
 pub struct RunOptions {
     /// The store.
     pub store: StoreKind,
-    /// Cap on the delivery phase (faults run during it); then drain, reconcile, audit.
+    /// Length of the delivery phase (faults run during it); then drain, reconcile, audit. The
+    /// phase runs on, up to twice this long, until each fault loop has injected its fault once.
     pub duration: Duration,
     /// Worker processes (memory: task groups).
     pub workers: usize,
@@ -329,6 +330,8 @@ struct Run {
     injected: Mutex<BTreeMap<String, u64>>,
     notes: Mutex<Vec<String>>,
     stop_faults: AtomicBool,
+    /// Fault loops that have not injected their fault yet.
+    unfired: AtomicUsize,
     stop_reconciler: AtomicBool,
     admin_pg: Option<PgPool>,
     rng: Mutex<Rng>,
@@ -338,6 +341,17 @@ struct Run {
 impl Run {
     fn count(&self, what: &str, n: u64) {
         *lock(&self.injected).entry(what.to_owned()).or_default() += n;
+    }
+
+    /// Whether the delivery phase that began at `start` is over: `--duration` has passed and
+    /// every fault loop has injected its fault at least once, or twice `--duration` has passed. A
+    /// fault may have to wait for its moment (a pause needs a worker mid-execution, and a worker
+    /// may be restarting after a kill), and on a busy machine a short run can end before it
+    /// comes: a run that names a fault should have injected it.
+    fn delivery_over(&self, start: Instant) -> bool {
+        let elapsed = start.elapsed();
+        elapsed >= self.opts.duration * 2
+            || (elapsed >= self.opts.duration && self.unfired.load(Ordering::SeqCst) == 0)
     }
 
     fn note(&self, what: String) {
@@ -434,21 +448,22 @@ async fn completed_snapshot(run: &Run) -> Result<BTreeMap<String, (i64, Value)>>
     .await
 }
 
-/// Reads every completed result, restarts the server, reads them again.
-async fn restart_check(run: &Run, crash: bool) {
+/// Reads every completed result, restarts the server, reads them again; false when the server
+/// was not restarted.
+async fn restart_check(run: &Run, crash: bool) -> bool {
     let before = match completed_snapshot(run).await {
         Ok(s) => s,
         Err(e) => {
             run.note(format!(
                 "restart skipped: cannot read the completed records: {e}"
             ));
-            return;
+            return false;
         }
     };
     if let Err(e) = run.server.restart(crash).await {
         run.note(format!("restart failed: {e}"));
         run.count("restart_failed", 1);
-        return;
+        return false;
     }
     run.restarts_done.fetch_add(1, Ordering::SeqCst);
     run.count("restart", 1);
@@ -458,7 +473,7 @@ async fn restart_check(run: &Run, crash: bool) {
             run.note(format!(
                 "cannot read the completed records after a restart: {e}"
             ));
-            return;
+            return true;
         }
     };
     let lost = before
@@ -471,6 +486,7 @@ async fn restart_check(run: &Run, crash: bool) {
         checked: before.len() as u64,
         lost,
     });
+    true
 }
 
 async fn kill_connections(run: &Run) -> Result<u64> {
@@ -513,29 +529,57 @@ async fn fault_loop(
             return;
         }
         let worker = rng.below(fleet.size() as u64) as usize;
-        match kind {
+        let injected = match kind {
             FaultKind::Kill => {
-                if fleet.arm_kill(worker).await {
+                let armed = fleet.arm_kill(worker).await;
+                if armed {
                     run.count("kill_armed", 1);
                 }
+                armed
             }
             FaultKind::Pause => {
                 // Past the ttl: the lease lapses, the reconciler fences the worker out, and its
                 // late write and completion must be refused when it resumes.
                 let pause = run.opts.ttl * 2 + Duration::from_millis(500);
-                fleet.pause(worker, pause).await;
+                // A worker that is restarting, or starts no execution in time, cannot be paused:
+                // the next one is tried at once, so that a period is not lost to a busy moment
+                // (a short run has room for one or two pauses only).
+                let mut paused = false;
+                for next in 0..fleet.size() {
+                    if run.stop_faults.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let index = (worker + next) % fleet.size();
+                    paused = fleet.pause(index, pause).await;
+                    if paused {
+                        break;
+                    }
+                    run.note(format!(
+                        "worker {index} could not be paused; trying the next"
+                    ));
+                }
+                paused
             }
             FaultKind::Conn => match kill_connections(&run).await {
                 Ok(n) => {
                     run.count("conn_kills", 1);
                     run.count("connections_killed", n);
+                    true
                 }
-                Err(e) => run.note(format!("killing connections failed: {e}")),
+                Err(e) => {
+                    run.note(format!("killing connections failed: {e}"));
+                    false
+                }
             },
             FaultKind::Restart => restart_check(&run, fired % 2 == 1).await,
             FaultKind::Proxy | FaultKind::Lost => return,
+        };
+        if injected {
+            if fired == 0 {
+                run.unfired.fetch_sub(1, Ordering::SeqCst);
+            }
+            fired += 1;
         }
-        fired += 1;
     }
 }
 
@@ -633,11 +677,11 @@ async fn reconciler_loop(run: Arc<Run>) {
     }
 }
 
-async fn refill_loop(run: Arc<Run>, deadline: Instant) {
+async fn refill_loop(run: Arc<Run>, start: Instant) {
     let low = u64::from(run.opts.keys) * u64::from(run.opts.deliveries) / 2;
     loop {
         let next = run.rounds.load(Ordering::SeqCst);
-        if run.opts.rounds.is_some_and(|max| next >= max) || Instant::now() >= deadline {
+        if run.opts.rounds.is_some_and(|max| next >= max) || run.delivery_over(start) {
             return;
         }
         match run.pending().await {
@@ -972,6 +1016,7 @@ async fn run_level(
         injected: Mutex::new(BTreeMap::new()),
         notes: Mutex::new(Vec::new()),
         stop_faults: AtomicBool::new(false),
+        unfired: AtomicUsize::new(0),
         stop_reconciler: AtomicBool::new(false),
         admin_pg,
         rng: Mutex::new(Rng::new(seed)),
@@ -998,8 +1043,7 @@ async fn run_level(
         _ => Arc::new(ProcessFleet::start(workers, config_path, dir.clone())?),
     };
     let start = Instant::now();
-    let deadline = start + opts.duration;
-    let refill = tokio::spawn(refill_loop(run.clone(), deadline));
+    let refill = tokio::spawn(refill_loop(run.clone(), start));
     let reconciler = tokio::spawn(reconciler_loop(run.clone()));
     let mut faults = JoinSet::new();
     let periods = [
@@ -1010,6 +1054,7 @@ async fn run_level(
     ];
     for (i, (kind, period)) in periods.into_iter().enumerate() {
         if enabled.contains(&kind) {
+            run.unfired.fetch_add(1, Ordering::SeqCst);
             faults.spawn(fault_loop(
                 run.clone(),
                 fleet.clone(),
@@ -1021,7 +1066,7 @@ async fn run_level(
     }
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if Instant::now() >= deadline {
+        if run.delivery_over(start) {
             break;
         }
         if refill.is_finished() && matches!(run.pending().await, Ok(0)) {

@@ -214,8 +214,14 @@ impl Fleet for ProcessFleet {
         while !stopped(pid) {
             if armed.elapsed() > Duration::from_secs(5) {
                 self.tell(index, "unpause").await;
-                signal(pid, "-CONT");
-                return false;
+                // It may have taken the armed pause just before "unpause" arrived and be about to
+                // stop itself: give it a moment, so that a late stop is not left stopped.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !stopped(pid) {
+                    signal(pid, "-CONT");
+                    return false;
+                }
+                break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -53,7 +53,8 @@ struct RunArgs {
     /// memory, postgres, redis or redis-cluster.
     #[arg(long, default_value = "memory")]
     store: StoreKind,
-    /// Seconds of delivery under faults; then drain, reconcile and audit.
+    /// Seconds of delivery under faults (longer, up to twice as long, until each fault has been
+    /// injected once); then drain, reconcile and audit.
     #[arg(long, default_value_t = 20.0)]
     duration: f64,
     /// Worker processes (memory: task groups in this process).
