@@ -829,3 +829,42 @@ fn event(
         detail,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_keep_the_names_stores_hold() {
+        // The PostgreSQL and Redis stores keep these strings in their rows and scripts.
+        let names = ["claimed", "executing", "completed", "reconciling"];
+        for (state, name) in ExecutionState::ALL.into_iter().zip(names) {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(state.to_string(), name);
+            assert_eq!(name.parse::<ExecutionState>(), Ok(state));
+        }
+        for bad in ["", "done", "Claimed", "executing "] {
+            assert!(bad.parse::<ExecutionState>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_fingerprint_is_its_string() {
+        let fp = Fingerprint::new("sha256:ab12").expect("valid");
+        assert_eq!(fp.as_str(), "sha256:ab12");
+        assert_eq!(fp.to_string(), "sha256:ab12");
+        assert_eq!(format!("{fp:?}"), "\"sha256:ab12\"");
+        assert_eq!(
+            serde_json::to_string(&fp).expect("serializes"),
+            "\"sha256:ab12\""
+        );
+        assert_eq!(String::from(fp), "sha256:ab12");
+        assert!(serde_json::from_str::<Fingerprint>("\"\"").is_err());
+    }
+
+    #[test]
+    fn dispositions_keep_their_names() {
+        assert_eq!(Disposition::NotApplied.as_str(), "not_applied");
+        assert_eq!(Disposition::Uncertain.as_str(), "uncertain");
+    }
+}

@@ -198,4 +198,21 @@ mod tests {
         let e = Key::new("k".repeat(2049)).unwrap_err();
         assert_eq!(e.to_string(), "key is 2049 bytes; the limit is 1024");
     }
+
+    #[test]
+    fn keyspaces_keep_the_names_stores_hold() {
+        assert_eq!(Keyspace::Execution.as_str(), "execution");
+        assert_eq!(Keyspace::Lease.as_str(), "lease");
+        assert_eq!(Keyspace::Lease.to_string(), "lease");
+    }
+
+    #[test]
+    fn a_record_id_displays_both_parts_quoted() {
+        let id = RecordId::parse("a:b", "c").expect("valid");
+        assert_eq!(id.to_string(), r#""a:b"/"c""#);
+        assert_ne!(
+            id.to_string(),
+            RecordId::parse("a", "b:c").expect("valid").to_string()
+        );
+    }
 }

@@ -82,4 +82,14 @@ mod tests {
         assert!(FencingToken::new(0).is_err());
         assert!(FencingToken::new(-3).is_err());
     }
+
+    #[test]
+    fn a_token_converts_to_its_value() {
+        let t = FencingToken::new(5_000).expect("positive");
+        assert_eq!(i64::from(t), 5_000);
+        assert_eq!(FencingToken::try_from(5_000), Ok(t));
+        assert!(FencingToken::try_from(0).is_err());
+        assert_eq!(t.to_string(), "5000");
+        assert_eq!(format!("{t:?}"), "FencingToken(5000)");
+    }
 }

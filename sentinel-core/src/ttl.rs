@@ -151,4 +151,40 @@ mod tests {
         assert_eq!(t.hard(), t.ttl());
         assert_eq!(t.ttl_micros(), 300_000);
     }
+
+    #[test]
+    fn the_bounds_are_inclusive() {
+        let day = Duration::from_secs(24 * 3600);
+        let micro = Duration::from_micros(1);
+        assert_eq!(Ttl::MAX, day * 366);
+        assert!(Ttl::new(Ttl::MIN).is_ok());
+        assert!(matches!(
+            Ttl::new(Ttl::MIN - micro),
+            Err(InvalidInput::TtlTooShort { .. })
+        ));
+        assert!(Ttl::new(Ttl::MAX).is_ok());
+        assert!(matches!(
+            Ttl::new(Ttl::MAX + micro),
+            Err(InvalidInput::TtlTooLong { what: "ttl", .. })
+        ));
+        assert!(Ttl::with_hard(Ttl::MIN, Ttl::MAX).is_ok());
+        assert!(matches!(
+            Ttl::with_hard(Ttl::MIN, Ttl::MAX + micro),
+            Err(InvalidInput::TtlTooLong {
+                what: "hard ttl",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn microseconds_round_trip() {
+        let t = Ttl::from_micros(1_500, 90_000_001).expect("valid");
+        assert_eq!(t.ttl(), Duration::from_micros(1_500));
+        assert_eq!(t.hard(), Duration::from_micros(90_000_001));
+        assert_eq!((t.ttl_micros(), t.hard_micros()), (1_500, 90_000_001));
+        // Below a microsecond is dropped, as the stores keep it.
+        let t = Ttl::new(Duration::from_nanos(2_000_999)).expect("valid");
+        assert_eq!(t.ttl_micros(), 2_000);
+    }
 }

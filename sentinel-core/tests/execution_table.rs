@@ -186,6 +186,13 @@ fn claim_of_an_expired_execution_is_uncertain() {
         }))
     );
     assert_eq!(s.slot, None);
+    // What `list` filters and operators see: uncertain from the instant the lease ends, and
+    // only for an execution that started.
+    let record = slot.record.as_ref().unwrap();
+    assert!(!record.is_uncertain(at(TTL_MS - 1)));
+    assert!(record.is_uncertain(at(TTL_MS)));
+    let (claim, _) = claimed(false);
+    assert!(!claim.record.as_ref().unwrap().is_uncertain(at(TTL_MS)));
 }
 
 #[test]
@@ -561,6 +568,33 @@ fn force_complete_resolves_a_reconciling_record() {
             at(TTL_MS)
         ),
         RejectReason::WrongState
+    );
+}
+
+#[test]
+fn a_repeated_force_complete_succeeds_without_a_second_event() {
+    // The operator's reply was lost and the command is sent again: the same result is accepted
+    // and changes nothing; another result is refused, the record keeps the first.
+    let (slot, _) = reconciling();
+    let force = |result| C::ForceComplete {
+        owner: owner("op"),
+        result,
+    };
+    let (slot, _) = ok(&slot, force(json!("found")), at(2_000));
+    let s = step(&slot, force(json!("found")), at(2_500));
+    assert_eq!(
+        (s.outcome, s.slot, s.event),
+        (Ok(ExecutionOutcome::ForceCompleted), None, None)
+    );
+    assert_eq!(
+        rejected(&slot, force(json!("other")), at(2_500)),
+        RejectReason::WrongState
+    );
+    let (completed, _) = completed();
+    assert_eq!(
+        rejected(&completed, force(json!("found")), at(2_500)),
+        RejectReason::WrongState,
+        "a record completed with another result keeps it"
     );
 }
 
