@@ -286,3 +286,102 @@ pub enum Wait {
     /// The store cannot notify; poll instead.
     Unsupported,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner::RequestId;
+    use crate::ttl::Ttl;
+
+    /// A record in `state`, last changed at 1 s, whose lease ends at 2 s.
+    fn record(state: ExecutionState) -> ExecutionRecord {
+        let at = |ms: i64| Timestamp::from_micros(ms * 1_000);
+        ExecutionRecord {
+            namespace: Namespace::new("ns").expect("valid"),
+            key: Key::new("k").expect("valid"),
+            state,
+            owner: OwnerId::new("w").expect("valid"),
+            token: FencingToken::new(7).expect("positive"),
+            request_id: Some(RequestId::random()),
+            lease_expires_at: at(2_000),
+            hard_expires_at: at(5_000),
+            ttl: Ttl::new(Duration::from_secs(1)).expect("valid"),
+            result: None,
+            fingerprint: None,
+            created_at: at(1_000),
+            updated_at: at(1_000),
+        }
+    }
+
+    const ALIVE: Timestamp = Timestamp::from_micros(1_999_999);
+    const EXPIRED: Timestamp = Timestamp::from_micros(2_000_000);
+
+    #[test]
+    fn list_filters_combine_with_and() {
+        let executing = record(ExecutionState::Executing);
+        let claimed = record(ExecutionState::Claimed);
+        let all = ListFilter::default();
+        assert!(all.matches(&executing, ALIVE) && all.matches(&claimed, EXPIRED));
+
+        let by_state = ListFilter {
+            state: Some(ExecutionState::Claimed),
+            ..ListFilter::default()
+        };
+        assert!(by_state.matches(&claimed, ALIVE));
+        assert!(!by_state.matches(&executing, ALIVE));
+
+        // The reconciliation queue: started, and expired from the instant the lease ends.
+        let queue = ListFilter::uncertain();
+        assert!(!queue.matches(&executing, ALIVE));
+        assert!(queue.matches(&executing, EXPIRED));
+        assert!(!queue.matches(&claimed, EXPIRED));
+
+        let expired = ListFilter {
+            expired: true,
+            ..ListFilter::default()
+        };
+        assert!(!expired.matches(&claimed, ALIVE));
+        assert!(expired.matches(&claimed, EXPIRED));
+
+        // At least this old: a record changed exactly `age` ago matches, one changed later not.
+        let old = ListFilter {
+            older_than: Some(Duration::from_millis(500)),
+            ..ListFilter::default()
+        };
+        assert!(old.matches(&claimed, Timestamp::from_micros(1_500_000)));
+        assert!(!old.matches(&claimed, Timestamp::from_micros(1_499_999)));
+
+        let both = ListFilter {
+            state: Some(ExecutionState::Claimed),
+            expired: true,
+            ..ListFilter::default()
+        };
+        assert!(both.matches(&claimed, EXPIRED));
+        assert!(!both.matches(&claimed, ALIVE));
+        assert!(!both.matches(&executing, EXPIRED));
+    }
+
+    #[test]
+    fn page_sizes_are_checked() {
+        let ns = Namespace::new("ns").expect("valid");
+        for (limit, ok) in [
+            (0, false),
+            (1, true),
+            (MAX_PAGE, true),
+            (MAX_PAGE + 1, false),
+        ] {
+            let list = ListQuery {
+                limit,
+                ..ListQuery::new(ns.clone())
+            };
+            let leases = LeaseListQuery {
+                limit,
+                ..LeaseListQuery::new(ns.clone())
+            };
+            let history = HistoryQuery { after: None, limit };
+            assert_eq!(list.validate().is_ok(), ok, "list {limit}");
+            assert_eq!(leases.validate().is_ok(), ok, "leases {limit}");
+            assert_eq!(history.validate().is_ok(), ok, "history {limit}");
+        }
+    }
+}

@@ -53,6 +53,8 @@ async fn main() -> Result<(), Error> {
         r#"sentinel_once_total{outcome="failed"} 1"#,
         "sentinel_uncertain_total 1",
         r#"sentinel_held{keyspace="lease"} 1"#,
+        // Every execution finished: each registration added one and took it away again.
+        r#"sentinel_held{keyspace="execution"} 0"#,
         r#"sentinel_store_call_seconds_count{operation="claim",result="ok"} 5"#,
     ] {
         if !scrape.lines().any(|line| line == expected) {

@@ -165,3 +165,100 @@ impl Authority {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::rejection::RejectReason;
+
+    fn cell(ttl_ms: u64, hard_ms: u64) -> (AuthorityCell, Authority, Instant) {
+        let start = Instant::now();
+        let token = FencingToken::new(1).expect("positive");
+        let (cell, authority) = AuthorityCell::new(
+            token,
+            start + Duration::from_millis(ttl_ms),
+            start + Duration::from_millis(hard_ms),
+        );
+        (cell, authority, start)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn authority_ends_at_the_deadline_itself() {
+        let (_cell, authority, start) = cell(1_000, 5_000);
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(authority.is_held());
+        assert_eq!(authority.lost_reason(), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(Instant::now(), start + Duration::from_millis(1_000));
+        assert!(!authority.is_held(), "alive means now < deadline");
+        assert_eq!(authority.lost_reason(), Some(LostReason::Expired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_after_the_deadline_never_revives_authority() {
+        let (cell, authority, start) = cell(1_000, 5_000);
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        // A heartbeat whose reply arrives late: the store may have let the lease expire.
+        cell.extend(start + Duration::from_millis(3_000));
+        assert!(!authority.is_held());
+        assert_eq!(authority.deadline(), start + Duration::from_millis(1_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_after_a_loss_changes_nothing() {
+        let (cell, authority, start) = cell(1_000, 5_000);
+        let refused = Rejection {
+            reason: RejectReason::Fenced,
+            state: None,
+            token: None,
+        };
+        cell.lose(LostReason::Rejected(refused.clone()));
+        cell.extend(start + Duration::from_millis(3_000));
+        cell.lose(LostReason::Released);
+        assert_eq!(authority.deadline(), start + Duration::from_millis(1_000));
+        assert_eq!(
+            authority.lost_reason(),
+            Some(LostReason::Rejected(refused)),
+            "the first reason wins"
+        );
+        assert_eq!(
+            authority.lost().await,
+            authority.lost_reason().expect("lost")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renewals_move_forward_only_and_stop_at_the_hard_deadline() {
+        let (cell, authority, start) = cell(1_000, 2_500);
+        cell.extend(start + Duration::from_millis(2_000));
+        cell.extend(start + Duration::from_millis(1_500));
+        assert_eq!(authority.deadline(), start + Duration::from_millis(2_000));
+        cell.extend(start + Duration::from_millis(9_000));
+        assert_eq!(authority.deadline(), start + Duration::from_millis(2_500));
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert_eq!(authority.lost_reason(), Some(LostReason::HardTtl));
+        assert_eq!(authority.lost().await, LostReason::HardTtl);
+    }
+
+    #[test]
+    fn reasons_say_what_happened() {
+        assert_eq!(
+            LostReason::Expired.to_string(),
+            "no renewal succeeded before the lease deadline"
+        );
+        assert_eq!(LostReason::HardTtl.to_string(), "the hard ttl was reached");
+        assert_eq!(LostReason::Released.to_string(), "released by its holder");
+        let refused = Rejection {
+            reason: RejectReason::Fenced,
+            state: None,
+            token: None,
+        };
+        assert!(
+            LostReason::Rejected(refused)
+                .to_string()
+                .starts_with("the store refused a renewal: ")
+        );
+    }
+}

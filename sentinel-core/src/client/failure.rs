@@ -102,3 +102,21 @@ impl fmt::Display for Failure {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_says_what_failed_and_whether_anything_applied() {
+        let declined = Failure::not_applied("card declined");
+        assert_eq!(declined.to_string(), "card declined (not applied)");
+        assert_eq!(
+            format!("{declined:?}"),
+            r#"Failure { disposition: NotApplied, error: "card declined" }"#
+        );
+        let timeout = Failure::uncertain("gateway timed out");
+        assert_eq!(timeout.to_string(), "gateway timed out (uncertain)");
+        assert_eq!(timeout.disposition(), Disposition::Uncertain);
+    }
+}

@@ -484,4 +484,39 @@ mod tests {
         assert!(authority.is_held(), "held past its 3 s ttl");
         drop(registration);
     }
+
+    /// Renewals come every third of the ttl (DESIGN §4), not more often.
+    #[tokio::test(start_paused = true)]
+    async fn renewals_come_every_third_of_the_ttl() {
+        let (heartbeat, store) = heartbeat();
+        let ttl =
+            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let (registration, authority) = heartbeat.register(renewal(0), ttl, Instant::now());
+        tokio::time::sleep(Duration::from_millis(7_500)).await;
+        assert_eq!(
+            store.heartbeats.load(Ordering::SeqCst),
+            7,
+            "at 1, 2, ... 7 s"
+        );
+        assert!(authority.is_held());
+        drop(registration);
+    }
+
+    /// After shutdown (the client dropped) nothing more is renewed: held records lose authority
+    /// at their deadlines.
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_the_renewals() {
+        let (heartbeat, store) = heartbeat();
+        let ttl =
+            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let (registration, authority) = heartbeat.register(renewal(0), ttl, Instant::now());
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let sent = store.heartbeats.load(Ordering::SeqCst);
+        assert_eq!(sent, 2);
+        heartbeat.shutdown();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(store.heartbeats.load(Ordering::SeqCst), sent);
+        assert_eq!(authority.lost_reason(), Some(LostReason::Expired));
+        drop(registration);
+    }
 }
