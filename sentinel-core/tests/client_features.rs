@@ -271,6 +271,17 @@ async fn without_notifications_waiters_poll_with_a_bounded_backoff() {
     eprintln!("polled waiting: {claims} claims for 50 waiters");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_wakes_waiters_for_nothing_is_polled_instead() {
+    let (outcomes, claims) =
+        fifty_waiters(support::spurious_notifications(MemoryStore::new())).await;
+    assert!(outcomes.iter().all(|o| o.is_cached()), "{outcomes:?}");
+    // Woken at once with the key unchanged, a waiter stops trusting the store's wake-ups and
+    // polls with the backoff: a claim or two more each, not a claim per spurious wake-up.
+    assert!(claims <= 50 * 9, "{claims} claims for 50 waiters");
+    eprintln!("spurious wake-ups: {claims} claims for 50 waiters");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_waiter_learns_when_the_executor_dies() {
     let store = MemoryStore::with_clock(TokioClock::new());

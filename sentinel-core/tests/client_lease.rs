@@ -150,3 +150,56 @@ async fn releasing_after_another_worker_took_over_reports_the_fence() {
     let id = RecordId::parse("jobs", "k").unwrap();
     assert!(b.store().inspect_lease(&id).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn per_call_options_set_the_lease_window() {
+    let (a, _) = clients(MemoryStore::with_manual_clock().0);
+    let options = LeaseOptions::new()
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(30));
+    let guard = a
+        .lease_with("k", &options)
+        .await
+        .unwrap()
+        .acquired()
+        .unwrap();
+    let record = a.inspect_lease("k").await.unwrap().unwrap();
+    assert_eq!(
+        (record.ttl.ttl(), record.ttl.hard()),
+        (Duration::from_secs(3), Duration::from_secs(30))
+    );
+    assert_eq!(
+        record.lease_expires_at,
+        record.acquired_at.saturating_add(Duration::from_secs(3))
+    );
+    assert_eq!(
+        record.hard_expires_at,
+        record.acquired_at.saturating_add(Duration::from_secs(30))
+    );
+    guard.release().await.unwrap();
+    // Unset options take the client's defaults (1 s, hard 10 s).
+    let guard = a
+        .lease_with("k", &LeaseOptions::new())
+        .await
+        .unwrap()
+        .acquired()
+        .unwrap();
+    let record = a.inspect_lease("k").await.unwrap().unwrap();
+    assert_eq!(
+        (record.ttl.ttl(), record.ttl.hard()),
+        (Duration::from_secs(1), Duration::from_secs(10))
+    );
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_release_sent_again_after_it_applied_succeeds() {
+    // The first release reached the store but its reply was lost; the guard's release is the
+    // retry and finds the lease already free.
+    let (a, b) = clients(MemoryStore::with_manual_clock().0);
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    let id = RecordId::parse("jobs", "k").unwrap();
+    a.store().release_lease(&id, guard.token()).await.unwrap();
+    guard.release().await.unwrap();
+    assert!(b.lease("k").await.unwrap().acquired().is_some());
+}

@@ -52,7 +52,7 @@ async fn executes_once_then_replays_the_typed_result() {
         .once("order-1", |_| async { unreachable!() })
         .await
         .unwrap();
-    assert!(second.is_cached());
+    assert!(second.is_cached() && !second.is_executed());
     assert_eq!(second.value(), first.value());
     assert_eq!(second.token(), first.token());
     assert_eq!(runs.load(Ordering::SeqCst), 1);
@@ -696,4 +696,37 @@ async fn a_claim_whose_every_reply_was_lost_is_given_up_not_left_uncertain() {
         retried.is_executed(),
         "claimable at once, never uncertain: {retried:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
+    // Every claim attempt of `a` failed before reaching the store: nothing of `a`'s was applied,
+    // but `a` cannot know that and looks for its claim in the background. Meanwhile `b` claims
+    // the key and works: `a` must leave `b`'s execution alone.
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
+    let a = Sentinel::builder(store.clone()).build().unwrap();
+    let b = Sentinel::builder(store.clone()).build().unwrap();
+    store.failed_claims.store(3, Ordering::SeqCst);
+    let failed: Result<Once<u8>, _> = a.once("pay-3", |_| async { Ok(1) }).await;
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    let outcome = b
+        .once("pay-3", |_| async {
+            // Long enough for every look `a` takes (about a minute in all).
+            tokio::time::sleep(Duration::from_secs(90)).await;
+            Ok::<_, Failure>(2u8)
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_executed(), "{outcome:?}");
+    let kinds: Vec<_> = b
+        .history("pay-3")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
 }

@@ -1,5 +1,6 @@
 //! Shared fixtures of the client tests: a store clock that follows tokio's (pausable) clock, and a
-//! store wrapper whose heartbeats can be made to fail.
+//! store wrapper whose heartbeats can be made to fail and whose notifications can be hidden or
+//! made spurious.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -67,6 +68,14 @@ pub fn without_notifications(inner: MemoryStore) -> Faulty {
     store
 }
 
+/// A faulty store whose `wait_for_change` answers `Changed` at once, whether anything changed or
+/// not: notifications that wake waiters for nothing.
+pub fn spurious_notifications(inner: MemoryStore) -> Faulty {
+    let store = faulty(inner);
+    store.spurious_wakes.store(true, Ordering::SeqCst);
+    store
+}
+
 /// The faults and counters of a [`Faulty`] store.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -76,8 +85,11 @@ pub struct Faults {
     /// How many claims were made.
     pub claims: AtomicUsize,
     notifications_off: AtomicBool,
+    spurious_wakes: AtomicBool,
     /// The next this-many claims are applied, then answered as if the connection broke.
     pub lost_claim_replies: AtomicUsize,
+    /// The next this-many claims fail as if the store were unreachable, applying nothing.
+    pub failed_claims: AtomicUsize,
 }
 
 impl Faults {
@@ -95,6 +107,16 @@ impl Decorator for Faults {
         request: &ClaimRequest,
     ) -> Result<ClaimOutcome> {
         self.claims.fetch_add(1, Ordering::SeqCst);
+        let fail = self
+            .failed_claims
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(Error::Unavailable {
+                store: "faulty-memory",
+                source: "connection refused".into(),
+            });
+        }
         let answer = store.claim(id, request).await;
         let lose = self
             .lost_claim_replies
@@ -143,6 +165,8 @@ impl Decorator for Faults {
     ) -> Result<Wait> {
         if self.notifications_off.load(Ordering::SeqCst) {
             Ok(Wait::Unsupported)
+        } else if self.spurious_wakes.load(Ordering::SeqCst) {
+            Ok(Wait::Changed)
         } else {
             store.wait_for_change(id, since, timeout).await
         }
