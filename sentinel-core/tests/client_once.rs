@@ -730,3 +730,37 @@ async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
         .collect();
     assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
 }
+
+#[tokio::test]
+async fn once_spends_two_store_calls_on_a_fresh_key_and_one_on_a_completed_key() {
+    // DESIGN §6: claim (started) and complete; a replay is the claim alone. Nothing else, and
+    // nothing left behind once the call returned. Counts are cumulative.
+    let store = sentinel_testkit::Counted::counting(MemoryStore::new());
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    let calls_so_far = async |expected: &[(&'static str, u64)]| {
+        // Anything the call left running gets its chance to reach the store.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let want: std::collections::BTreeMap<_, _> = expected.iter().copied().collect();
+        assert_eq!(store.counts(), want);
+    };
+    let fresh = sentinel
+        .once("k", |_| async { Ok::<_, Failure>(1u8) })
+        .await
+        .unwrap();
+    assert!(fresh.is_executed());
+    calls_so_far(&[("claim", 1), ("complete", 1)]).await;
+    let cached: Once<u8> = sentinel
+        .once("k", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(cached.is_cached());
+    calls_so_far(&[("claim", 2), ("complete", 1)]).await;
+    let failed: Once<u8> = sentinel
+        .once("j", |_| async {
+            Err(Failure::uncertain("gateway timed out"))
+        })
+        .await
+        .unwrap();
+    assert!(failed.is_uncertain());
+    calls_so_far(&[("abort", 1), ("claim", 3), ("complete", 1)]).await;
+}
