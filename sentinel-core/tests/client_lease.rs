@@ -154,42 +154,30 @@ async fn releasing_after_another_worker_took_over_reports_the_fence() {
 #[tokio::test]
 async fn per_call_options_set_the_lease_window() {
     let (a, _) = clients(MemoryStore::with_manual_clock().0);
-    let options = LeaseOptions::new()
+    let set = LeaseOptions::new()
         .ttl(Duration::from_secs(3))
         .hard_ttl(Duration::from_secs(30));
-    let guard = a
-        .lease_with("k", &options)
-        .await
-        .unwrap()
-        .acquired()
-        .unwrap();
-    let record = a.inspect_lease("k").await.unwrap().unwrap();
-    assert_eq!(
-        (record.ttl.ttl(), record.ttl.hard()),
-        (Duration::from_secs(3), Duration::from_secs(30))
-    );
-    assert_eq!(
-        record.lease_expires_at,
-        record.acquired_at.saturating_add(Duration::from_secs(3))
-    );
-    assert_eq!(
-        record.hard_expires_at,
-        record.acquired_at.saturating_add(Duration::from_secs(30))
-    );
-    guard.release().await.unwrap();
     // Unset options take the client's defaults (1 s, hard 10 s).
-    let guard = a
-        .lease_with("k", &LeaseOptions::new())
-        .await
-        .unwrap()
-        .acquired()
-        .unwrap();
-    let record = a.inspect_lease("k").await.unwrap().unwrap();
-    assert_eq!(
-        (record.ttl.ttl(), record.ttl.hard()),
-        (Duration::from_secs(1), Duration::from_secs(10))
-    );
-    guard.release().await.unwrap();
+    for (options, ttl, hard) in [(set, 3, 30), (LeaseOptions::new(), 1, 10)] {
+        let guard = a
+            .lease_with("k", &options)
+            .await
+            .unwrap()
+            .acquired()
+            .unwrap();
+        let record = a.inspect_lease("k").await.unwrap().unwrap();
+        let (ttl, hard) = (Duration::from_secs(ttl), Duration::from_secs(hard));
+        assert_eq!((record.ttl.ttl(), record.ttl.hard()), (ttl, hard));
+        assert_eq!(
+            record.lease_expires_at,
+            record.acquired_at.saturating_add(ttl)
+        );
+        assert_eq!(
+            record.hard_expires_at,
+            record.acquired_at.saturating_add(hard)
+        );
+        guard.release().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -24,6 +24,12 @@ struct Receipt {
     amount_cents: u64,
 }
 
+/// The kinds of the events in `key`'s history, oldest first.
+async fn kinds(sentinel: &Sentinel, key: &str) -> Vec<EventKind> {
+    let events = sentinel.history(key).await.unwrap();
+    events.iter().map(|e| e.kind).collect()
+}
+
 fn manual() -> (Sentinel, ManualClock) {
     let (store, clock) = MemoryStore::with_manual_clock();
     let sentinel = Sentinel::builder(store)
@@ -62,13 +68,7 @@ async fn executes_once_then_replays_the_typed_result() {
         sentinel.once("order-1", |_| async { unreachable!() }).await;
     assert!(matches!(wrong, Err(Error::ResultDecode(_))));
 
-    let kinds: Vec<_> = sentinel
-        .history("order-1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&sentinel, "order-1").await;
     assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
 }
 
@@ -417,13 +417,7 @@ async fn reconcile_then_force_complete_replays_the_known_result() {
         .await
         .unwrap();
     assert_eq!(replay.into_value(), Some(receipt));
-    let kinds: Vec<_> = sentinel
-        .history("order-8")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&sentinel, "order-8").await;
     assert_eq!(
         kinds,
         [
@@ -647,13 +641,7 @@ async fn a_lost_claim_reply_is_adopted_by_the_retry_not_left_uncertain() {
         2,
         "one lost reply, one retry"
     );
-    let kinds: Vec<_> = sentinel
-        .history("pay-1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&sentinel, "pay-1").await;
     assert_eq!(
         kinds,
         [EventKind::Claimed, EventKind::Completed],
@@ -721,13 +709,7 @@ async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
         .await
         .unwrap();
     assert!(outcome.is_executed(), "{outcome:?}");
-    let kinds: Vec<_> = b
-        .history("pay-3")
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.kind)
-        .collect();
+    let kinds = kinds(&b, "pay-3").await;
     assert_eq!(kinds, [EventKind::Claimed, EventKind::Completed]);
 }
 
