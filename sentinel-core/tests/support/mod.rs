@@ -107,26 +107,12 @@ impl Decorator for Faults {
         request: &ClaimRequest,
     ) -> Result<ClaimOutcome> {
         self.claims.fetch_add(1, Ordering::SeqCst);
-        let fail = self
-            .failed_claims
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if fail {
-            return Err(Error::Unavailable {
-                store: "faulty-memory",
-                source: "connection refused".into(),
-            });
+        if take_one(&self.failed_claims) {
+            return Err(unavailable("connection refused"));
         }
         let answer = store.claim(id, request).await;
-        let lose = self
-            .lost_claim_replies
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
-            return Err(Error::Unavailable {
-                store: "faulty-memory",
-                source: "connection reset after the claim was applied".into(),
-            });
+        if take_one(&self.lost_claim_replies) {
+            return Err(unavailable("connection reset after the claim was applied"));
         }
         answer
     }
@@ -149,10 +135,7 @@ impl Decorator for Faults {
                     })
                 })
                 .collect()),
-            _ => Err(Error::Unavailable {
-                store: "faulty-memory",
-                source: "connection refused".into(),
-            }),
+            _ => Err(unavailable("connection refused")),
         }
     }
 
@@ -171,4 +154,19 @@ impl Decorator for Faults {
             store.wait_for_change(id, since, timeout).await
         }
     }
+}
+
+/// The error of a store that cannot be reached.
+fn unavailable(why: &str) -> Error {
+    Error::Unavailable {
+        store: "faulty-memory",
+        source: why.into(),
+    }
+}
+
+/// Takes one from `counter` unless it is zero; whether it did.
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
