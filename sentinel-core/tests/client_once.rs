@@ -607,6 +607,46 @@ async fn an_oversized_result_is_not_recorded_and_the_execution_is_left_uncertain
 }
 
 #[tokio::test]
+async fn a_result_of_exactly_the_limit_is_recorded() {
+    let sentinel = Sentinel::builder(MemoryStore::new())
+        .max_result_bytes(16)
+        .build()
+        .unwrap();
+    // 14 characters and their quotes: 16 bytes of JSON.
+    let fits = sentinel
+        .once("k", |_| async { Ok::<_, Failure>("y".repeat(14)) })
+        .await
+        .unwrap();
+    assert!(fits.is_executed(), "{fits:?}");
+    let over = sentinel
+        .once("j", |_| async { Ok::<_, Failure>("y".repeat(15)) })
+        .await
+        .unwrap();
+    assert!(matches!(over, Once::CompletionFailed { .. }), "{over:?}");
+}
+
+#[tokio::test]
+async fn dropping_the_client_ends_its_heartbeat_task() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let sentinel = Sentinel::builder(MemoryStore::new()).build().unwrap();
+    let before = metrics.num_alive_tasks();
+    let outcome = sentinel
+        .once("k", |_| async { Ok::<_, Failure>(1u8) })
+        .await
+        .unwrap();
+    assert!(outcome.is_executed());
+    assert_eq!(metrics.num_alive_tasks(), before + 1, "the heartbeat task");
+    drop(sentinel);
+    for _ in 0..100 {
+        if metrics.num_alive_tasks() == before {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the heartbeat task outlived its client");
+}
+
+#[tokio::test]
 async fn the_same_key_in_two_namespaces_is_two_executions() {
     let store = MemoryStore::with_time(TimeSource::Manual(ManualClock::new()));
     let a = Sentinel::builder(store.clone())
