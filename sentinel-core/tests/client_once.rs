@@ -786,3 +786,18 @@ async fn once_spends_two_store_calls_on_a_fresh_key_and_one_on_a_completed_key()
     assert!(failed.is_uncertain());
     calls_so_far(&[("abort", 1), ("claim", 3), ("complete", 1)]).await;
 }
+
+#[tokio::test]
+async fn purge_says_how_many_records_it_removed() {
+    let (sentinel, clock) = manual();
+    for key in ["a", "b", "c"] {
+        let done = sentinel
+            .once(key, |_| async { Ok::<_, Failure>(1u8) })
+            .await
+            .unwrap();
+        assert!(done.is_executed());
+    }
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 3);
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
+}
