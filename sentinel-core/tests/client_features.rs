@@ -188,12 +188,17 @@ async fn begin_is_refused_once_the_claim_expired() {
         .once_prepared("slow-prep", &OnceOptions::new(), |prep| async move {
             clock.advance(Duration::from_secs(6));
             let refused = prep.begin().await.unwrap_err();
-            assert_eq!(refused.rejection().unwrap().reason, RejectReason::Expired);
             Err(Failure::uncertain(refused))
         })
         .await
         .unwrap();
     assert!(!outcome.is_uncertain(), "nothing was applied: {outcome:?}");
+    // Checked out here: a panic inside the work is caught and reported as an outcome.
+    let Once::Failed { failure, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    let refused = failure.downcast_ref::<sentinel_core::Error>().unwrap();
+    assert_eq!(refused.rejection().unwrap().reason, RejectReason::Expired);
     assert!(
         sentinel
             .once("slow-prep", |_| async { Ok::<_, Failure>(1u8) })
@@ -201,6 +206,31 @@ async fn begin_is_refused_once_the_claim_expired() {
             .unwrap()
             .is_executed()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_preparation_says_when_its_claim_is_lost() {
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
+    store.set(support::Renewals::Refused);
+    let sentinel = client(store, "w");
+    let options = OnceOptions::new()
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60));
+    let outcome: Once<u8> = sentinel
+        .once_prepared("prep-lost", &options, |prep| async move {
+            let before = prep.is_authoritative();
+            // The first renewal, at a third of the ttl, is refused: another generation took over.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = prep.is_authoritative();
+            Err(Failure::not_applied(format!("held {before}, then {after}")))
+        })
+        .await
+        .unwrap();
+    // Asserted out here: a panic inside the work is caught and reported as an outcome.
+    let Once::Failed { failure, .. } = &outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(failure.error().to_string(), "held true, then false");
 }
 
 async fn fifty_waiters(store: Faulty) -> (Vec<Once<String>>, usize) {
