@@ -184,6 +184,15 @@ mod tests {
         (cell, authority, start)
     }
 
+    /// A renewal refused because another generation took over.
+    fn fenced() -> Rejection {
+        Rejection {
+            reason: RejectReason::Fenced,
+            state: None,
+            token: None,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn authority_ends_at_the_deadline_itself() {
         let (_cell, authority, start) = cell(1_000, 5_000);
@@ -209,11 +218,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_renewal_after_a_loss_changes_nothing() {
         let (cell, authority, start) = cell(1_000, 5_000);
-        let refused = Rejection {
-            reason: RejectReason::Fenced,
-            state: None,
-            token: None,
-        };
+        let refused = fenced();
         cell.lose(LostReason::Rejected(refused.clone()));
         cell.extend(start + Duration::from_millis(3_000));
         cell.lose(LostReason::Released);
@@ -250,13 +255,8 @@ mod tests {
         );
         assert_eq!(LostReason::HardTtl.to_string(), "the hard ttl was reached");
         assert_eq!(LostReason::Released.to_string(), "released by its holder");
-        let refused = Rejection {
-            reason: RejectReason::Fenced,
-            state: None,
-            token: None,
-        };
         assert!(
-            LostReason::Rejected(refused)
+            LostReason::Rejected(fenced())
                 .to_string()
                 .starts_with("the store refused a renewal: ")
         );

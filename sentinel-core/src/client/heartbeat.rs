@@ -426,6 +426,11 @@ mod tests {
         (heartbeat, store)
     }
 
+    /// A ttl of 3 s, renewed every second, with room for a minute of renewals.
+    fn renewed_every_second() -> Ttl {
+        Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl")
+    }
+
     fn wakes(heartbeat: &Heartbeat) -> u64 {
         heartbeat.shared.registry().wakes
     }
@@ -471,8 +476,7 @@ mod tests {
         drop(registration);
         tokio::time::sleep(Duration::from_millis(1)).await;
 
-        let short =
-            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let short = renewed_every_second();
         let (registration, authority) = heartbeat.register(renewal(1), short, Instant::now());
         assert_eq!(wakes(&heartbeat), 2, "due in 1 s, before the 10 s alarm");
         tokio::time::sleep(Duration::from_secs(7)).await;
@@ -489,8 +493,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn renewals_come_every_third_of_the_ttl() {
         let (heartbeat, store) = heartbeat();
-        let ttl =
-            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let ttl = renewed_every_second();
         let (registration, authority) = heartbeat.register(renewal(0), ttl, Instant::now());
         tokio::time::sleep(Duration::from_millis(7_500)).await;
         assert_eq!(
@@ -507,8 +510,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shutdown_stops_the_renewals() {
         let (heartbeat, store) = heartbeat();
-        let ttl =
-            Ttl::with_hard(Duration::from_secs(3), Duration::from_secs(60)).expect("a valid ttl");
+        let ttl = renewed_every_second();
         let (registration, authority) = heartbeat.register(renewal(0), ttl, Instant::now());
         tokio::time::sleep(Duration::from_millis(2_500)).await;
         let sent = store.heartbeats.load(Ordering::SeqCst);

@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,6 +51,18 @@ pub enum Renewals {
     Unreachable = 2,
 }
 
+/// What the change notifications of a [`Faulty`] store do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Notifications {
+    /// Passed through.
+    Work = 0,
+    /// `wait_for_change` answers `Unsupported`, as a store without notifications does.
+    Hidden = 1,
+    /// `wait_for_change` answers `Changed` at once, whether anything changed or not.
+    Spurious = 2,
+}
+
 /// A memory store whose heartbeats follow [`Renewals`], whose claims and heartbeats are counted,
 /// whose claim replies can be lost, and whose change notifications can be hidden.
 pub type Faulty = Decorated<Faults>;
@@ -64,7 +76,9 @@ pub fn faulty(inner: MemoryStore) -> Faulty {
 /// notifications does.
 pub fn without_notifications(inner: MemoryStore) -> Faulty {
     let store = faulty(inner);
-    store.notifications_off.store(true, Ordering::SeqCst);
+    store
+        .notifications
+        .store(Notifications::Hidden as u8, Ordering::SeqCst);
     store
 }
 
@@ -72,7 +86,9 @@ pub fn without_notifications(inner: MemoryStore) -> Faulty {
 /// not: notifications that wake waiters for nothing.
 pub fn spurious_notifications(inner: MemoryStore) -> Faulty {
     let store = faulty(inner);
-    store.spurious_wakes.store(true, Ordering::SeqCst);
+    store
+        .notifications
+        .store(Notifications::Spurious as u8, Ordering::SeqCst);
     store
 }
 
@@ -84,8 +100,7 @@ pub struct Faults {
     pub heartbeats: Mutex<Vec<usize>>,
     /// How many claims were made.
     pub claims: AtomicUsize,
-    notifications_off: AtomicBool,
-    spurious_wakes: AtomicBool,
+    notifications: AtomicU8,
     /// The next this-many claims are applied, then answered as if the connection broke.
     pub lost_claim_replies: AtomicUsize,
     /// The next this-many claims fail as if the store were unreachable, applying nothing.
@@ -146,12 +161,10 @@ impl Decorator for Faults {
         since: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Wait> {
-        if self.notifications_off.load(Ordering::SeqCst) {
-            Ok(Wait::Unsupported)
-        } else if self.spurious_wakes.load(Ordering::SeqCst) {
-            Ok(Wait::Changed)
-        } else {
-            store.wait_for_change(id, since, timeout).await
+        match self.notifications.load(Ordering::SeqCst) {
+            0 => store.wait_for_change(id, since, timeout).await,
+            1 => Ok(Wait::Unsupported),
+            _ => Ok(Wait::Changed),
         }
     }
 }
