@@ -44,7 +44,9 @@ where
     answers
 }
 
-/// 32 concurrent claims on one key: exactly one acquires, the others see it busy; over 50 keys.
+/// 32 concurrent claims on one key: exactly one acquires, the others see it busy, and each
+/// answer is its own caller's (the grant goes to the contender the record names as its owner);
+/// over 50 keys.
 pub async fn claim_race<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "claim_race").await;
     for k in 0..KEYS {
@@ -59,9 +61,9 @@ pub async fn claim_race<F: StoreFactory>(factory: &F) {
         })
         .await;
         let mut granted = Vec::new();
-        for answer in &answers {
+        for (n, answer) in answers.iter().enumerate() {
             match answer {
-                Ok(ClaimOutcome::Acquired(grant)) => granted.push(grant.token),
+                Ok(ClaimOutcome::Acquired(grant)) => granted.push((n, grant.token)),
                 Ok(ClaimOutcome::Busy {
                     state: ExecutionState::Executing,
                     ..
@@ -75,11 +77,27 @@ pub async fn claim_race<F: StoreFactory>(factory: &F) {
             "[claim_race] key {k}: {} claims were granted, not one",
             granted.len()
         );
+        let (winner, winning_token) = granted[0];
+        let record = h
+            .store
+            .inspect(&id)
+            .await
+            .expect("inspect")
+            .expect("the claimed record");
+        assert_eq!(
+            record.owner,
+            owner(&format!("w{winner}")),
+            "[claim_race] key {k}: the grant went to contender {winner}, not to the record's owner"
+        );
         for answer in answers {
-            if let Ok(ClaimOutcome::Busy { token, .. }) = answer {
+            if let Ok(ClaimOutcome::Busy {
+                token, owner: busy, ..
+            }) = answer
+            {
                 assert_eq!(
-                    token, granted[0],
-                    "[claim_race] key {k}: busy answers name the winner's token"
+                    (token, &busy),
+                    (winning_token, &record.owner),
+                    "[claim_race] key {k}: busy answers name the winner's token and owner"
                 );
             }
         }
