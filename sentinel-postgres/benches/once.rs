@@ -332,8 +332,13 @@ async fn bench_on(
     schema: &str,
     server_is_local: bool,
 ) -> Result<Arc<Bench>, Box<dyn std::error::Error>> {
+    let in_flight = std::env::var("SENTINEL_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(sentinel_postgres::DEFAULT_IN_FLIGHT);
     let store = PostgresStore::builder(pool.clone())
         .schema(schema)
+        .in_flight(in_flight)
         .build()
         .await?;
     let sentinel = Sentinel::builder(store)

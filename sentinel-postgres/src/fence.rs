@@ -52,7 +52,7 @@ use serde_json::Value;
 use sqlx::PgTransaction;
 
 use crate::rows;
-use crate::store::{PostgresStore, query};
+use crate::store::{PostgresStore, Via, query};
 
 impl PostgresStore {
     /// Inside `tx`, checks that `token` is the current token of the execution `id`, that it is
@@ -134,7 +134,7 @@ impl PostgresStore {
         token: FencingToken,
         result: &Value,
     ) -> Result<()> {
-        self.send_complete(tx, id, token, result, "complete_in")
+        self.send_complete(Via::Transaction(tx), id, token, result, "complete_in")
             .await
     }
 }

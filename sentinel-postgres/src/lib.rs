@@ -9,6 +9,10 @@
 //!   lock and writes nothing, a heartbeat tick one statement for everything the client holds.
 //!   The claim's statement calls a PL/pgSQL function (migrations 3 and 4), where its rule
 //!   lives: a cached or busy answer is one plain read, only a grant runs the writes.
+//! - **Concurrent calls share statements.** Under load, claims waiting for one of the store's
+//!   claim statements in flight go together in one statement, each keeping its own answer
+//!   (completions likewise): one commit for several calls. A lone call is sent alone at once (see
+//!   [`PostgresStoreBuilder::in_flight`]).
 //! - **Waiting without polling**: clients waiting for a busy key are woken by LISTEN/NOTIFY (one
 //!   listening connection per store, outside the pool, opened by the first wait). Transitions
 //!   notify only for records someone waits on, so the hot path's commits stay concurrent (see
@@ -40,6 +44,7 @@
 //! `CorruptRecord` when a row does not decode, `Backend` otherwise. None of them reports a state:
 //! the command may or may not have been applied, and every command is safe to send again.
 
+mod batch;
 mod error;
 pub mod fence;
 mod migrate;
@@ -51,4 +56,4 @@ mod store;
 
 pub use migrate::{EmbeddedMigration, HISTORY_TABLE, MIGRATIONS, migrate, migrator};
 pub use schema::Schema;
-pub use store::{PostgresStore, PostgresStoreBuilder};
+pub use store::{DEFAULT_IN_FLIGHT, PostgresStore, PostgresStoreBuilder};

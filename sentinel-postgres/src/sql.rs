@@ -39,9 +39,11 @@ macro_rules! statements {
 
 statements!(
     claim,
+    claim_batch,
     start,
     heartbeat,
     complete,
+    complete_batch,
     abort,
     reconcile,
     force_complete,

@@ -21,6 +21,7 @@ use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres};
 use tracing::Instrument;
 
+use crate::batch::{self, Coalescer};
 use crate::error::{self, BACKEND, corrupt};
 use crate::migrate;
 use crate::notify::{self, Notifier, Seen};
@@ -73,6 +74,41 @@ struct Inner {
     notifier: Notifier,
     /// Whether `wait_for_change` listens (else it answers `Unsupported`).
     listen: bool,
+    /// Claims and completions waiting to be sent together (`None`: each sent alone at once).
+    claims: Option<Coalescer<ClaimCall>>,
+    completions: Option<Coalescer<CompleteCall>>,
+}
+
+/// A claim, as a batch carries it.
+struct ClaimCall {
+    id: RecordId,
+    request: ClaimRequest,
+}
+
+impl batch::Call for ClaimCall {
+    fn id(&self) -> &RecordId {
+        &self.id
+    }
+}
+
+/// A completion, as a batch carries it (the result as JSON text).
+struct CompleteCall {
+    id: RecordId,
+    token: FencingToken,
+    result: String,
+}
+
+impl batch::Call for CompleteCall {
+    fn id(&self) -> &RecordId {
+        &self.id
+    }
+}
+
+/// Where a completion is sent: by the store (on its pool, in a batch under load), or in the
+/// caller's own transaction ([`PostgresStore::complete_in`]).
+pub(crate) enum Via<'c> {
+    Pool,
+    Transaction(&'c mut PgConnection),
 }
 
 impl fmt::Debug for PostgresStore {
@@ -107,7 +143,12 @@ pub struct PostgresStoreBuilder {
     time: TimeSource,
     migrate: bool,
     listen: bool,
+    in_flight: usize,
 }
+
+/// How many claim statements, and how many complete statements, a store sends at once by
+/// default (see [`PostgresStoreBuilder::in_flight`]).
+pub const DEFAULT_IN_FLIGHT: usize = 2;
 
 impl PostgresStoreBuilder {
     /// The schema holding Sentinel's tables (default `sentinel`); checked by [`Self::build`].
@@ -140,6 +181,30 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// How many claim statements, and separately how many complete statements, the store has in
+    /// flight at once (default [`DEFAULT_IN_FLIGHT`]); `0` for no limit. A claim (or completion)
+    /// that finds them all in flight waits for one to finish, and is then sent in one statement
+    /// with every other call waiting by then (up to 32): under load, one statement, one commit
+    /// and one round trip serve several calls, which is most of their cost on the server. A call
+    /// that finds a free slot is sent alone at once, so a lone caller never waits.
+    ///
+    /// Each call keeps its own answer and its own rule: a batch runs the same function per
+    /// call, one after the other, in key order, in one transaction. If the batch fails as a
+    /// whole, each call is sent again alone (a claim or completion is safe to send twice), so one
+    /// call's error never becomes another's. What calls of one batch do share is time: a call
+    /// that waits for a row lock (a takeover of a record someone holds a [`Self::fence`] on, say)
+    /// holds up the others in its batch for as long.
+    ///
+    /// Raise it with the server's cores and the number of workers per process (a batch runs on
+    /// one server backend); `0` sends every call alone at once, as many at a time as the pool
+    /// allows.
+    ///
+    /// [`Self::fence`]: PostgresStore::fence
+    pub fn in_flight(mut self, statements: usize) -> Self {
+        self.in_flight = statements;
+        self
+    }
+
     /// Checks the schema name, runs the migrations (unless turned off) and returns the store.
     pub async fn build(self) -> Result<PostgresStore> {
         let schema = Schema::new(self.schema)?;
@@ -151,6 +216,7 @@ impl PostgresStoreBuilder {
             schema,
             self.time,
             self.listen,
+            self.in_flight,
         ))
     }
 }
@@ -215,7 +281,13 @@ impl PostgresStore {
     /// A store over `pool` in the `sentinel` schema, on the server's clock, without running
     /// migrations: the tables must exist (see [`crate::migrate`]). Does no I/O.
     pub fn new(pool: PgPool) -> Self {
-        Self::assemble(pool, Schema::default(), TimeSource::Server, true)
+        Self::assemble(
+            pool,
+            Schema::default(),
+            TimeSource::Server,
+            true,
+            DEFAULT_IN_FLIGHT,
+        )
     }
 
     /// A builder over `pool`, to choose the schema and the clock.
@@ -226,12 +298,20 @@ impl PostgresStore {
             time: TimeSource::Server,
             migrate: true,
             listen: true,
+            in_flight: DEFAULT_IN_FLIGHT,
         }
     }
 
-    fn assemble(pool: PgPool, schema: Schema, time: TimeSource, listen: bool) -> Self {
+    fn assemble(
+        pool: PgPool,
+        schema: Schema,
+        time: TimeSource,
+        listen: bool,
+        in_flight: usize,
+    ) -> Self {
         let sql = Statements::new(&schema);
         let notifier = Notifier::new(&schema);
+        let coalesce = in_flight > 0;
         PostgresStore {
             inner: Arc::new(Inner {
                 pool,
@@ -240,6 +320,8 @@ impl PostgresStore {
                 sql,
                 notifier,
                 listen,
+                claims: coalesce.then(|| Coalescer::new(in_flight)),
+                completions: coalesce.then(|| Coalescer::new(in_flight)),
             }),
         }
     }
@@ -315,7 +397,7 @@ impl PostgresStore {
     /// changed after the update's snapshot, and the next statement sees it.
     pub(crate) async fn send_complete(
         &self,
-        conn: &mut PgConnection,
+        mut via: Via<'_>,
         id: &RecordId,
         token: FencingToken,
         result: &Value,
@@ -323,15 +405,33 @@ impl PostgresStore {
     ) -> Result<()> {
         let result = json_text(result)?;
         for _ in 0..RACE_ATTEMPTS {
-            let row = query(&self.statements().complete)
-                .bind(id.namespace.as_str())
-                .bind(id.key.as_str())
-                .bind(self.manual_now())
-                .bind(token.get())
-                .bind(result.as_str())
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|e| self.error(e, operation))?;
+            let statement = || {
+                query(&self.statements().complete)
+                    .bind(id.namespace.as_str())
+                    .bind(id.key.as_str())
+                    .bind(self.manual_now())
+                    .bind(token.get())
+                    .bind(result.as_str())
+            };
+            let row = match &mut via {
+                Via::Transaction(conn) => statement()
+                    .fetch_optional(&mut **conn)
+                    .await
+                    .map_err(|e| self.error(e, operation))?,
+                Via::Pool => {
+                    batch::send(
+                        self.inner.completions.as_ref(),
+                        || CompleteCall {
+                            id: id.clone(),
+                            token,
+                            result: result.clone(),
+                        },
+                        |calls| self.complete_batch(calls),
+                        || self.fetch_optional(statement(), operation),
+                    )
+                    .await?
+                }
+            };
             if let Some(row) = &row
                 && required::<String>(row, "verdict")? == "retry"
             {
@@ -341,6 +441,67 @@ impl PostgresStore {
             return rows::verdict(row, rows::COMPLETED, true).map(drop);
         }
         Err(error::backend(Contention(operation)))
+    }
+
+    /// Sends several claims in one statement (see [`crate::batch`]): one row per claim, in order.
+    async fn claim_batch(&self, calls: Vec<ClaimCall>) -> Result<Vec<PgRow>> {
+        let request_ids: Vec<[u8; 16]> = calls
+            .iter()
+            .map(|c| rows::request_id_bytes(c.request.request_id))
+            .collect();
+        let statement = query(&self.statements().claim_batch)
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.id.namespace.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(calls.iter().map(|c| c.id.key.as_str()).collect::<Vec<_>>())
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.request.owner.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.request.ttl.ttl_micros())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.request.ttl.hard_micros())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(calls.iter().map(|c| c.request.start).collect::<Vec<_>>())
+            .bind(request_ids.iter().map(|r| &r[..]).collect::<Vec<_>>())
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.request.fingerprint.as_ref().map(|f| f.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(self.manual_now());
+        self.fetch_all(statement, "claim").await
+    }
+
+    /// Sends several completions in one statement (see [`crate::batch`]): one row per
+    /// completion, in order.
+    async fn complete_batch(&self, calls: Vec<CompleteCall>) -> Result<Vec<PgRow>> {
+        let statement = query(&self.statements().complete_batch)
+            .bind(
+                calls
+                    .iter()
+                    .map(|c| c.id.namespace.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(calls.iter().map(|c| c.id.key.as_str()).collect::<Vec<_>>())
+            .bind(calls.iter().map(|c| c.token.get()).collect::<Vec<_>>())
+            .bind(calls.iter().map(|c| c.result.as_str()).collect::<Vec<_>>())
+            .bind(self.manual_now());
+        self.fetch_all(statement, "complete").await
     }
 
     /// Runs one of the "locked row, verdict" statements (start, abort, reconcile,
@@ -504,7 +665,17 @@ impl CoordinationStore for PostgresStore {
                     .bind(request.start)
                     .bind(&request_id[..])
                     .bind(request.fingerprint.as_ref().map(|f| f.as_str()));
-                let row = self.fetch_one(statement, "claim").await?;
+                let row = batch::send(
+                    self.inner.claims.as_ref(),
+                    || ClaimCall {
+                        id: id.clone(),
+                        request: request.clone(),
+                    },
+                    |calls| self.claim_batch(calls),
+                    || self.fetch_optional(statement, "claim"),
+                )
+                .await?
+                .ok_or_else(|| corrupt("claim returned no row"))?;
                 let outcome: String = required(&row, "outcome")?;
                 if outcome != "retry" {
                     let outcome = claim_outcome(&outcome, &row)?;
@@ -596,13 +767,7 @@ impl CoordinationStore for PostgresStore {
 
     async fn complete(&self, id: &RecordId, token: FencingToken, result: &Value) -> Result<()> {
         async {
-            let mut conn = self
-                .inner
-                .pool
-                .acquire()
-                .await
-                .map_err(|e| self.error(e, "complete"))?;
-            self.send_complete(&mut conn, id, token, result, "complete")
+            self.send_complete(Via::Pool, id, token, result, "complete")
                 .await
         }
         .instrument(span("complete", id))

@@ -42,6 +42,8 @@ pub async fn pool(url: &str, max: u32) -> sqlx::PgPool {
 pub struct PgFactory {
     url: String,
     schemas: Mutex<Vec<String>>,
+    /// The stores' `in_flight` (see `PostgresStoreBuilder::in_flight`).
+    in_flight: usize,
 }
 
 impl PgFactory {
@@ -50,7 +52,20 @@ impl PgFactory {
         server_url().map(|url| PgFactory {
             url,
             schemas: Mutex::new(Vec::new()),
+            in_flight: sentinel_postgres::DEFAULT_IN_FLIGHT,
         })
+    }
+
+    /// Registers `schema`, made by the test itself, to be dropped with the factory's.
+    pub fn adopt(&self, schema: String) -> String {
+        self.schemas.lock().unwrap().push(schema.clone());
+        schema
+    }
+
+    /// The same factory, its stores sending `statements` claims (and completions) at once.
+    pub fn in_flight(mut self, statements: usize) -> Self {
+        self.in_flight = statements;
+        self
     }
 
     /// The server's admin URL.
@@ -74,6 +89,7 @@ impl StoreFactory for PgFactory {
         PostgresStore::builder(pool(&self.url, 8).await)
             .schema(schema)
             .time(time)
+            .in_flight(self.in_flight)
             .build()
             .await
     }
@@ -83,6 +99,7 @@ impl StoreFactory for PgFactory {
         PostgresStore::builder(pool(&self.url, 8).await)
             .schema(store.schema().as_str())
             .time(time)
+            .in_flight(self.in_flight)
             .build()
             .await
     }
