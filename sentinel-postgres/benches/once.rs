@@ -20,6 +20,9 @@
 //! writes keep busy). The client and the server share the machine's cores, so on a small machine
 //! the throughput follows the two together.
 //!
+//! The store runs with its default `in_flight` (concurrent claims and completions beyond it share
+//! statements); `SENTINEL_BENCH_IN_FLIGHT=0` sends every call alone, to compare.
+//!
 //! Round trips are counted, not assumed: a second pool goes through a proxy that reads the
 //! PostgreSQL frontend protocol and classifies every exchange the client waits on (see
 //! `tests/common/proxy.rs`). The server is `SENTINEL_BENCH_POSTGRES_URL`, else
@@ -332,10 +335,10 @@ async fn bench_on(
     schema: &str,
     server_is_local: bool,
 ) -> Result<Arc<Bench>, Box<dyn std::error::Error>> {
-    let in_flight = std::env::var("SENTINEL_BENCH_IN_FLIGHT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(sentinel_postgres::DEFAULT_IN_FLIGHT);
+    let in_flight = match std::env::var("SENTINEL_BENCH_IN_FLIGHT") {
+        Ok(v) => v.parse()?,
+        Err(_) => sentinel_postgres::DEFAULT_IN_FLIGHT,
+    };
     let store = PostgresStore::builder(pool.clone())
         .schema(schema)
         .in_flight(in_flight)

@@ -140,6 +140,16 @@ impl<T: Call> Coalescer<T> {
         }
     }
 
+    /// A free slot, when no call is waiting for one (a waiting call goes first).
+    fn free_slot(&self) -> Option<SemaphorePermit<'_>> {
+        let queue = self.queue();
+        if queue.is_empty() {
+            self.slots.try_acquire().ok()
+        } else {
+            None
+        }
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiting<T>>> {
         // The queue is only pushed to and drained: a panic elsewhere cannot leave it half-changed.
         self.waiting
@@ -164,9 +174,13 @@ where
     AFut: Future<Output = Result<Option<PgRow>, Error>>,
 {
     let _slot = match coalescer {
-        Some(coalescer) => match coalescer.send(call(), together).await {
-            Turn::Answered(row) => return Ok(Some(row)),
-            Turn::Alone(slot) => slot,
+        Some(coalescer) => match coalescer.free_slot() {
+            // Nobody waiting and a slot free: sent alone at once, queueing nothing.
+            Some(slot) => Some(slot),
+            None => match coalescer.send(call(), together).await {
+                Turn::Answered(row) => return Ok(Some(row)),
+                Turn::Alone(slot) => slot,
+            },
         },
         None => None,
     };

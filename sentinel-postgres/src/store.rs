@@ -655,16 +655,19 @@ impl CoordinationStore for PostgresStore {
             let request_id = rows::request_id_bytes(request.request_id);
             let sent = tokio::time::Instant::now();
             for _ in 0..RACE_ATTEMPTS {
-                let statement = query(&self.statements().claim)
-                    .bind(id.namespace.as_str())
-                    .bind(id.key.as_str())
-                    .bind(self.manual_now())
-                    .bind(request.owner.as_str())
-                    .bind(request.ttl.ttl_micros())
-                    .bind(request.ttl.hard_micros())
-                    .bind(request.start)
-                    .bind(&request_id[..])
-                    .bind(request.fingerprint.as_ref().map(|f| f.as_str()));
+                let alone = || {
+                    let statement = query(&self.statements().claim)
+                        .bind(id.namespace.as_str())
+                        .bind(id.key.as_str())
+                        .bind(self.manual_now())
+                        .bind(request.owner.as_str())
+                        .bind(request.ttl.ttl_micros())
+                        .bind(request.ttl.hard_micros())
+                        .bind(request.start)
+                        .bind(&request_id[..])
+                        .bind(request.fingerprint.as_ref().map(|f| f.as_str()));
+                    self.fetch_optional(statement, "claim")
+                };
                 let row = batch::send(
                     self.inner.claims.as_ref(),
                     || ClaimCall {
@@ -672,7 +675,7 @@ impl CoordinationStore for PostgresStore {
                         request: request.clone(),
                     },
                     |calls| self.claim_batch(calls),
-                    || self.fetch_optional(statement, "claim"),
+                    alone,
                 )
                 .await?
                 .ok_or_else(|| corrupt("claim returned no row"))?;
