@@ -504,3 +504,58 @@ async fn two_batches_over_the_same_records_never_deadlock() {
         assert_eq!(record.state, ExecutionState::Completed);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_connection_breaks_is_sent_again_call_by_call() {
+    let Some(factory) = PgFactory::new() else {
+        return;
+    };
+    let name = format!("sentinel_batch_kill_{}", std::process::id());
+    let store = PostgresStore::builder(common::named_pool(factory.url(), &name, 8).await)
+        .schema(factory.adopt(common::unique_schema("sentinel_batch")))
+        .in_flight(1)
+        .build()
+        .await
+        .unwrap();
+    let (mut first_holder, mut second_holder) = (direct(&factory).await, direct(&factory).await);
+    hold_insert(&mut first_holder, &store, &id("batch", "first")).await;
+    hold_insert(&mut second_holder, &store, &id("batch", "second")).await;
+    let first = claiming(&store, "first", "w-first");
+    tokio::time::sleep(SETTLE).await;
+    let a = claiming(&store, "a", "w-a");
+    let b = claiming(&store, "b", "w-b");
+    let second = claiming(&store, "second", "w-second");
+    tokio::time::sleep(SETTLE).await;
+
+    // The batch goes, writes a and b, and waits on the server for the second holder.
+    run(&mut first_holder, &store, "ROLLBACK", &id("batch", "first")).await;
+    granted(answer(first).await.unwrap());
+    tokio::time::sleep(SETTLE).await;
+    let (pid,): (i32,) = sqlx::query_as(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%claim_batch%'",
+    )
+    .bind(&name)
+    .fetch_one(&mut second_holder)
+    .await
+    .expect("the batch is running");
+    common::kill_pid(factory.url(), pid).await;
+    // Its calls are sent again alone: a and b at once, the second once its holder lets go.
+    granted(answer(a).await.unwrap());
+    granted(answer(b).await.unwrap());
+    run(
+        &mut second_holder,
+        &store,
+        "ROLLBACK",
+        &id("batch", "second"),
+    )
+    .await;
+    granted(answer(second).await.unwrap());
+    for (key, owner) in [("a", "w-a"), ("b", "w-b"), ("second", "w-second")] {
+        assert_eq!(owner_of(&store, key).await.as_str(), owner);
+        let history = store
+            .history(Keyspace::Execution, &id("batch", key), &Default::default())
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 1, "{key}: one claim, once: {history:?}");
+    }
+}
