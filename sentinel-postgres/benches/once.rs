@@ -37,7 +37,6 @@
 #[path = "../tests/common/proxy.rs"]
 mod proxy;
 
-use std::net::ToSocketAddrs;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use sentinel_core::{Failure, Once, Sentinel};
 use sentinel_postgres::PostgresStore;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
 use proxy::{CountingProxy, Counts};
@@ -440,22 +439,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Round trips: a one-connection pool through the counting proxy.
-    let upstream = (options.get_host(), options.get_port())
-        .to_socket_addrs()?
-        .next()
-        .ok_or("the server's address does not resolve")?;
-    let proxy = CountingProxy::start(upstream).await?;
-    let counted_pool = PostgresStore::pool_options()
-        .max_connections(1)
-        // In clear, whatever TLS features sqlx was built with: the proxy reads the protocol.
-        .connect_with(
-            options
-                .clone()
-                .host("127.0.0.1")
-                .port(proxy.port())
-                .ssl_mode(PgSslMode::Disable),
-        )
-        .await?;
+    let (counted_pool, proxy) = CountingProxy::pool(&options, 1).await?;
     let counted = bench_on(counted_pool, &schema, false).await?;
 
     let mut failures = Vec::new();

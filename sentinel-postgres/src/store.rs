@@ -445,44 +445,18 @@ impl PostgresStore {
 
     /// Sends several claims in one statement (see [`crate::batch`]): one row per claim, in order.
     async fn claim_batch(&self, calls: Vec<ClaimCall>) -> Result<Vec<PgRow>> {
-        let request_ids: Vec<[u8; 16]> = calls
-            .iter()
-            .map(|c| rows::request_id_bytes(c.request.request_id))
-            .collect();
+        let request_ids = column(&calls, |c| rows::request_id_bytes(c.request.request_id));
         let statement = query(&self.statements().claim_batch)
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.id.namespace.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(calls.iter().map(|c| c.id.key.as_str()).collect::<Vec<_>>())
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.request.owner.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.request.ttl.ttl_micros())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.request.ttl.hard_micros())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(calls.iter().map(|c| c.request.start).collect::<Vec<_>>())
-            .bind(request_ids.iter().map(|r| &r[..]).collect::<Vec<_>>())
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.request.fingerprint.as_ref().map(|f| f.as_str()))
-                    .collect::<Vec<_>>(),
-            )
+            .bind(column(&calls, |c| c.id.namespace.as_str()))
+            .bind(column(&calls, |c| c.id.key.as_str()))
+            .bind(column(&calls, |c| c.request.owner.as_str()))
+            .bind(column(&calls, |c| c.request.ttl.ttl_micros()))
+            .bind(column(&calls, |c| c.request.ttl.hard_micros()))
+            .bind(column(&calls, |c| c.request.start))
+            .bind(column(&request_ids, |r| &r[..]))
+            .bind(column(&calls, |c| {
+                c.request.fingerprint.as_ref().map(|f| f.as_str())
+            }))
             .bind(self.manual_now());
         self.fetch_all(statement, "claim").await
     }
@@ -491,15 +465,10 @@ impl PostgresStore {
     /// completion, in order.
     async fn complete_batch(&self, calls: Vec<CompleteCall>) -> Result<Vec<PgRow>> {
         let statement = query(&self.statements().complete_batch)
-            .bind(
-                calls
-                    .iter()
-                    .map(|c| c.id.namespace.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(calls.iter().map(|c| c.id.key.as_str()).collect::<Vec<_>>())
-            .bind(calls.iter().map(|c| c.token.get()).collect::<Vec<_>>())
-            .bind(calls.iter().map(|c| c.result.as_str()).collect::<Vec<_>>())
+            .bind(column(&calls, |c| c.id.namespace.as_str()))
+            .bind(column(&calls, |c| c.id.key.as_str()))
+            .bind(column(&calls, |c| c.token.get()))
+            .bind(column(&calls, |c| c.result.as_str()))
             .bind(self.manual_now());
         self.fetch_all(statement, "complete").await
     }
@@ -515,6 +484,11 @@ impl PostgresStore {
     ) -> Result<PgRow> {
         rows::verdict(self.fetch_optional(query, operation).await?, accepted, true)
     }
+}
+
+/// One array argument of a statement for many records: `value` of each item.
+fn column<'c, C, V>(items: &'c [C], value: impl Fn(&'c C) -> V) -> Vec<V> {
+    items.iter().map(value).collect()
 }
 
 /// A statement of [`crate::sql`], prepared once per connection by sqlx.
@@ -728,15 +702,11 @@ impl CoordinationStore for PostgresStore {
         if renewals.is_empty() {
             return Ok(Vec::new());
         }
-        let keyspaces: Vec<&str> = renewals.iter().map(|r| r.keyspace.as_str()).collect();
-        let namespaces: Vec<&str> = renewals.iter().map(|r| r.id.namespace.as_str()).collect();
-        let keys: Vec<&str> = renewals.iter().map(|r| r.id.key.as_str()).collect();
-        let tokens: Vec<i64> = renewals.iter().map(|r| r.token.get()).collect();
         let statement = query(&self.statements().heartbeat)
-            .bind(keyspaces)
-            .bind(namespaces)
-            .bind(keys)
-            .bind(tokens)
+            .bind(column(renewals, |r| r.keyspace.as_str()))
+            .bind(column(renewals, |r| r.id.namespace.as_str()))
+            .bind(column(renewals, |r| r.id.key.as_str()))
+            .bind(column(renewals, |r| r.token.get()))
             .bind(self.manual_now());
         let rows = self
             .fetch_all(statement, "heartbeat")

@@ -12,7 +12,6 @@ mod common;
 mod proxy;
 
 use std::future::Future;
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use common::{PgFactory, claim, granted, id};
@@ -23,7 +22,7 @@ use sentinel_core::{
 };
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 
@@ -48,24 +47,9 @@ async fn proxied(factory: &PgFactory, in_flight: usize) -> (PostgresStore, Count
 /// for 10 s before the server broke it (instead of 1 s), so that a test sees it.
 async fn proxied_pool(factory: &PgFactory) -> (PgPool, CountingProxy) {
     let options: PgConnectOptions = factory.url().parse().unwrap();
-    let upstream = (options.get_host(), options.get_port())
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = CountingProxy::start(upstream).await.unwrap();
-    let pool = PostgresStore::pool_options()
-        .max_connections(8)
-        .connect_with(
-            options
-                .host("127.0.0.1")
-                .port(proxy.port())
-                .ssl_mode(PgSslMode::Disable)
-                .options([("deadlock_timeout", "10s")]),
-        )
+    CountingProxy::pool(&options.options([("deadlock_timeout", "10s")]), 8)
         .await
-        .unwrap();
-    (pool, proxy)
+        .unwrap()
 }
 
 /// A connection of the test's own, straight to the server.
@@ -82,6 +66,17 @@ async fn run(conn: &mut PgConnection, store: &PostgresStore, sql: &str, id: &Rec
         .execute(conn)
         .await
         .unwrap();
+}
+
+/// Creates the objects of `statements` (SQL with `{schema}` for the store's schema) on `conn`.
+async fn install(conn: &mut PgConnection, store: &PostgresStore, statements: &[&str]) {
+    for sql in statements {
+        let sql = sql.replace("{schema}", &format!("\"{}\"", store.schema()));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
 }
 
 /// Opens a transaction on `conn` that claims `id` without committing: the store's own claim of
@@ -168,6 +163,29 @@ async fn statements_since(proxy: &CountingProxy, before: Counts) -> u64 {
     proxy.counts().since(before).statements
 }
 
+/// The store's one claim slot, taken by a claim of "first" that waits on the server for an
+/// uncommitted insert of the same key by the test.
+struct FirstHeld {
+    holder: PgConnection,
+    first: JoinHandle<Result<ClaimOutcome>>,
+}
+
+impl FirstHeld {
+    async fn take(factory: &PgFactory, store: &PostgresStore) -> Self {
+        let mut holder = direct(factory).await;
+        hold_insert(&mut holder, store, &id("batch", "first")).await;
+        let first = claiming(store, "first", "w-first");
+        tokio::time::sleep(SETTLE).await;
+        FirstHeld { holder, first }
+    }
+
+    /// Ends the test's insert: the first claim is granted, and frees the slot.
+    async fn let_go(mut self, store: &PostgresStore) {
+        run(&mut self.holder, store, "ROLLBACK", &id("batch", "first")).await;
+        granted(answer(self.first).await.unwrap());
+    }
+}
+
 async fn owner_of(store: &PostgresStore, key: &str) -> OwnerId {
     store
         .inspect(&id("batch", key))
@@ -183,10 +201,7 @@ async fn queued_claims_go_in_one_statement_and_each_gets_its_own_answer() {
         return;
     };
     let (store, proxy) = proxied(&factory, 1).await;
-    let mut holder = direct(&factory).await;
-    hold_insert(&mut holder, &store, &id("batch", "first")).await;
-    let first = claiming(&store, "first", "w-first");
-    tokio::time::sleep(SETTLE).await;
+    let held = FirstHeld::take(&factory, &store).await;
 
     // Four claims of one key, and two of other keys, queued behind it.
     let dup: Vec<_> = (0..4)
@@ -195,11 +210,10 @@ async fn queued_claims_go_in_one_statement_and_each_gets_its_own_answer() {
     let a = claiming(&store, "a", "w-a");
     let b = claiming(&store, "b", "w-b");
     let mut all: Vec<_> = dup.iter().collect();
-    all.extend([&a, &b, &first]);
+    all.extend([&a, &b, &held.first]);
     let before = queued(&proxy, &all).await;
 
-    run(&mut holder, &store, "ROLLBACK", &id("batch", "first")).await;
-    granted(answer(first).await.unwrap());
+    held.let_go(&store).await;
     let mut winners = Vec::new();
     let mut busy = Vec::new();
     for (n, call) in dup.into_iter().enumerate() {
@@ -315,35 +329,30 @@ async fn a_failing_call_fails_alone_and_its_batch_is_sent_again_call_by_call() {
     // A server error for one key only, and a count of the inserts tried for another that no
     // rollback undoes (sequences are not transactional).
     let mut admin = direct(&factory).await;
-    for sql in [
-        "CREATE SEQUENCE {schema}.tries_of_a",
-        "CREATE FUNCTION {schema}.poison() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+    install(
+        &mut admin,
+        &store,
+        &[
+            "CREATE SEQUENCE {schema}.tries_of_a",
+            "CREATE FUNCTION {schema}.poison() RETURNS trigger LANGUAGE plpgsql AS $f$ \
          BEGIN \
              IF NEW.key = 'a' THEN PERFORM nextval(TG_TABLE_SCHEMA || '.tries_of_a'); END IF; \
              IF NEW.key = 'poison' THEN RAISE EXCEPTION 'poisoned key'; END IF; \
              RETURN NEW; \
          END $f$",
-        "CREATE TRIGGER poison BEFORE INSERT ON {schema}.executions \
+            "CREATE TRIGGER poison BEFORE INSERT ON {schema}.executions \
          FOR EACH ROW EXECUTE FUNCTION {schema}.poison()",
-    ] {
-        let sql = sql.replace("{schema}", &format!("\"{}\"", store.schema()));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
+        ],
+    )
+    .await;
 
-    let mut holder = direct(&factory).await;
-    hold_insert(&mut holder, &store, &id("batch", "first")).await;
-    let first = claiming(&store, "first", "w-first");
-    tokio::time::sleep(SETTLE).await;
+    let held = FirstHeld::take(&factory, &store).await;
     let a = claiming(&store, "a", "w-a");
     let b = claiming(&store, "b", "w-b");
     let poison = claiming(&store, "poison", "w-p");
-    let before = queued(&proxy, &[&first, &a, &b, &poison]).await;
+    let before = queued(&proxy, &[&held.first, &a, &b, &poison]).await;
 
-    run(&mut holder, &store, "ROLLBACK", &id("batch", "first")).await;
-    granted(answer(first).await.unwrap());
+    held.let_go(&store).await;
     granted(answer(a).await.unwrap());
     granted(answer(b).await.unwrap());
     match answer(poison).await {
@@ -380,18 +389,14 @@ async fn a_queued_call_whose_caller_gave_up_is_never_sent() {
         return;
     };
     let (store, proxy) = proxied(&factory, 1).await;
-    let mut holder = direct(&factory).await;
-    hold_insert(&mut holder, &store, &id("batch", "first")).await;
-    let first = claiming(&store, "first", "w-first");
-    tokio::time::sleep(SETTLE).await;
+    let held = FirstHeld::take(&factory, &store).await;
     let dropped = claiming(&store, "dropped", "w-d");
     let kept = claiming(&store, "kept", "w-k");
-    let before = queued(&proxy, &[&first, &dropped, &kept]).await;
+    let before = queued(&proxy, &[&held.first, &dropped, &kept]).await;
     dropped.abort();
     assert!(dropped.await.unwrap_err().is_cancelled());
 
-    run(&mut holder, &store, "ROLLBACK", &id("batch", "first")).await;
-    granted(answer(first).await.unwrap());
+    held.let_go(&store).await;
     granted(answer(kept).await.unwrap());
     assert_eq!(statements_since(&proxy, before).await, 1);
     assert!(
@@ -445,18 +450,17 @@ async fn two_batches_over_the_same_records_never_deadlock() {
     // Each completion of k1..k3 takes 100 ms with its row locked, so that the two batches
     // overlap.
     let mut admin = direct(&factory).await;
-    for sql in [
-        "CREATE FUNCTION {schema}.slow() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+    install(
+        &mut admin,
+        &one,
+        &[
+            "CREATE FUNCTION {schema}.slow() RETURNS trigger LANGUAGE plpgsql AS $f$ \
          BEGIN PERFORM pg_sleep(0.1); RETURN NEW; END $f$",
-        "CREATE TRIGGER slow BEFORE UPDATE ON {schema}.executions \
+            "CREATE TRIGGER slow BEFORE UPDATE ON {schema}.executions \
          FOR EACH ROW WHEN (NEW.key LIKE 'k%') EXECUTE FUNCTION {schema}.slow()",
-    ] {
-        let sql = sql.replace("{schema}", &format!("\"{}\"", one.schema()));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
+        ],
+    )
+    .await;
     let mut tokens = Vec::new();
     for key in ["held-1", "held-2", "k1", "k2", "k3"] {
         let outcome = one
@@ -517,19 +521,16 @@ async fn a_batch_whose_connection_breaks_is_sent_again_call_by_call() {
         .build()
         .await
         .unwrap();
-    let (mut first_holder, mut second_holder) = (direct(&factory).await, direct(&factory).await);
-    hold_insert(&mut first_holder, &store, &id("batch", "first")).await;
+    let held = FirstHeld::take(&factory, &store).await;
+    let mut second_holder = direct(&factory).await;
     hold_insert(&mut second_holder, &store, &id("batch", "second")).await;
-    let first = claiming(&store, "first", "w-first");
-    tokio::time::sleep(SETTLE).await;
     let a = claiming(&store, "a", "w-a");
     let b = claiming(&store, "b", "w-b");
     let second = claiming(&store, "second", "w-second");
     tokio::time::sleep(SETTLE).await;
 
     // The batch goes, writes a and b, and waits on the server for the second holder.
-    run(&mut first_holder, &store, "ROLLBACK", &id("batch", "first")).await;
-    granted(answer(first).await.unwrap());
+    held.let_go(&store).await;
     tokio::time::sleep(SETTLE).await;
     let (pid,): (i32,) = sqlx::query_as(
         "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%claim_batch%'",

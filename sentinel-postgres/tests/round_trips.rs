@@ -6,7 +6,6 @@ mod common;
 #[path = "common/proxy.rs"]
 mod proxy;
 
-use std::net::ToSocketAddrs;
 use std::time::Duration;
 
 use common::{PgFactory, claim, granted, id, lease};
@@ -17,7 +16,7 @@ use sentinel_core::{
 };
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::postgres::PgConnectOptions;
 
 /// Runs `op` once to prepare its statement on the (single) connection, then again, and returns
 /// the statement round trips of the second run. Both runs must succeed: a call that failed before
@@ -48,24 +47,7 @@ async fn every_call_is_one_statement() {
         return;
     };
     let options: PgConnectOptions = factory.url().parse().unwrap();
-    let upstream = (options.get_host(), options.get_port())
-        .to_socket_addrs()
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = CountingProxy::start(upstream).await.unwrap();
-    let pool = PostgresStore::pool_options()
-        .max_connections(1)
-        // In clear, whatever TLS features sqlx was built with (the workspace's CLI enables
-        // rustls, and sslmode defaults to `prefer`): the proxy reads the protocol.
-        .connect_with(
-            options
-                .host("127.0.0.1")
-                .port(proxy.port())
-                .ssl_mode(PgSslMode::Disable),
-        )
-        .await
-        .unwrap();
+    let (pool, proxy) = CountingProxy::pool(&options, 1).await.unwrap();
     let clock = ManualClock::new();
     let store = PostgresStore::builder(pool)
         .schema(common::unique_schema("sentinel_rt"))

@@ -17,6 +17,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::net::ToSocketAddrs;
+
+use sentinel_postgres::PostgresStore;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -91,6 +96,31 @@ impl CountingProxy {
             counters,
             accept,
         })
+    }
+
+    /// A pool of `max` connections (with [`PostgresStore::pool_options`]) to the server of
+    /// `options`, through a new proxy, in clear whatever TLS features sqlx was built with: the
+    /// proxy reads the protocol.
+    pub async fn pool(
+        options: &PgConnectOptions,
+        max: u32,
+    ) -> Result<(PgPool, Self), Box<dyn std::error::Error>> {
+        let upstream = (options.get_host(), options.get_port())
+            .to_socket_addrs()?
+            .next()
+            .ok_or("the server's address does not resolve")?;
+        let proxy = Self::start(upstream).await?;
+        let pool = PostgresStore::pool_options()
+            .max_connections(max)
+            .connect_with(
+                options
+                    .clone()
+                    .host("127.0.0.1")
+                    .port(proxy.port())
+                    .ssl_mode(PgSslMode::Disable),
+            )
+            .await?;
+        Ok((pool, proxy))
     }
 
     /// The port to connect to instead of the server's.
