@@ -12,7 +12,9 @@
 #   baseline  the raw pair of benches/once.rs: INSERT … ON CONFLICT DO NOTHING, then UPDATE;
 #   sentinel  Sentinel's own claim (sql/claim.sql) and complete (sql/complete.sql) statements;
 #   floor     the least one statement per transition can do under DESIGN §7: a PL/pgSQL function
-#             inserting the record and its event, then an UPDATE and its event in one statement.
+#             inserting the record and its event, then an UPDATE and its event in one statement;
+#   batch4    Sentinel's statements for four calls at once, as a store sends calls that queue
+#             under load (sql/claim_batch.sql, then sql/complete_batch.sql): four pairs each.
 # Each pair runs alone at 1 and 8 clients, in turns; the ratio is of pairs per second. The key of
 # each pair comes from a sequence. (Pairs interleaved in one pgbench run would share the CPU
 # queue, which evens their latencies out when the cores are saturated: at 8 clients that hid most
@@ -87,6 +89,19 @@ SQL
         "$(for_pgbench "$baseline_complete")" >"$dir/baseline.sql"
     printf '%s\n%s \\gset\n%s;\n' "$next_key" "SELECT token FROM $schema.floor_claim(:key)" \
         "$(for_pgbench "$floor_complete")" >"$dir/floor.sql"
+    # Four keys as a text array, the four claims' tokens as another.
+    local four="array['bench', 'bench', 'bench', 'bench']"
+    printf '%s\n%s \\gset\n%s;\n' \
+        "SELECT array['k' || nextval('$schema.keys'), 'k' || nextval('$schema.keys'), 'k' || nextval('$schema.keys'), 'k' || nextval('$schema.keys')]::text AS keys \\gset" \
+        "SELECT array_agg(c.token)::text AS tokens FROM ($(render sentinel-postgres/sql/claim_batch.sql "$schema" \
+            "$four" ":keys::text[]" "array['w', 'w', 'w', 'w']" \
+            "array[30000000, 30000000, 30000000, 30000000]::bigint[]" \
+            "array[60000000, 60000000, 60000000, 60000000]::bigint[]" "array[true, true, true, true]" \
+            "array_fill('\\x00112233445566778899aabbccddeeff'::bytea, array[4])" "array_fill(NULL::text, array[4])" \
+            "NULL::bigint")) AS c" \
+        "$(render sentinel-postgres/sql/complete_batch.sql "$schema" "$four" ":keys::text[]" \
+            ":tokens::bigint[]" "array_fill('\"ch\"'::text, array[4])" "NULL::bigint")" \
+        >"$dir/batch4.sql"
     for_plpgsql() { sed "s/\\\$1/k/g; s/\\\$2/tok/g" <<<"$1"; }
     sentinel "k" "tok"
     local cached_claim=$claim
@@ -129,8 +144,8 @@ SQL
 }
 
 # pgbench: each fresh pair alone, at 1 and 8 clients, in the order baseline, sentinel, floor,
-# floor, sentinel, baseline (so that a drifting machine slows all alike); the ratio is the
-# baseline's transactions per second over the pair's.
+# batch4, batch4, floor, sentinel, baseline (so that a drifting machine slows all alike); the
+# ratio is the pair's pairs per second over the baseline's (a batch4 transaction is four pairs).
 postgres() {
     local url=${SENTINEL_BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
     local seconds=${SENTINEL_BENCH_SECONDS:-15}
@@ -147,14 +162,15 @@ postgres() {
     local clients pair
     for clients in 1 8; do
         declare -A done_tx=()
-        for pair in baseline sentinel floor floor sentinel baseline; do
+        for pair in baseline sentinel floor batch4 batch4 floor sentinel baseline; do
             local n
             n=$(pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$dir/$pair.sql" "$url" \
                 | awk '/number of transactions actually processed/ { split($NF, a, "/"); print a[1] }')
+            [[ $pair == batch4 ]] && n=$(( 4 * n ))
             done_tx[$pair]=$(( ${done_tx[$pair]:-0} + n ))
         done
         echo "$clients client(s), fresh pairs (claim + complete, commits included):"
-        for pair in baseline sentinel floor; do
+        for pair in baseline sentinel floor batch4; do
             awk -v name="$pair" -v n="${done_tx[$pair]}" -v base="${done_tx[baseline]}" \
                 -v secs=$((2 * seconds)) \
                 'BEGIN { printf "  %-9s %8.1f pairs/s   ratio %.2f\n", name, n / secs, n / base }'
