@@ -7,8 +7,9 @@
 //!   record and appends its event (data-modifying CTEs), in one atomic step. A fresh `once()`
 //!   costs two statements (claim-and-start, complete), a cached one a single read that takes no
 //!   lock and writes nothing, a heartbeat tick one statement for everything the client holds.
-//!   The claim's statement calls a PL/pgSQL function (migrations 3 and 4), where its rule
-//!   lives: a cached or busy answer is one plain read, only a grant runs the writes.
+//!   The claim and complete statements call PL/pgSQL functions (migration 5), where their
+//!   rules live: a cached or busy answer is one plain read, only a grant runs the writes, and a
+//!   completion that applies is one update and its event.
 //! - **Concurrent calls share statements.** Under load, claims waiting for one of the store's
 //!   claim statements in flight go together in one statement, each keeping its own answer
 //!   (completions likewise): one commit for several calls. A lone call is sent alone at once (see
