@@ -560,3 +560,36 @@ async fn a_batch_whose_connection_breaks_is_sent_again_call_by_call() {
         assert_eq!(history.len(), 1, "{key}: one claim, once: {history:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_waited_alone_holds_the_slot_while_it_is_sent() {
+    let Some(factory) = PgFactory::new() else {
+        return;
+    };
+    let (store, proxy) = proxied(&factory, 1).await;
+    let held = FirstHeld::take(&factory, &store).await;
+    // The second call waits for the slot alone, then is sent alone, and waits on the server.
+    let mut second_holder = direct(&factory).await;
+    hold_insert(&mut second_holder, &store, &id("batch", "second")).await;
+    let second = claiming(&store, "second", "w-second");
+    tokio::time::sleep(SETTLE).await;
+    held.let_go(&store).await;
+    tokio::time::sleep(SETTLE).await;
+    // A third call finds the one slot taken by the second, and queues.
+    let third = claiming(&store, "third", "w-third");
+    let before = queued(&proxy, &[&second, &third]).await;
+    run(
+        &mut second_holder,
+        &store,
+        "ROLLBACK",
+        &id("batch", "second"),
+    )
+    .await;
+    granted(answer(second).await.unwrap());
+    granted(answer(third).await.unwrap());
+    assert_eq!(
+        statements_since(&proxy, before).await,
+        1,
+        "the third, alone"
+    );
+}
