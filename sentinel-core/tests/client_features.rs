@@ -469,6 +469,9 @@ async fn the_observer_sees_every_transition_the_client_makes() {
     sentinel.reset_to_claimed("b").await.unwrap();
     let guard = sentinel.lease("l").await.unwrap().acquired().unwrap();
     guard.release().await.unwrap();
+    // A purge that removes something is one transition; one that removes nothing is none.
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 1);
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
     let kinds: Vec<_> = recorder.0.lock().unwrap().iter().map(|(k, _)| *k).collect();
     use TransitionKind as K;
     assert_eq!(
@@ -482,7 +485,8 @@ async fn the_observer_sees_every_transition_the_client_makes() {
             K::Reconciled,
             K::Reset,
             K::LeaseAcquired,
-            K::LeaseReleased
+            K::LeaseReleased,
+            K::Purged { count: 1 }
         ]
     );
 }

@@ -801,3 +801,19 @@ async fn purge_says_how_many_records_it_removed() {
     assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 3);
     assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn purge_goes_on_until_the_store_has_nothing_left_to_remove() {
+    // More than two of the client's purge batches (500 records each), the first two full.
+    let (sentinel, clock) = manual();
+    for n in 0..1001 {
+        let done = sentinel
+            .once(&format!("k{n}"), |_| async { Ok::<_, Failure>(1u8) })
+            .await
+            .unwrap();
+        assert!(done.is_executed());
+    }
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 1001);
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
+}
