@@ -13,8 +13,8 @@
 //! - the store's own clock in real time; awkward keys and namespaces; invalid input;
 //! - the event log; listing, purging, heartbeat batches, retries after a lost reply;
 //! - the `Sentinel` client on top: 16 concurrent `once` callers, a lease renewed past its ttl;
-//! - payload fingerprints, 50 callers waiting for one slow executor (store calls counted), and
-//!   two-phase execution.
+//! - payload fingerprints, 50 callers waiting for one slow executor (store calls counted), a
+//!   change between a busy claim and the wait never missed, and two-phase execution.
 //!
 //! # Testing your own store
 //!
@@ -133,6 +133,7 @@ macro_rules! __with_cases {
             lease_renews_under_heartbeat,
             fingerprints_guard_the_key,
             waiting_for_a_result,
+            waiting_misses_no_change,
             two_phase_execution
         }
     };

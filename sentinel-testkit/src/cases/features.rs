@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use sentinel_core::store::Wait;
 use sentinel_core::{
     ClaimOutcome, ClaimRequest, CoordinationStore, Error, ExecutionState, Failure, Fingerprint,
     Once, OnceOptions, RejectReason, RequestId, Sentinel, TimeSource,
@@ -162,6 +163,44 @@ pub async fn waiting_for_a_result<F: StoreFactory>(factory: &F) {
     // bounded backoff (20 ms doubling) over 600 ms.
     assert!(claims <= 50 * 8, "[waiting] {claims} claims for 50 waiters");
     assert!(waits <= 50 * 4, "[waiting] {waits} waits for 50 waiters");
+}
+
+/// A change made after `since` (the claim that found the key busy) and before the wait is
+/// answered at once: no change falls between reading and waiting. Twice, on two keys, so that it
+/// holds before and after the store's first wait (a store may set up its notifications then).
+/// A store without notifications answers `Unsupported`, which passes.
+pub async fn waiting_misses_no_change<F: StoreFactory>(factory: &F) {
+    let h = Harness::new(factory, "wait_misses").await;
+    for key in ["first", "second"] {
+        let grant = h.acquire(key, "worker", true).await;
+        let since = tokio::time::Instant::now();
+        match h.claim(key, "waiter", true).await {
+            Ok(ClaimOutcome::Busy { .. }) => {}
+            other => panic!("[waiting_misses_no_change] {key}: expected busy, got {other:?}"),
+        }
+        h.store
+            .complete(&h.id(key), grant.token, &json!("done"))
+            .await
+            .expect("complete");
+        let asked = std::time::Instant::now();
+        let wait = h
+            .store
+            .wait_for_change(&h.id(key), since, Duration::from_secs(10))
+            .await
+            .expect("wait_for_change");
+        match wait {
+            Wait::Unsupported => return,
+            Wait::Changed => assert!(
+                asked.elapsed() < Duration::from_secs(2),
+                "[waiting_misses_no_change] {key}: the change was answered after {:?}",
+                asked.elapsed()
+            ),
+            Wait::TimedOut => panic!(
+                "[waiting_misses_no_change] {key}: the completion between the busy claim and the \
+                 wait was missed"
+            ),
+        }
+    }
 }
 
 /// Two-phase `once` on the store: failing before the boundary leaves the key claimable; after it,

@@ -14,7 +14,9 @@ mod tokens;
 pub use client::{lease_renews_under_heartbeat, once_with_concurrent_callers};
 pub use clock::server_clock;
 pub use events::{event_log_ignores_reads_and_refusals, event_log_records_every_transition};
-pub use features::{fingerprints_guard_the_key, two_phase_execution, waiting_for_a_result};
+pub use features::{
+    fingerprints_guard_the_key, two_phase_execution, waiting_for_a_result, waiting_misses_no_change,
+};
 pub use keys::{
     awkward_keys, invalid_input_writes_nothing, keys_round_trip_and_never_collide,
     namespaces_are_separate,

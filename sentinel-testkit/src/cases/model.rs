@@ -607,6 +607,10 @@ impl<S: CoordinationStore> Run<'_, S> {
                 page.items.len() <= limit as usize,
                 "a page holds at most `limit` records"
             );
+            prop_assert!(
+                query.after.is_none() || !page.items.is_empty(),
+                "a page after a `next` is not empty (`next` is None on the last page)"
+            );
             got.extend(page.items);
             match page.next {
                 Some(next) => after = Some(next),
@@ -668,15 +672,34 @@ impl<S: CoordinationStore> Run<'_, S> {
         Ok(())
     }
 
+    /// The history of a record, read whole, and checked against the same read two events at a
+    /// time, each page after the last event of the page before.
     async fn history(
         &self,
         keyspace: Keyspace,
         id: &RecordId,
     ) -> Result<Vec<sentinel_core::Event>, TestCaseError> {
-        self.store
-            .history(keyspace, id, &HistoryQuery::default())
-            .await
-            .map_err(|e| TestCaseError::fail(format!("history: {e}")))
+        let read = |after, limit| async move {
+            self.store
+                .history(keyspace, id, &HistoryQuery { after, limit })
+                .await
+                .map_err(|e| TestCaseError::fail(format!("history: {e}")))
+        };
+        let all = read(None, HistoryQuery::default().limit).await?;
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = read(after, 2).await?;
+            let last = page.len() < 2;
+            after = page.last().map(|e| e.id);
+            paged.extend(page);
+            prop_assert!(paged.len() <= all.len(), "history pages repeat events");
+            if last {
+                break;
+            }
+        }
+        prop_assert_eq!(&paged, &all, "history of {:?}, two events a page", id.key);
+        Ok(all)
     }
 }
 

@@ -95,6 +95,11 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
                 };
                 let page = h.store.list(&query).await.expect("list");
                 assert!(page.items.len() <= limit as usize);
+                assert!(
+                    query.after.is_none() || !page.items.is_empty(),
+                    "[list_filters_and_pages] filter {filter:?}, {limit} per page: a page after a \
+                     `next` is not empty (`next` is None on the last page)"
+                );
                 got.extend(page.items);
                 after = page.next;
                 if after.is_none() {
