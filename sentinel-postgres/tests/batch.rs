@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{PgFactory, claim, granted, id};
 use proxy::{CountingProxy, Counts};
 use sentinel_core::{
-    ClaimOutcome, CoordinationStore, Error, ExecutionState, FencingToken, Keyspace, OwnerId,
+    ClaimOutcome, CoordinationStore, Error, Event, ExecutionState, FencingToken, Keyspace, OwnerId,
     RecordId, RejectReason, Result, TimeSource,
 };
 use sentinel_postgres::PostgresStore;
@@ -186,6 +186,13 @@ impl FirstHeld {
     }
 }
 
+async fn history_of(store: &PostgresStore, key: &str) -> Vec<Event> {
+    store
+        .history(Keyspace::Execution, &id("batch", key), &Default::default())
+        .await
+        .unwrap()
+}
+
 async fn owner_of(store: &PostgresStore, key: &str) -> OwnerId {
     store
         .inspect(&id("batch", key))
@@ -308,11 +315,11 @@ async fn queued_completions_go_in_one_statement_and_each_gets_its_own_answer() {
         (r3.state, r3.result),
         (ExecutionState::Completed, Some(json!("r3")))
     );
-    let history = store
-        .history(Keyspace::Execution, &id("batch", "c1"), &Default::default())
+    let kinds: Vec<_> = history_of(&store, "c1")
         .await
-        .unwrap();
-    let kinds: Vec<_> = history.iter().map(|e| e.kind.as_str()).collect();
+        .iter()
+        .map(|e| e.kind.as_str())
+        .collect();
     assert_eq!(
         kinds,
         ["claimed", "completed"],
@@ -553,10 +560,7 @@ async fn a_batch_whose_connection_breaks_is_sent_again_call_by_call() {
     granted(answer(second).await.unwrap());
     for (key, owner) in [("a", "w-a"), ("b", "w-b"), ("second", "w-second")] {
         assert_eq!(owner_of(&store, key).await.as_str(), owner);
-        let history = store
-            .history(Keyspace::Execution, &id("batch", key), &Default::default())
-            .await
-            .unwrap();
+        let history = history_of(&store, key).await;
         assert_eq!(history.len(), 1, "{key}: one claim, once: {history:?}");
     }
 }
