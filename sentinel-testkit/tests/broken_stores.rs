@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use sentinel_core::execution::{self, ExecutionCommand};
 use sentinel_core::lease::{self, LeaseCommand};
-use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult};
+use sentinel_core::store::{
+    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+};
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
     ExecutionOutcome, ExecutionRecord, ExecutionSlot, FencingToken, Key, Keyspace, LeaseOutcome,
@@ -38,6 +40,13 @@ enum Defect {
     RepeatedCompletionLogged,
     /// The uncertain filter of `list` ignores whether the lease expired.
     UncertainIgnoresExpiry,
+    /// A history page after `after` starts with the event `after` names.
+    HistoryRepeatsCursor,
+    /// A full last page of a listing says there is more (`next` is not `None`).
+    FullLastPageHasNext,
+    /// `wait_for_change` only hears of changes made while it waits, not of one made since
+    /// `since` but before the call.
+    WaitMissesEarlierChange,
 }
 
 #[derive(Default)]
@@ -59,6 +68,8 @@ struct Mutant {
     defect: Defect,
     clock: Arc<dyn Clock>,
     data: Arc<Mutex<Data>>,
+    /// Woken by every execution transition, for `wait_for_change`.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Mutant {
@@ -148,6 +159,9 @@ impl Mutant {
                 detail: None,
             });
         }
+        if step.slot.is_some() {
+            self.changed.notify_waiters();
+        }
         commit(entry, next_event, step)
     }
 
@@ -179,10 +193,15 @@ impl Mutant {
     }
 }
 
-fn page<T>(mut items: Vec<(Key, T)>, after: Option<&Key>, limit: u32) -> Page<T> {
+fn page<T>(mut items: Vec<(Key, T)>, after: Option<&Key>, limit: u32, defect: Defect) -> Page<T> {
     items.retain(|(k, _)| after.is_none_or(|a| k > a));
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let next = (items.len() > limit as usize).then(|| items[limit as usize - 1].0.clone());
+    let more = if defect == Defect::FullLastPageHasNext {
+        items.len() >= limit as usize
+    } else {
+        items.len() > limit as usize
+    };
+    let next = more.then(|| items[limit as usize - 1].0.clone());
     items.truncate(limit as usize);
     Page {
         items: items.into_iter().map(|(_, t)| t).collect(),
@@ -359,7 +378,7 @@ impl CoordinationStore for Mutant {
             .filter(|r| filter.matches(r, now))
             .map(|r| (r.key.clone(), r))
             .collect();
-        Ok(page(items, query.after.as_ref(), query.limit))
+        Ok(page(items, query.after.as_ref(), query.limit, self.defect))
     }
     async fn history(
         &self,
@@ -376,9 +395,30 @@ impl CoordinationStore for Mutant {
         Ok(events
             .unwrap_or_default()
             .into_iter()
-            .filter(|e| query.after.is_none_or(|a| e.id > a))
+            .filter(|e| {
+                query.after.is_none_or(|a| {
+                    e.id > a || (self.defect == Defect::HistoryRepeatsCursor && e.id == a)
+                })
+            })
             .take(query.limit as usize)
             .collect())
+    }
+    async fn wait_for_change(
+        &self,
+        _id: &RecordId,
+        _since: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Wait> {
+        if self.defect != Defect::WaitMissesEarlierChange {
+            return Ok(Wait::Unsupported);
+        }
+        // Hears only of what changes from now on: whatever changed since `since` is missed.
+        Ok(
+            match tokio::time::timeout(timeout, self.changed.notified()).await {
+                Ok(()) => Wait::Changed,
+                Err(_) => Wait::TimedOut,
+            },
+        )
     }
     async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
         match self.lease(id, &LeaseCommand::Acquire(request.clone()))? {
@@ -408,7 +448,7 @@ impl CoordinationStore for Mutant {
             .filter(|r| r.namespace == query.namespace)
             .map(|r| (r.key.clone(), r))
             .collect();
-        Ok(page(items, query.after.as_ref(), query.limit))
+        Ok(page(items, query.after.as_ref(), query.limit, self.defect))
     }
 }
 
@@ -429,6 +469,7 @@ impl StoreFactory for MutantFactory {
             defect: self.0,
             clock: clock_of(time),
             data: Arc::default(),
+            changed: Arc::default(),
         })
     }
     async fn reopen(&self, store: &Mutant, time: TimeSource) -> Result<Mutant> {
@@ -436,6 +477,7 @@ impl StoreFactory for MutantFactory {
             defect: self.0,
             clock: clock_of(time),
             data: Arc::clone(&store.data),
+            changed: Arc::clone(&store.changed),
         })
     }
 }
@@ -510,6 +552,27 @@ async fn a_repeated_completion_logged_twice_fails() {
 async fn an_uncertain_filter_that_ignores_expiry_fails() {
     let failed = failing_cases(Defect::UncertainIgnoresExpiry).await;
     assert!(failed.contains(&"list_filters_and_pages"), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_history_page_that_repeats_its_cursor_fails() {
+    let failed = failing_cases(Defect::HistoryRepeatsCursor).await;
+    assert!(failed.contains(&"model_based"), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_last_page_that_says_there_is_more_fails() {
+    let failed = failing_cases(Defect::FullLastPageHasNext).await;
+    assert!(
+        failed.contains(&"model_based") && failed.contains(&"list_filters_and_pages"),
+        "{failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wait_that_misses_an_earlier_change_fails() {
+    let failed = failing_cases(Defect::WaitMissesEarlierChange).await;
+    assert_eq!(failed, ["waiting_misses_no_change"], "{failed:?}");
 }
 
 #[test]
