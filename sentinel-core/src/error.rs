@@ -163,3 +163,39 @@ pub enum InvalidInput {
         detail: String,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unavailable_and_timeout_are_transient() {
+        let unavailable = Error::Unavailable {
+            store: "test",
+            source: "connection reset".into(),
+        };
+        let timeout = Error::Timeout {
+            store: "test",
+            operation: "claim",
+            after: std::time::Duration::from_secs(1),
+        };
+        let corrupt = Error::CorruptRecord {
+            store: "test",
+            detail: "no owner".to_owned(),
+        };
+        assert!(unavailable.is_transient() && timeout.is_transient());
+        assert!(!corrupt.is_transient());
+        let invalid = Error::InvalidInput(InvalidInput::Malformed {
+            what: "key",
+            detail: "empty".to_owned(),
+        });
+        assert!(!invalid.is_transient());
+        let fenced = Error::Rejected(Rejection {
+            reason: crate::RejectReason::Fenced,
+            state: None,
+            token: None,
+        });
+        assert!(!fenced.is_transient());
+        assert!(fenced.to_string().contains("fenced"), "{fenced}");
+    }
+}

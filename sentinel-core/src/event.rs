@@ -158,3 +158,24 @@ impl Event {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_through_its_name() {
+        let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        for (kind, name) in EventKind::ALL.iter().zip(&names) {
+            assert_eq!(kind.to_string(), *name);
+            assert_eq!(name.parse::<EventKind>().unwrap(), *kind);
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+        }
+        let mut distinct = names.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), names.len(), "every kind has its own name");
+        assert_eq!(EventKind::Claimed.as_str(), "claimed");
+        assert!("claimed ".parse::<EventKind>().is_err());
+    }
+}

@@ -189,5 +189,32 @@ mod tests {
         assert_eq!(text.parse::<RequestId>(), Ok(id));
         assert!("xyz".parse::<RequestId>().is_err());
         assert_ne!(RequestId::random(), RequestId::random());
+        assert_eq!(RequestId::from_u128(7 << 64 | 9).as_u128(), 7 << 64 | 9);
+    }
+
+    #[test]
+    fn request_ids_are_random_in_both_halves() {
+        let ids: Vec<u128> = (0..64).map(|_| RequestId::random().as_u128()).collect();
+        assert!(
+            ids.iter().any(|id| id >> 64 != 0),
+            "the high half is random"
+        );
+        assert!(
+            ids.iter().any(|id| id & u128::from(u64::MAX) != 0),
+            "the low half is random"
+        );
+    }
+
+    #[test]
+    fn ids_serialize_as_their_text() {
+        let owner = OwnerId::new("billing:host-1:42").unwrap();
+        assert_eq!(owner.to_string(), "billing:host-1:42");
+        let json = serde_json::to_string(&owner).unwrap();
+        assert_eq!(json, "\"billing:host-1:42\"");
+        assert_eq!(serde_json::from_str::<OwnerId>(&json).unwrap(), owner);
+        let request = RequestId::random();
+        let json = serde_json::to_string(&request).unwrap();
+        assert_eq!(json, format!("\"{request}\""));
+        assert_eq!(serde_json::from_str::<RequestId>(&json).unwrap(), request);
     }
 }

@@ -234,6 +234,17 @@ mod tests {
             "2000-02-29T00:00:00.000001Z"
         );
         assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999999Z");
+        // Around leap days and century years, where the calendar arithmetic branches.
+        for (micros, text) in [
+            (946_684_799_000_000, "1999-12-31T23:59:59.000000Z"),
+            (951_868_800_000_000, "2000-03-01T00:00:00.000000Z"),
+            (1_709_251_200_000_000, "2024-03-01T00:00:00.000000Z"),
+            (4_107_542_400_000_000, "2100-03-01T00:00:00.000000Z"),
+            (4_133_980_800_000_000, "2101-01-01T00:00:00.000000Z"),
+            (13_574_608_496_000_000, "2400-02-29T12:34:56.000000Z"),
+        ] {
+            assert_eq!(Timestamp::from_micros(micros).to_string(), text);
+        }
     }
 
     #[test]
@@ -258,5 +269,10 @@ mod tests {
         assert_eq!(b.now().as_micros(), ManualClock::START.as_micros() + 7);
         b.set(Timestamp::from_micros(10));
         assert_eq!(a.now(), Timestamp::from_micros(10));
+        assert_eq!(
+            TimeSource::Manual(a).manual_now(),
+            Some(Timestamp::from_micros(10))
+        );
+        assert_eq!(TimeSource::Server.manual_now(), None);
     }
 }
