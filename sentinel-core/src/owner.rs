@@ -179,6 +179,12 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().rsplitn(3, ':').count(), 3);
         assert!(OwnerId::new("").is_err());
+        // The first part is this machine's name.
+        let host = a.as_str().rsplitn(3, ':').last().unwrap();
+        if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+            assert_eq!(host, name.trim());
+        }
+        assert!(!host.is_empty());
     }
 
     #[test]
