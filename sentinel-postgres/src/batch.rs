@@ -98,15 +98,11 @@ impl<T: Call> Coalescer<T> {
         // Stable: two calls of one record go in the order they came.
         batch.sort_by(|a, b| a.call.id().cmp(b.call.id()));
         match batch.len() {
-            // Another batch took our call: its answer comes on `answer`.
-            0 => {
-                drop(permit);
-                answered(answer.await)
-            }
-            // Alone: ours is sent by us, holding the slot; another's (ours went in an earlier
-            // batch) by its own caller, whom dropping its reply tells.
+            // Alone, and ours: sent by us, holding the slot.
             1 if batch[0].ticket == ticket => Turn::Alone(Some(permit)),
-            1 => {
+            // Ours went in an earlier batch, whose answer comes on `answer`. Another caller's
+            // lone call is sent by that caller, whom dropping its reply tells.
+            0 | 1 => {
                 drop(batch);
                 drop(permit);
                 answered(answer.await)

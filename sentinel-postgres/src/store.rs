@@ -392,9 +392,9 @@ impl PostgresStore {
             .map_err(|e| self.error(e, operation))
     }
 
-    /// Sends the complete statement on `conn` (a pooled connection, or the caller's transaction
-    /// for [`PostgresStore::complete_in`]), again while the verdict is `retry`: the record
-    /// changed after the update's snapshot, and the next statement sees it.
+    /// Sends the complete statement through `via` (the store's pool, in a batch under load, or
+    /// the caller's transaction for [`PostgresStore::complete_in`]), again while the verdict is
+    /// `retry`: the record changed after the update's snapshot, and the next statement sees it.
     pub(crate) async fn send_complete(
         &self,
         mut via: Via<'_>,

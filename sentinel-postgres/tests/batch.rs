@@ -133,17 +133,19 @@ fn completing(
     })
 }
 
-/// Opens a transaction on `conn` that locks the row of `id`: the store's completion of `id`
-/// waits on the server until the transaction ends.
-async fn hold_row(conn: &mut PgConnection, store: &PostgresStore, id: &RecordId) {
-    run(conn, store, "BEGIN", id).await;
-    run(
-        conn,
-        store,
-        "SELECT 1 FROM {schema}.executions WHERE namespace = $1 AND key = $2 FOR UPDATE",
-        id,
-    )
-    .await;
+/// Opens a transaction on `conn` that locks the rows of `ids`: the store's completions of them
+/// wait on the server until the transaction ends.
+async fn hold_rows(conn: &mut PgConnection, store: &PostgresStore, ids: &[RecordId]) {
+    run(conn, store, "BEGIN", &ids[0]).await;
+    for id in ids {
+        run(
+            conn,
+            store,
+            "SELECT 1 FROM {schema}.executions WHERE namespace = $1 AND key = $2 FOR UPDATE",
+            id,
+        )
+        .await;
+    }
 }
 
 /// Lets the spawned calls queue, checks none of them was answered yet, and returns the
@@ -273,7 +275,7 @@ async fn queued_completions_go_in_one_statement_and_each_gets_its_own_answer() {
         tokens.push(granted(outcome.unwrap()));
     }
     let mut holder = direct(&factory).await;
-    hold_row(&mut holder, &store, &id("batch", "held")).await;
+    hold_rows(&mut holder, &store, &[id("batch", "held")]).await;
     let completing =
         |key: &str, token: FencingToken, result: &str| completing(&store, key, token, result);
     let held = completing("held", tokens[0], "rh");
@@ -477,12 +479,10 @@ async fn two_batches_over_the_same_records_never_deadlock() {
     }
     // Each store's slot is taken by a completion waiting on a row the test holds locked.
     let mut holder = direct(&factory).await;
-    hold_row(&mut holder, &one, &id("batch", "held-1")).await;
-    run(
+    hold_rows(
         &mut holder,
         &one,
-        "SELECT 1 FROM {schema}.executions WHERE namespace = $1 AND key = $2 FOR UPDATE",
-        &id("batch", "held-2"),
+        &[id("batch", "held-1"), id("batch", "held-2")],
     )
     .await;
     let held = [
