@@ -13,11 +13,9 @@
 #![allow(dead_code)]
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::net::ToSocketAddrs;
 
 use sentinel_postgres::PostgresStore;
 use sqlx::PgPool;
