@@ -120,6 +120,7 @@ macro_rules! __with_cases {
             tokens_strictly_increase,
             tokens_survive_restart,
             server_clock,
+            numbers_stay_exact,
             keys_round_trip_and_never_collide,
             namespaces_are_separate,
             invalid_input_writes_nothing,
@@ -146,7 +147,7 @@ macro_rules! __case_dispatch {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                $crate::cases::$case(&$factory).await;
+                $crate::limited(stringify!($case), $crate::cases::$case(&$factory)).await;
             }
         )*
     };
@@ -159,7 +160,9 @@ macro_rules! __case_dispatch {
                 (stringify!($case), {
                     let factory = ::std::sync::Arc::clone(&$factory);
                     Box::new(move || -> $crate::CaseFuture {
-                        Box::pin(async move { $crate::cases::$case(&*factory).await })
+                        Box::pin($crate::limited(stringify!($case), async move {
+                            $crate::cases::$case(&*factory).await
+                        }))
                     }) as Box<dyn FnOnce() -> $crate::CaseFuture + Send>
                 }),
             )*
@@ -182,6 +185,22 @@ macro_rules! conformance_tests {
 
 #[doc(hidden)]
 pub type CaseFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// How long one case may take before it fails. A store that never answers, or answers so that a
+/// case waits for something that never comes, fails the case with its name instead of hanging
+/// the suite. Every case finishes in seconds on a working store.
+pub const CASE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Runs one case, failing it when it takes longer than [`CASE_TIME_LIMIT`].
+#[doc(hidden)]
+pub async fn limited(case: &str, run: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(CASE_TIME_LIMIT, run).await.is_err() {
+        panic!(
+            "[{case}] did not finish within {} s: a store call or a wait never returned",
+            CASE_TIME_LIMIT.as_secs()
+        );
+    }
+}
 
 /// The names of every case, in the order [`run_all`] runs them.
 pub fn case_names() -> Vec<&'static str> {

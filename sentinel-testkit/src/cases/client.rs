@@ -26,6 +26,8 @@ pub async fn once_with_concurrent_callers<F: StoreFactory>(factory: &F) {
             let (runs, barrier) = (Arc::clone(&runs), Arc::clone(&barrier));
             tokio::spawn(async move {
                 barrier.wait().await;
+                // The work takes 50 ms: waiting ten seconds for it means the store lost it.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
                 loop {
                     let outcome = sentinel
                         .once("checkout-1", |ctx| {
@@ -40,6 +42,11 @@ pub async fn once_with_concurrent_callers<F: StoreFactory>(factory: &F) {
                         .expect("once answers");
                     match outcome {
                         Once::InProgress { .. } => {
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "[once_with_concurrent_callers] still in progress after 10 s \
+                                 (the work takes 50 ms): {outcome:?}"
+                            );
                             tokio::time::sleep(Duration::from_millis(10)).await
                         }
                         other => return other,

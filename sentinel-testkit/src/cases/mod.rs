@@ -12,7 +12,7 @@ mod races;
 mod tokens;
 
 pub use client::{lease_renews_under_heartbeat, once_with_concurrent_callers};
-pub use clock::server_clock;
+pub use clock::{numbers_stay_exact, server_clock};
 pub use events::{event_log_ignores_reads_and_refusals, event_log_records_every_transition};
 pub use features::{
     fingerprints_guard_the_key, two_phase_execution, waiting_for_a_result, waiting_misses_no_change,
