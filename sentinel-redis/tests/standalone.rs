@@ -190,6 +190,7 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
         .await
         .unwrap();
     let mut renewals = Vec::new();
+    let before = command_calls(&mut admin).await;
     for i in 0..300 {
         let k = id(&format!("job-{i}"));
         let g = grant(store.claim(&k, &claim("a", ttl, i % 2 == 0)).await.unwrap());
@@ -199,6 +200,11 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
             token: g.token,
         });
     }
+    let after = command_calls(&mut admin).await;
+    // The first claim of a key takes the fast section, on the manual clock too: it asks whether
+    // anything exists under the name and reads no record.
+    assert_eq!(calls_since(&before, &after, "exists"), 300);
+    assert_eq!(calls_since(&before, &after, "hgetall"), 0);
     for i in 0..50 {
         let k = id(&format!("lock-{i}"));
         let request = LeaseRequest {
@@ -327,7 +333,51 @@ async fn the_compact_field_keeps_records_small_and_claims_cheap() {
     assert_eq!(calls_since(&before, &after, "hgetall"), 0);
     assert_eq!(calls_since(&before, &after, "hget"), 2, "c and the owner");
 
+    // A claim that is not started yet is busy for others, from the compact field as well.
+    let claimed = id("order-2");
+    grant(
+        store
+            .claim(&claimed, &claim(worker, ttl, false))
+            .await
+            .unwrap(),
+    );
+    let before = command_calls(&mut admin).await;
+    let busy = store
+        .claim(&claimed, &claim("other", ttl, true))
+        .await
+        .unwrap();
+    let after = command_calls(&mut admin).await;
+    assert!(
+        matches!(
+            busy,
+            ClaimOutcome::Busy {
+                state: sentinel_core::ExecutionState::Claimed,
+                ..
+            }
+        ),
+        "{busy:?}"
+    );
+    assert_eq!(calls_since(&before, &after, "hgetall"), 0);
+
+    // The executing worker's completion, on the server's clock: two HGETs, no HGETALL; the same
+    // for a record with a fingerprint (the compact field starts with it).
+    let before = command_calls(&mut admin).await;
     store.complete(&k, g.token, &json!("ch_42")).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(calls_since(&before, &after, "hgetall"), 0);
+    assert_eq!(calls_since(&before, &after, "hget"), 2, "c and the owner");
+    let printed = id("order-3");
+    let mut request = claim(worker, ttl, true);
+    request.fingerprint = Some(sentinel_core::Fingerprint::new("sha256:ab12").unwrap());
+    let g3 = grant(store.claim(&printed, &request).await.unwrap());
+    let before = command_calls(&mut admin).await;
+    store.complete(&printed, g3.token, &json!(3)).await.unwrap();
+    let after = command_calls(&mut admin).await;
+    assert_eq!(
+        calls_since(&before, &after, "hgetall"),
+        0,
+        "with a fingerprint"
+    );
     assert_eq!(encoding(&mut admin).await, "listpack", "a completed record");
     let fields: std::collections::HashMap<String, String> = admin.hgetall(&hash).await.unwrap();
     assert!(
@@ -550,6 +600,19 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
     let exists: bool = conn.exists(&hash).await.unwrap();
     assert!(!exists, "the record was not written");
+
+    // The same for a completion (the fast section's XADD): the record stays executing.
+    let k = id("stream-replaced");
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    let _: () = conn.del(&stream).await.unwrap();
+    let _: () = conn.set(&stream, "not a stream").await.unwrap();
+    let before: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
+    let err = store.complete(&k, g.token, &json!(1)).await.unwrap_err();
+    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
+    let after: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
+    assert_eq!(before, after, "the record was not written");
+    assert_eq!(after["state"], "executing");
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use sentinel_core::store::Renewal;
 use sentinel_core::{
-    ClaimOutcome, ClaimRequest, CoordinationStore, EventKind, FencingToken, HistoryQuery, Keyspace,
-    RequestId, TimeSource, Timestamp, Ttl,
+    ClaimOutcome, ClaimRequest, CoordinationStore, EventKind, FencingToken, HistoryQuery, Key,
+    Keyspace, RecordId, RequestId, TimeSource, Timestamp, Ttl,
 };
 
 use crate::StoreFactory;
@@ -80,20 +80,30 @@ pub async fn numbers_stay_exact<F: StoreFactory>(factory: &F) {
     ];
     for (i, start) in starts.into_iter().enumerate() {
         let case = format!("numbers_stay_exact, start {start} µs");
-        let id = h.id(&format!("exact-{i}"));
+        // A namespace per start, so that each purge sees only its own record.
+        let namespace = unique_namespace(&format!("exact-{i}"));
+        let id = RecordId::new(namespace.clone(), Key::new("exact").expect("a valid key"));
+        let claim = |who: &str| {
+            let (store, id, case) = (h.store.clone(), id.clone(), case.clone());
+            let request = ClaimRequest {
+                owner: owner(who),
+                ttl,
+                start: true,
+                request_id: RequestId::random(),
+                fingerprint: None,
+            };
+            async move {
+                match store.claim(&id, &request).await {
+                    Ok(ClaimOutcome::Acquired(grant)) => grant,
+                    other => {
+                        panic!("[{case}] claiming a free key: expected a grant, got {other:?}")
+                    }
+                }
+            }
+        };
         let now = Timestamp::from_micros(start);
         h.clock.set(now);
-        let request = ClaimRequest {
-            owner: owner("a"),
-            ttl,
-            start: true,
-            request_id: RequestId::random(),
-            fingerprint: None,
-        };
-        let grant = match h.store.claim(&id, &request).await {
-            Ok(ClaimOutcome::Acquired(grant)) => grant,
-            other => panic!("[{case}] the first claim of a key: expected a grant, got {other:?}"),
-        };
+        let grant = claim("a").await;
         let lease = now.saturating_add(ttl.ttl());
         let hard = now.saturating_add(ttl.hard());
         assert_eq!(grant.token, FencingToken::next(None, now), "[{case}] token");
@@ -150,23 +160,32 @@ pub async fn numbers_stay_exact<F: StoreFactory>(factory: &F) {
         // Purged, then claimed again with the clock set back centuries: last + 1, exactly.
         assert_eq!(
             h.store
-                .purge(&h.namespace, Duration::ZERO, 100)
+                .purge(&namespace, Duration::ZERO, 100)
                 .await
                 .expect("purge"),
             1,
             "[{case}] purged"
         );
         h.clock.set(Timestamp::from_micros(1));
-        let next = h.acquire(&format!("exact-{i}"), "b", true).await;
+        let next = claim("b").await;
         assert_eq!(
             next.token.get(),
             grant.token.get() + 1,
             "[{case}] the token after purge"
         );
+        // And completed at once: its events come after the purge's, centuries later in time.
+        h.store
+            .complete(&id, next.token, &result(2))
+            .await
+            .expect("complete");
         let events = history(&h).await;
+        let one = Timestamp::from_micros(1);
         assert_eq!(
-            events.last(),
-            Some(&(EventKind::Claimed, next.token, Timestamp::from_micros(1))),
+            events[events.len().saturating_sub(2)..],
+            [
+                (EventKind::Claimed, next.token, one),
+                (EventKind::Completed, next.token, one)
+            ],
             "[{case}] the history after purge: {events:?}"
         );
     }
