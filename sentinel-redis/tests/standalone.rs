@@ -564,6 +564,22 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     )
     .await;
 
+    // An unknown state, every other field in place: a transition and a read both refuse it.
+    let k = id("unknown-state");
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let _: () = conn.hset(&hash, "state", "paused").await.unwrap();
+    let _: () = conn.del(&stream).await.unwrap();
+    reported_and_unlogged(
+        &mut conn,
+        &stream,
+        store
+            .abort(&k, g.token, sentinel_core::Disposition::NotApplied)
+            .await,
+        store.inspect(&k).await,
+    )
+    .await;
+
     let k = id("foreign");
     let (hash, _) = store.key_names(Keyspace::Execution, &k);
     let _: () = conn.set(&hash, "not a hash").await.unwrap();
@@ -592,6 +608,27 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     )
     .await;
 
+    // A held lease that lost its request id: the same.
+    let k = id("lease-without-rid");
+    let (hash, stream) = store.key_names(Keyspace::Lease, &k);
+    let Acquisition::Acquired(_) = store.acquire_lease(&k, &request).await.unwrap() else {
+        panic!("the lease is free")
+    };
+    let _: () = conn.hdel(&hash, "rid").await.unwrap();
+    let _: () = conn.del(&stream).await.unwrap();
+    let other = LeaseRequest {
+        owner: owner("b"),
+        ttl,
+        request_id: RequestId::random(),
+    };
+    reported_and_unlogged(
+        &mut conn,
+        &stream,
+        store.acquire_lease(&k, &other).await,
+        store.inspect_lease(&k).await,
+    )
+    .await;
+
     // A foreign key in place of the history stream: the XADD fails first, nothing is written.
     let k = id("foreign-stream");
     let (hash, stream) = store.key_names(Keyspace::Execution, &k);
@@ -600,6 +637,21 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
     let exists: bool = conn.exists(&hash).await.unwrap();
     assert!(!exists, "the record was not written");
+
+    // The same for a transition of the full script (an abort).
+    let k = id("stream-replaced-abort");
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    let _: () = conn.del(&stream).await.unwrap();
+    let _: () = conn.set(&stream, "not a stream").await.unwrap();
+    let before: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
+    let err = store
+        .abort(&k, g.token, sentinel_core::Disposition::NotApplied)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CorruptRecord { .. }), "{err}");
+    let after: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
+    assert_eq!(before, after, "the record was not written");
 
     // The same for a completion (the fast section's XADD): the record stays executing.
     let k = id("stream-replaced");

@@ -71,6 +71,11 @@ pub async fn numbers_stay_exact<F: StoreFactory>(factory: &F) {
     // An odd number of microseconds: a sum that crosses 2^53 is odd, and a double rounds it.
     let ttl = Ttl::from_micros(1_000_003, 3_000_005).expect("a valid ttl");
     let starts = [
+        123_456_789, // nine digits
+        // Sums that carry into the next 10^9: the heartbeat's new expiry is exactly 2 * 10^15
+        // (start + 1 µs + ttl), and so is the token after the first (start + 1).
+        2_000_000_000_000_000 - 1_000_004,
+        2_000_000_000_000_000 - 1,
         TWO_POW_53 - 1_000_004, // the lease crosses 2^53, the claim does not
         TWO_POW_53 - 3_000_004, // only the hard expiry crosses it
         TWO_POW_53 - 1,

@@ -9,7 +9,7 @@ use serde_json::json;
 use sentinel_core::store::{ListQuery, Renewal};
 use sentinel_core::{
     Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState,
-    FencingToken, Keyspace, OwnerId,
+    FencingToken, Keyspace, OwnerId, RejectReason,
 };
 
 use crate::StoreFactory;
@@ -274,5 +274,35 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         h.history(Keyspace::Execution, "k").await,
         completed,
         "[event_log] a repeated completion was logged twice"
+    );
+    // An operator's force_complete that repeats the recorded result: accepted, nothing logged.
+    // With another result: refused, the result stays, nothing logged.
+    h.store
+        .force_complete(&id, &op, &result(1))
+        .await
+        .expect("a force_complete repeating the result is accepted");
+    let other = h.store.force_complete(&id, &op, &result(2)).await;
+    assert!(
+        matches!(
+            other
+                .as_ref()
+                .map_err(|e| e.rejection().map(|r| r.reason.clone())),
+            Err(Some(RejectReason::WrongState))
+        ),
+        "[event_log] force_complete with another result than the recorded one: {other:?}"
+    );
+    assert_eq!(
+        h.store
+            .inspect(&id)
+            .await
+            .expect("inspect")
+            .and_then(|r| r.result),
+        Some(result(1)),
+        "[event_log] the recorded result stays"
+    );
+    assert_eq!(
+        h.history(Keyspace::Execution, "k").await,
+        completed,
+        "[event_log] a repeated or refused force_complete logged something"
     );
 }
