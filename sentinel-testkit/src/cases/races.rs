@@ -46,68 +46,118 @@ where
 
 /// 32 concurrent claims on one key: exactly one acquires, the others see it busy, and each
 /// answer is its own caller's (the grant goes to the contender the record names as its owner);
-/// over 50 keys.
+/// over 50 keys, each raced three times: never claimed, purged (a tombstone keeps its last
+/// token), and held by a claim that expired (a takeover, where a store must judge the record
+/// again once it holds it: every contender read it claimable).
 pub async fn claim_race<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "claim_race").await;
+    let mut tokens = Vec::new();
     for k in 0..KEYS {
-        let id = h.id(&format!("race-{k}"));
-        let answers = at_once(&h.store, CONTENDERS, |store, n| {
-            let id = id.clone();
-            async move {
-                store
-                    .claim(&id, &claim_request(&format!("w{n}"), true))
-                    .await
-            }
-        })
-        .await;
-        let mut granted = Vec::new();
-        for (n, answer) in answers.iter().enumerate() {
-            match answer {
-                Ok(ClaimOutcome::Acquired(grant)) => granted.push((n, grant.token)),
-                Ok(ClaimOutcome::Busy {
-                    state: ExecutionState::Executing,
-                    ..
-                }) => {}
-                other => panic!("[claim_race] key {k}: unexpected answer {other:?}"),
-            }
-        }
-        assert_eq!(
-            granted.len(),
-            1,
-            "[claim_race] key {k}: {} claims were granted, not one",
-            granted.len()
-        );
-        let (winner, winning_token) = granted[0];
-        let record = h
-            .store
-            .inspect(&id)
+        tokens.push(race_for_claim(&h, k, "a key never claimed", true).await);
+    }
+    for (k, token) in tokens.iter().enumerate() {
+        h.store
+            .complete(&h.id(&format!("race-{k}")), *token, &result(k as u64))
             .await
-            .expect("inspect")
-            .expect("the claimed record");
-        assert_eq!(
-            record.owner,
-            owner(&format!("w{winner}")),
-            "[claim_race] key {k}: the grant went to contender {winner}, not to the record's owner"
+            .expect("complete");
+    }
+    h.advance(Duration::from_secs(1));
+    let purged = h
+        .store
+        .purge(&h.namespace, Duration::ZERO, KEYS as u32)
+        .await
+        .expect("purge");
+    assert_eq!(purged, KEYS as u64, "[claim_race] every key purged");
+    for (k, token) in tokens.iter_mut().enumerate() {
+        let next = race_for_claim(&h, k, "a purged key", false).await;
+        assert!(
+            next > *token,
+            "[claim_race] key {k}: the token went back after purge"
         );
-        for answer in answers {
-            if let Ok(ClaimOutcome::Busy {
-                token, owner: busy, ..
-            }) = answer
-            {
-                assert_eq!(
-                    (token, &busy),
-                    (winning_token, &record.owner),
-                    "[claim_race] key {k}: busy answers name the winner's token and owner"
-                );
-            }
-        }
-        let history = h.history(Keyspace::Execution, &format!("race-{k}")).await;
-        assert_eq!(
-            history.len(),
-            1,
-            "[claim_race] key {k}: one claim, one event: {history:?}"
+        *token = next;
+    }
+    // The claims were not started and their ttl is 1 s: all expired.
+    h.advance(Duration::from_secs(2));
+    for (k, token) in tokens.iter().enumerate() {
+        let next = race_for_claim(&h, k, "an expired claim", true).await;
+        assert!(
+            next > *token,
+            "[claim_race] key {k}: a takeover kept the old token"
         );
     }
+}
+
+/// One race of `CONTENDERS` claims (started or not) on key `k`: checks the answers and the one
+/// new event, and returns the winner's token.
+async fn race_for_claim<S: CoordinationStore + Clone>(
+    h: &Harness<S>,
+    k: usize,
+    what: &str,
+    start: bool,
+) -> sentinel_core::FencingToken {
+    let key = format!("race-{k}");
+    let id = h.id(&key);
+    let before = h.history(Keyspace::Execution, &key).await.len();
+    let answers = at_once(&h.store, CONTENDERS, |store, n| {
+        let id = id.clone();
+        async move {
+            store
+                .claim(&id, &claim_request(&format!("w{n}"), start))
+                .await
+        }
+    })
+    .await;
+    let busy_state = if start {
+        ExecutionState::Executing
+    } else {
+        ExecutionState::Claimed
+    };
+    let mut granted = Vec::new();
+    for (n, answer) in answers.iter().enumerate() {
+        match answer {
+            Ok(ClaimOutcome::Acquired(grant)) => granted.push((n, grant.token)),
+            Ok(ClaimOutcome::Busy { state, .. }) if *state == busy_state => {}
+            other => panic!("[claim_race] key {k}, {what}: unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(
+        granted.len(),
+        1,
+        "[claim_race] key {k}, {what}: {} claims were granted, not one",
+        granted.len()
+    );
+    let (winner, winning_token) = granted[0];
+    let record = h
+        .store
+        .inspect(&id)
+        .await
+        .expect("inspect")
+        .expect("the claimed record");
+    assert_eq!(
+        record.owner,
+        owner(&format!("w{winner}")),
+        "[claim_race] key {k}, {what}: the grant went to contender {winner}, not to the record's \
+         owner"
+    );
+    for answer in answers {
+        if let Ok(ClaimOutcome::Busy {
+            token, owner: busy, ..
+        }) = answer
+        {
+            assert_eq!(
+                (token, &busy),
+                (winning_token, &record.owner),
+                "[claim_race] key {k}, {what}: busy answers name the winner's token and owner"
+            );
+        }
+    }
+    let history = h.history(Keyspace::Execution, &key).await;
+    assert_eq!(
+        history.len(),
+        before + 1,
+        "[claim_race] key {k}, {what}: one claim, one event: {history:?}"
+    );
+    winning_token
 }
 
 /// A late completion racing a reconcile of the expired execution: exactly one wins and the final
