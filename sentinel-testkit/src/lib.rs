@@ -129,6 +129,7 @@ macro_rules! __with_cases {
             list_filters_and_pages,
             purge_in_batches,
             heartbeat_batch,
+            expiry_is_exclusive,
             retries_after_a_lost_reply,
             once_with_concurrent_callers,
             lease_renews_under_heartbeat,

@@ -10,7 +10,7 @@ use sentinel_core::{
 };
 
 use crate::StoreFactory;
-use crate::harness::{Harness, bogus_token, claim_request, lease_request, owner, result};
+use crate::harness::{Harness, bogus_token, claim_request, lease_request, owner, result, ttl};
 
 /// Records in every state, listed through every filter and page size, agree with
 /// `ListFilter::matches` and come in key order.
@@ -359,4 +359,120 @@ pub async fn retries_after_a_lost_reply<F: StoreFactory>(factory: &F) {
         .await
         .expect("a repeated abort succeeds");
     assert_eq!(h.history(Keyspace::Execution, "a").await.len(), 2);
+}
+
+/// A lease ends at its expiry instant: at `lease_expires_at` exactly a record is expired (start
+/// and heartbeat refused, a claim taken over or reported uncertain, a lease taken), one
+/// microsecond before it is alive. And what `start` answers: the renewed expiry when it starts
+/// the execution, the record's current one when it was already started.
+pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
+    let h = Harness::new(factory, "expiry").await;
+    let micro = Duration::from_micros(1);
+    let expired = |what: &str, answer: Result<Timestamp, sentinel_core::Error>| {
+        let reason = answer
+            .as_ref()
+            .map_err(|e| e.rejection().map(|r| r.reason.clone()));
+        assert!(
+            matches!(reason, Err(Some(RejectReason::Expired))),
+            "[expiry_is_exclusive] {what} at the expiry instant: expected Expired, got {answer:?}"
+        );
+    };
+    let renewal = |key: &str, token| Renewal {
+        keyspace: Keyspace::Execution,
+        id: h.id(key),
+        token,
+    };
+
+    // A claim started one microsecond before its expiry: renewed from then on.
+    let t0 = h.clock.now();
+    let grant = h.acquire("early", "w", false).await;
+    let lease = grant.lease_expires_at;
+    h.clock.set(lease.saturating_sub(micro));
+    let started = h
+        .store
+        .start(&h.id("early"), grant.token)
+        .await
+        .expect("alive one microsecond before its expiry");
+    let renewed = lease
+        .saturating_sub(micro)
+        .saturating_add(ttl().ttl())
+        .min(grant.hard_expires_at);
+    assert_eq!(
+        started, renewed,
+        "[expiry_is_exclusive] start renews the lease"
+    );
+    // Started again (its reply was lost): the lease as it stands, not renewed again.
+    h.advance(Duration::from_millis(10));
+    let again = h
+        .store
+        .start(&h.id("early"), grant.token)
+        .await
+        .expect("a repeated start");
+    assert_eq!(again, renewed, "[expiry_is_exclusive] a repeated start");
+
+    // A claim not started by its expiry instant.
+    h.clock.set(t0);
+    let grant = h.acquire("late", "w", false).await;
+    h.clock.set(grant.lease_expires_at);
+    expired("start", h.store.start(&h.id("late"), grant.token).await);
+    let renewals = h
+        .store
+        .heartbeat(&[renewal("late", grant.token)])
+        .await
+        .expect("heartbeat");
+    assert!(
+        matches!(&renewals[0], Err(r) if r.reason == RejectReason::Expired),
+        "[expiry_is_exclusive] a heartbeat at the expiry instant: {renewals:?}"
+    );
+    assert!(
+        matches!(
+            h.claim("late", "x", true).await,
+            Ok(ClaimOutcome::Acquired(_))
+        ),
+        "[expiry_is_exclusive] an expired claim is taken over at its expiry instant"
+    );
+
+    // An execution: alive one microsecond before its expiry, uncertain at it.
+    h.clock.set(t0);
+    let grant = h.acquire("running", "w", true).await;
+    h.clock.set(grant.lease_expires_at.saturating_sub(micro));
+    assert!(
+        matches!(
+            h.claim("running", "x", true).await,
+            Ok(ClaimOutcome::Busy { .. })
+        ),
+        "[expiry_is_exclusive] busy one microsecond before the expiry"
+    );
+    h.clock.set(grant.lease_expires_at);
+    assert!(
+        matches!(
+            h.claim("running", "x", true).await,
+            Ok(ClaimOutcome::Uncertain { .. })
+        ),
+        "[expiry_is_exclusive] uncertain at the expiry instant"
+    );
+
+    // A lease: held one microsecond before its expiry, free at it.
+    h.clock.set(t0);
+    let id = h.id("lock");
+    let Ok(Acquisition::Acquired(held)) = h.store.acquire_lease(&id, &lease_request("w")).await
+    else {
+        panic!("[expiry_is_exclusive] a free lease")
+    };
+    h.clock.set(held.lease_expires_at.saturating_sub(micro));
+    assert!(
+        matches!(
+            h.store.acquire_lease(&id, &lease_request("x")).await,
+            Ok(Acquisition::Held { .. })
+        ),
+        "[expiry_is_exclusive] held one microsecond before the expiry"
+    );
+    h.clock.set(held.lease_expires_at);
+    assert!(
+        matches!(
+            h.store.acquire_lease(&id, &lease_request("x")).await,
+            Ok(Acquisition::Acquired(_))
+        ),
+        "[expiry_is_exclusive] a lease is free at its expiry instant"
+    );
 }

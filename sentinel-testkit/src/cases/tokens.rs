@@ -27,30 +27,32 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "tokens").await;
     let key = "ledger-1";
     let id = h.id(key);
-    let mut tokens = vec![h.acquire(key, "a", false).await.token];
+    // Each token with the store's time when it was issued.
+    let mut issued = vec![(h.acquire(key, "a", false).await.token, h.clock.now())];
     // Expiry of a claim: re-claimed.
     h.advance(Duration::from_secs(2));
-    tokens.push(h.acquire(key, "b", true).await.token);
+    issued.push((h.acquire(key, "b", true).await.token, h.clock.now()));
     // Expiry of an execution, then reconcile.
     h.advance(Duration::from_secs(2));
-    tokens.push(
+    issued.push((
         h.store
             .reconcile(&id, &owner("op"))
             .await
             .expect("reconcile"),
-    );
+        h.clock.now(),
+    ));
     h.store
         .reset_to_claimed(&id, &owner("op"))
         .await
         .expect("reset");
     let grant = h.acquire(key, "c", true).await;
-    tokens.push(grant.token);
+    issued.push((grant.token, h.clock.now()));
     h.store
         .abort(&id, grant.token, Disposition::NotApplied)
         .await
         .expect("abort");
     let grant = h.acquire(key, "d", true).await;
-    tokens.push(grant.token);
+    issued.push((grant.token, h.clock.now()));
     h.store
         .complete(&id, grant.token, &result(1))
         .await
@@ -70,7 +72,28 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     );
     // The clock jumps back decades: the next token still comes after the purged one.
     h.clock.set(Timestamp::from_micros(1));
-    tokens.push(h.acquire(key, "e", true).await.token);
+    issued.push((h.acquire(key, "e", true).await.token, h.clock.now()));
+    // Expired and reconciled while the clock is still far behind the last token.
+    h.advance(Duration::from_secs(2));
+    issued.push((
+        h.store
+            .reconcile(&id, &owner("op"))
+            .await
+            .expect("reconcile"),
+        h.clock.now(),
+    ));
+    // Not only increasing: each is exactly max(last + 1, now), whether the clock or the last
+    // token decides.
+    let mut last = None;
+    for (n, (token, at)) in issued.iter().enumerate() {
+        assert_eq!(
+            *token,
+            FencingToken::next(last, *at),
+            "[tokens_strictly_increase] token {n} issued at {at:?} after {last:?}"
+        );
+        last = Some(*token);
+    }
+    let tokens: Vec<FencingToken> = issued.iter().map(|(token, _)| *token).collect();
     increasing("tokens_strictly_increase", &tokens);
 
     // The lease keyspace keeps its own sequence, through release and expiry, with the clock
