@@ -197,18 +197,81 @@ async fn a_takeover_waits_for_the_fenced_transaction_to_commit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_completion_and_other_keys_are_not_blocked_by_a_fence() {
     let factory = factory!();
-    let (store, _clock) = manual_store(&factory).await;
+    let (store, clock) = manual_store(&factory).await;
     let order = id("pay", "order-3");
     let other = id("pay", "order-4");
+    // Records that share the fenced one's namespace or its key, claimed but not started; and
+    // leases, one of the fenced record's name and two that share its namespace or its key.
+    let neighbours = [id("pay", "order-6"), id("refunds", "order-3")];
+    for neighbour in &neighbours {
+        granted(
+            store
+                .claim(neighbour, &claim("c", 1_000, false))
+                .await
+                .unwrap(),
+        );
+    }
+    let locks = [
+        id("pay", "order-3"),
+        id("pay", "lock-7"),
+        id("jobs", "order-3"),
+    ];
+    for lock in &locks {
+        let Acquisition::Acquired(_) = store.acquire_lease(lock, &lease("c", 1_000)).await.unwrap()
+        else {
+            panic!("a free lease is granted");
+        };
+    }
+    clock.advance(Duration::from_millis(500));
     let token = granted(
         store
-            .claim(&order, &claim("worker-a", 1_000, true))
+            .claim(&order, &claim("worker-a", 60_000, true))
             .await
             .unwrap(),
     );
 
     let mut tx = store.pool().begin().await.unwrap();
     store.fence(&mut tx, &order, token).await.unwrap();
+    // A fence locks its own record and nothing else: the neighbours' claims expire and are
+    // taken over while the fence is held, and so are the leases.
+    clock.advance(Duration::from_millis(600));
+    let take_lease = |lock: &sentinel_core::RecordId| {
+        let (store, lock) = (store.clone(), lock.clone());
+        async move {
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                store.acquire_lease(&lock, &lease("d", 1_000)),
+            )
+            .await
+            .expect("a lease takeover does not wait for a fence of another record")
+            .unwrap()
+            {
+                Acquisition::Acquired(grant) => grant.token,
+                other => panic!("an expired lease is granted, got {other:?}"),
+            }
+        }
+    };
+    for neighbour in &neighbours {
+        let taken = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.claim(neighbour, &claim("d", 1_000, true)),
+        )
+        .await
+        .expect("a takeover of another record does not wait for the fence")
+        .unwrap();
+        granted(taken);
+    }
+    // A lease's fence, likewise, locks its lease alone.
+    let taken = take_lease(&locks[0]).await;
+    let mut lease_tx = store.pool().begin().await.unwrap();
+    store
+        .fence_lease(&mut lease_tx, &locks[0], taken)
+        .await
+        .unwrap();
+    for lock in &locks[1..] {
+        take_lease(lock).await;
+    }
+    lease_tx.commit().await.unwrap();
     let renewals = [sentinel_core::Renewal {
         keyspace: Keyspace::Execution,
         id: order.clone(),
@@ -268,13 +331,40 @@ async fn fence_refuses_what_has_no_authority() {
     assert_eq!(claimed.reason, RejectReason::WrongState);
     drop(tx);
 
-    store.start(&order, token).await.unwrap();
-    clock.advance(Duration::from_secs(2));
+    // Alive one microsecond before the lease's expiry, expired at it.
+    let expiry = store.start(&order, token).await.unwrap();
+    let micro = Duration::from_micros(1);
+    clock.set(expiry.saturating_sub(micro));
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    drop(tx);
+    clock.set(expiry);
     let mut tx = store.pool().begin().await.unwrap();
     let expired = rejection(store.fence(&mut tx, &order, token).await.unwrap_err());
     assert_eq!(expired.reason, RejectReason::Expired);
     assert_eq!(expired.state, Some(ExecutionState::Executing));
     assert_eq!(expired.token, Some(token));
+    drop(tx);
+
+    // The same for a lease.
+    let job = id("pay", "lock-5");
+    let Acquisition::Acquired(held) = store.acquire_lease(&job, &lease("a", 1_000)).await.unwrap()
+    else {
+        panic!("a free lease is granted");
+    };
+    clock.set(held.lease_expires_at.saturating_sub(micro));
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence_lease(&mut tx, &job, held.token).await.unwrap();
+    drop(tx);
+    clock.set(held.lease_expires_at);
+    let mut tx = store.pool().begin().await.unwrap();
+    let expired = rejection(
+        store
+            .fence_lease(&mut tx, &job, held.token)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(expired.reason, RejectReason::Expired);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

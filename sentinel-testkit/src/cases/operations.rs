@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sentinel_core::store::{ListFilter, ListQuery, Renewal};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, ExecutionState, Keyspace,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState, Keyspace,
     RejectReason, Timestamp,
 };
 
@@ -128,6 +128,20 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
 /// never uncertain or reconciling ones; tokens survive.
 pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "purge").await;
+    // The lease of the same name as a purged execution keeps its history.
+    let Acquisition::Acquired(lock) = h
+        .store
+        .acquire_lease(&h.id("done-0"), &lease_request("w"))
+        .await
+        .expect("acquire")
+    else {
+        panic!("[purge_in_batches] a free lease")
+    };
+    h.store
+        .release_lease(&h.id("done-0"), lock.token)
+        .await
+        .expect("release");
+    let lease_history = h.history(Keyspace::Lease, "done-0").await;
     let mut tokens = Vec::new();
     for n in 0..7 {
         let key = format!("done-{n}");
@@ -172,14 +186,26 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
         "[purge_in_batches] batches of at most three"
     );
     for n in 0..7 {
+        let key = format!("done-{n}");
         assert!(
             h.store
-                .inspect(&h.id(&format!("done-{n}")))
+                .inspect(&h.id(&key))
                 .await
                 .expect("inspect")
                 .is_none()
         );
+        // The history starts again from the purge: one event, with the last token.
+        let history = h.history(Keyspace::Execution, &key).await;
+        assert!(
+            matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == tokens[n]),
+            "[purge_in_batches] {key}: the history after purge is the purge alone: {history:?}"
+        );
     }
+    assert_eq!(
+        h.history(Keyspace::Lease, "done-0").await,
+        lease_history,
+        "[purge_in_batches] purging an execution touched the lease of the same name"
+    );
     for key in ["uncertain", "reconciling", "recent"] {
         assert!(
             h.store
