@@ -27,6 +27,15 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "tokens").await;
     let key = "ledger-1";
     let id = h.id(key);
+    // An operator's reconcile: the token it issues, and when.
+    let reconciled = || async {
+        let token = h
+            .store
+            .reconcile(&id, &owner("op"))
+            .await
+            .expect("reconcile");
+        (token, h.clock.now())
+    };
     // Each token with the store's time when it was issued.
     let mut issued = vec![(h.acquire(key, "a", false).await.token, h.clock.now())];
     // Expiry of a claim: re-claimed.
@@ -34,13 +43,7 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     issued.push((h.acquire(key, "b", true).await.token, h.clock.now()));
     // Expiry of an execution, then reconcile.
     h.advance(Duration::from_secs(2));
-    issued.push((
-        h.store
-            .reconcile(&id, &owner("op"))
-            .await
-            .expect("reconcile"),
-        h.clock.now(),
-    ));
+    issued.push(reconciled().await);
     h.store
         .reset_to_claimed(&id, &owner("op"))
         .await
@@ -75,13 +78,7 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     issued.push((h.acquire(key, "e", true).await.token, h.clock.now()));
     // Expired and reconciled while the clock is still far behind the last token.
     h.advance(Duration::from_secs(2));
-    issued.push((
-        h.store
-            .reconcile(&id, &owner("op"))
-            .await
-            .expect("reconcile"),
-        h.clock.now(),
-    ));
+    issued.push(reconciled().await);
     // Not only increasing: each is exactly max(last + 1, now), whether the clock or the last
     // token decides.
     let mut last = None;
