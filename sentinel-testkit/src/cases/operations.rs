@@ -185,7 +185,7 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
         [3, 3, 1],
         "[purge_in_batches] batches of at most three"
     );
-    for n in 0..7 {
+    for (n, token) in tokens.iter().enumerate() {
         let key = format!("done-{n}");
         assert!(
             h.store
@@ -197,7 +197,7 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
         // The history starts again from the purge: one event, with the last token.
         let history = h.history(Keyspace::Execution, &key).await;
         assert!(
-            matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == tokens[n]),
+            matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == *token),
             "[purge_in_batches] {key}: the history after purge is the purge alone: {history:?}"
         );
     }
