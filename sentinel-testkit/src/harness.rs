@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use sentinel_core::{
-    ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, FencingToken, Grant, HistoryQuery,
-    Key, Keyspace, LeaseRequest, ManualClock, Namespace, OwnerId, RecordId, RequestId, TimeSource,
-    Ttl,
+    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, FencingToken, Grant,
+    HistoryQuery, Key, Keyspace, LeaseRequest, ManualClock, Namespace, OwnerId, RecordId,
+    RequestId, TimeSource, Ttl,
 };
 
 use crate::StoreFactory;
@@ -62,6 +62,18 @@ impl<S: CoordinationStore + Clone> Harness<S> {
         match self.claim(key, owner, start).await {
             Ok(ClaimOutcome::Acquired(grant)) => grant,
             other => panic!("claiming {key:?} for {owner}: expected a grant, got {other:?}"),
+        }
+    }
+
+    /// Acquires the lease `key` for `owner` with the default ttl, expecting it free.
+    pub async fn acquire_lease(&self, key: &str, owner: &str) -> Grant {
+        match self
+            .store
+            .acquire_lease(&self.id(key), &lease_request(owner))
+            .await
+        {
+            Ok(Acquisition::Acquired(grant)) => grant,
+            other => panic!("acquiring the lease {key:?} for {owner}: expected it, got {other:?}"),
         }
     }
 

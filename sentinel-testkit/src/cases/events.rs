@@ -153,14 +153,7 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
     assert_history(&h, Keyspace::Execution, "pay", &expected).await;
 
     // Leases.
-    let Acquisition::Acquired(lease) = h
-        .store
-        .acquire_lease(&h.id("lock"), &lease_request("a"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[event_log] free lease")
-    };
+    let lease = h.acquire_lease("lock", "a").await;
     h.store
         .release_lease(&h.id("lock"), lease.token)
         .await
@@ -182,14 +175,7 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
     let h = Harness::new(factory, "quiet").await;
     let id = h.id("k");
     let grant = h.acquire("k", "a", true).await;
-    let Acquisition::Acquired(lease) = h
-        .store
-        .acquire_lease(&id, &lease_request("a"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[event_log] free lease")
-    };
+    let lease = h.acquire_lease("k", "a").await;
     let executions = h.history(Keyspace::Execution, "k").await;
     let leases = h.history(Keyspace::Lease, "k").await;
 

@@ -129,14 +129,7 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
 pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "purge").await;
     // The lease of the same name as a purged execution keeps its history.
-    let Acquisition::Acquired(lock) = h
-        .store
-        .acquire_lease(&h.id("done-0"), &lease_request("w"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[purge_in_batches] a free lease")
-    };
+    let lock = h.acquire_lease("done-0", "w").await;
     h.store
         .release_lease(&h.id("done-0"), lock.token)
         .await
@@ -231,14 +224,7 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "heartbeat").await;
     let live = h.acquire("live", "w", true).await;
     let claimed = h.acquire("claimed", "w", false).await;
-    let Acquisition::Acquired(lease) = h
-        .store
-        .acquire_lease(&h.id("lock"), &lease_request("w"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[heartbeat_batch] free lease")
-    };
+    let lease = h.acquire_lease("lock", "w").await;
     let expired = h.acquire("expired", "w", true).await;
     let done = h.acquire("done", "w", true).await;
     h.store
@@ -481,10 +467,7 @@ pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
     // A lease: held one microsecond before its expiry, free at it.
     h.clock.set(t0);
     let id = h.id("lock");
-    let Ok(Acquisition::Acquired(held)) = h.store.acquire_lease(&id, &lease_request("w")).await
-    else {
-        panic!("[expiry_is_exclusive] a free lease")
-    };
+    let held = h.acquire_lease("lock", "w").await;
     h.clock.set(held.lease_expires_at.saturating_sub(micro));
     assert!(
         matches!(

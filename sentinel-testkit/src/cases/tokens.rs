@@ -97,38 +97,17 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
     // standing still far in the past.
     let mut leases = Vec::new();
     for _ in 0..3 {
-        let Acquisition::Acquired(grant) = h
-            .store
-            .acquire_lease(&id, &lease_request("x"))
-            .await
-            .expect("acquire")
-        else {
-            panic!("[tokens] the lease is free")
-        };
+        let grant = h.acquire_lease(key, "x").await;
         leases.push(grant.token);
         h.store
             .release_lease(&id, grant.token)
             .await
             .expect("release");
     }
-    let Acquisition::Acquired(grant) = h
-        .store
-        .acquire_lease(&id, &lease_request("y"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[tokens] the lease is free")
-    };
+    let grant = h.acquire_lease(key, "y").await;
     leases.push(grant.token);
     h.advance(Duration::from_secs(6));
-    let Acquisition::Acquired(grant) = h
-        .store
-        .acquire_lease(&id, &lease_request("z"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[tokens] an expired lease can be taken")
-    };
+    let grant = h.acquire_lease(key, "z").await;
     leases.push(grant.token);
     increasing("tokens_strictly_increase (leases)", &leases);
 }
@@ -143,14 +122,7 @@ pub async fn tokens_survive_restart<F: StoreFactory>(factory: &F) {
         .await
         .expect("complete");
     let running = h.acquire("running", "a", true).await;
-    let Acquisition::Acquired(lease) = h
-        .store
-        .acquire_lease(&h.id("lock"), &lease_request("a"))
-        .await
-        .expect("acquire")
-    else {
-        panic!("[restart] the lease is free")
-    };
+    let lease = h.acquire_lease("lock", "a").await;
     let before_done = h.store.inspect(&h.id("done")).await.expect("inspect");
     let before_history = h.history(Keyspace::Execution, "done").await;
 
