@@ -150,6 +150,16 @@ mod tests {
     }
 
     #[test]
+    fn missing_schema_codes() {
+        for code in ["42P01", "42883", "3F000"] {
+            assert!(is_missing_schema(code), "{code}");
+        }
+        for code in ["25P02", "23505", "42601", "08006", ""] {
+            assert!(!is_missing_schema(code), "{code}");
+        }
+    }
+
+    #[test]
     fn pool_timeout_is_a_timeout_and_io_is_unavailable() {
         let e = from_sqlx(sqlx::Error::PoolTimedOut, "claim", Duration::from_secs(3));
         assert!(

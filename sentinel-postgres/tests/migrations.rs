@@ -169,6 +169,49 @@ async fn a_store_on_an_unmigrated_schema_says_so() {
         .expect_err("no tables");
     assert!(matches!(error, Error::Backend { .. }), "{error}");
     assert!(error.to_string().contains("not migrated"), "{error}");
+    assert_eq!(
+        server_code(&error).as_deref(),
+        Some("42P01"),
+        "the server's own error stays reachable as the source: {error:?}"
+    );
+}
+
+/// The SQLSTATE of the server error in `error`'s chain of sources, if there is one.
+fn server_code(error: &Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = next {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return db.code().map(|c| c.into_owned());
+        }
+        next = e.source();
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_server_errors_do_not_blame_the_schema() {
+    let factory = factory!();
+    let store = factory.store(sentinel_core::TimeSource::Server).await;
+    let id = common::id("ns", "k");
+    let token = common::granted(
+        store
+            .claim(&id, &common::claim("w1", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT 1 / 0")
+        .execute(&mut *tx)
+        .await
+        .expect_err("division by zero");
+    // The transaction is aborted: the fence's statement gets "current transaction is aborted".
+    let error = store
+        .fence(&mut tx, &id, token)
+        .await
+        .expect_err("an aborted transaction runs nothing");
+    assert!(matches!(error, Error::Backend { .. }), "{error}");
+    assert!(!error.to_string().contains("not migrated"), "{error}");
+    assert_eq!(server_code(&error).as_deref(), Some("25P02"), "{error:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
