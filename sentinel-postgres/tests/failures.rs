@@ -109,6 +109,16 @@ async fn a_connection_killed_mid_call_is_a_typed_error_and_invents_nothing() {
     assert!(reconciled > token);
 }
 
+#[test]
+fn the_recommended_pool_options_are_the_documented_ones() {
+    let options = PostgresStore::pool_options();
+    assert_eq!(options.get_max_connections(), 16);
+    assert_eq!(options.get_acquire_timeout(), Duration::from_secs(5));
+    // Not sqlx's ping on every acquire (a round trip per call): the store's own hook pings only
+    // connections idle for a while.
+    assert!(!options.get_test_before_acquire());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_pool_is_a_timeout_not_a_hang() {
     let factory = factory!();

@@ -163,6 +163,11 @@ async fn a_store_on_an_unmigrated_schema_says_so() {
         .build()
         .await
         .unwrap();
+    let shown = format!("{store:?}");
+    assert!(
+        shown.starts_with("PostgresStore") && shown.contains("never_migrated"),
+        "{shown}"
+    );
     let error = store
         .inspect(&common::id("ns", "k"))
         .await

@@ -79,12 +79,14 @@ fn fnv1a(bytes: impl IntoIterator<Item = u8>, mut hash: u64) -> u64 {
     hash
 }
 
-/// The hash tag of a record: 16 lowercase hex digits, never a brace.
-pub(crate) fn tag(namespace: &Namespace, key: &Key) -> String {
+/// [`tag_bytes`] as text.
+#[cfg(test)]
+fn tag(namespace: &Namespace, key: &Key) -> String {
     String::from_utf8_lossy(&tag_bytes(namespace, key)).into_owned()
 }
 
-/// [`tag`] without an allocation: it is computed on every call of the store.
+/// The hash tag of a record: 16 lowercase hex digits, never a brace (computed on every call of
+/// the store, so without an allocation).
 fn tag_bytes(namespace: &Namespace, key: &Key) -> [u8; 16] {
     let ns = namespace.as_str().as_bytes();
     let k = key.as_str().as_bytes();
@@ -177,27 +179,24 @@ impl Layout {
         out
     }
 
-    /// The record a record hash name belongs to, if `name` is one of this layout's record hashes
-    /// in `keyspace` (and the tag matches, so a foreign key that merely looks alike is ignored).
+    /// The record a record hash name belongs to, if `name` is exactly the name
+    /// [`Layout::keys`] gives that record in `keyspace`: a foreign key that merely looks alike
+    /// (another tag, a length spelled `02` or `+2`) is ignored.
     pub(crate) fn parse(&self, keyspace: Keyspace, name: &[u8]) -> Option<RecordId> {
-        let name = std::str::from_utf8(name).ok()?;
-        let rest = name
+        let text = std::str::from_utf8(name).ok()?;
+        let rest = text
             .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(":{")?;
-        let (tag_text, rest) = (rest.get(..16)?, rest.get(16..)?);
-        let rest = rest
+            .strip_prefix(":{")?
+            .get(16..)?
             .strip_prefix("}:")?
             .strip_prefix(kind(keyspace, false))?
             .strip_prefix(':')?;
         let (len, rest) = rest.split_once(':')?;
-        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) || len.len() > 4 {
-            return None;
-        }
         let len: usize = len.parse().ok()?;
         let ns = rest.get(..len)?;
         let key = rest.get(len..)?.strip_prefix(':')?;
         let id = RecordId::new(Namespace::new(ns).ok()?, Key::new(key).ok()?);
-        (tag(&id.namespace, &id.key) == tag_text).then_some(id)
+        (self.keys(keyspace, &id).record == name).then_some(id)
     }
 }
 
@@ -245,6 +244,27 @@ mod tests {
                     &layout.keys(Keyspace::Execution, &rid).record
                 ),
                 None
+            );
+        }
+        // Only the one spelling the layout builds: not another tag, nor another way to write
+        // the namespace's length.
+        let rid = id("ns", "k");
+        let record = String::from_utf8(layout.keys(Keyspace::Execution, &rid).record).unwrap();
+        let tag = tag(&rid.namespace, &rid.key);
+        assert!(record.contains(&format!("{{{tag}}}:er:2:ns:k")), "{record}");
+        for (from, to) in [
+            (":2:", ":02:"),
+            (":2:", ":+2:"),
+            (":2:", ": 2:"),
+            (tag.as_str(), "0000000000000000"),
+            (tag.as_str(), tag.to_uppercase().as_str()),
+        ] {
+            let other = record.replacen(from, to, 1);
+            assert_ne!(other, record);
+            assert_eq!(
+                layout.parse(Keyspace::Execution, other.as_bytes()),
+                None,
+                "{other}"
             );
         }
         let long = "k".repeat(1024);
@@ -301,7 +321,8 @@ mod tests {
         assert!(check_prefix("").is_err());
         assert!(check_prefix("a{b").is_err());
         assert!(check_prefix("a*").is_err());
-        assert!(check_prefix(&"x".repeat(65)).is_err());
+        assert!(check_prefix(&"x".repeat(MAX_PREFIX_BYTES)).is_ok());
+        assert!(check_prefix(&"x".repeat(MAX_PREFIX_BYTES + 1)).is_err());
     }
 
     #[test]

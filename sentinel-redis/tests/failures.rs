@@ -311,3 +311,60 @@ async fn aof_restart_mid_run_keeps_completed_results_and_tokens_increase() {
         "the workers went on after the restart"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_stops_answering_times_out_after_the_response_timeout() {
+    let server = private_redis(RedisOptions::default());
+    let timeout = Duration::from_millis(200);
+    let store = RedisStore::builder()
+        .prefix("slow")
+        .response_timeout(timeout)
+        .connect(server.url())
+        .await
+        .unwrap();
+    let k = id("k");
+    let token = token_of(store.claim(&k, &claim("w")).await.unwrap());
+    let mut admin = raw(server.url()).await;
+    // The server holds every client's commands, unanswered, for 1.5 s.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = store.inspect(&k).await.unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(err, Error::Timeout { after, .. } if after == timeout),
+        "{err}"
+    );
+    assert!(
+        waited < Duration::from_millis(1200),
+        "gave up after {waited:?}"
+    );
+    // Once the server answers again, so does the store; nothing was invented meanwhile.
+    let (record, _) = eventually("inspect", || store.inspect(&k)).await;
+    let record = record.expect("the claim is still there");
+    assert_eq!(record.token, token);
+    assert_eq!(record.state, ExecutionState::Executing);
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_the_handshake_fails_after_the_connection_timeout() {
+    // A socket that completes TCP handshakes (the kernel does) but never reads or answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}", silent.local_addr().unwrap());
+    let started = Instant::now();
+    let err = RedisStore::builder()
+        .connection_timeout(Duration::from_millis(300))
+        .response_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(err.is_transient(), "{err}");
+    assert!(waited < Duration::from_secs(3), "gave up after {waited:?}");
+    drop(silent);
+}

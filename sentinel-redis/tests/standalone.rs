@@ -166,9 +166,17 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
     let store = RedisStore::builder()
         .prefix("rt")
         .time(TimeSource::Manual(clock.clone()))
+        // Waiting for no replica is not waiting: no WAIT is sent (checked with the other
+        // commands below).
+        .wait_for_replicas(0, Duration::from_millis(50))
         .connect(server.url())
         .await
         .unwrap();
+    let shown = format!("{store:?}");
+    assert!(
+        shown.starts_with("RedisStore") && shown.contains("\"rt\""),
+        "{shown}"
+    );
     let ttl = Ttl::with_hard(Duration::from_secs(10), Duration::from_secs(60)).unwrap();
     // Load the scripts first so NOSCRIPT retries do not count.
     let warm = grant(
