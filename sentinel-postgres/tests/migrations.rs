@@ -154,6 +154,38 @@ async fn schema_names_are_checked_before_anything_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_keeps_what_it_was_built_with() {
+    let factory = factory!();
+    let pool = common::pool(factory.url(), 1).await;
+    let clock = sentinel_core::ManualClock::new();
+    let name = common::unique_schema("built_with");
+    let store = PostgresStore::builder(pool)
+        .schema(name.as_str())
+        .time(sentinel_core::TimeSource::Manual(clock.clone()))
+        .migrate(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(store.schema().as_str(), name);
+    let sentinel_core::TimeSource::Manual(kept) = store.time_source() else {
+        panic!("{:?}", store.time_source());
+    };
+    let later = clock.advance(std::time::Duration::from_secs(5));
+    assert_eq!(kept.now(), later, "the same clock");
+    let shown = format!("{store:?}");
+    assert!(
+        shown.starts_with("PostgresStore") && shown.contains(&name) && shown.contains("Manual"),
+        "{shown}"
+    );
+    let plain = PostgresStore::new(common::pool(factory.url(), 1).await);
+    assert!(matches!(
+        plain.time_source(),
+        sentinel_core::TimeSource::Server
+    ));
+    assert_eq!(plain.schema().as_str(), "sentinel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_on_an_unmigrated_schema_says_so() {
     let factory = factory!();
     let pool = common::pool(factory.url(), 1).await;
@@ -163,11 +195,6 @@ async fn a_store_on_an_unmigrated_schema_says_so() {
         .build()
         .await
         .unwrap();
-    let shown = format!("{store:?}");
-    assert!(
-        shown.starts_with("PostgresStore") && shown.contains("never_migrated"),
-        "{shown}"
-    );
     let error = store
         .inspect(&common::id("ns", "k"))
         .await

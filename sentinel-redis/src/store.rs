@@ -1447,6 +1447,30 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        for (url, shown) in [
+            ("redis://:hunter2@db:6379/0", "redis://***@db:6379/0"),
+            ("rediss://app:p@ss@db", "rediss://***@db"),
+            ("redis://db:6379", "redis://db:6379"),
+            (
+                "redis+unix:///run/redis.sock",
+                "redis+unix:///run/redis.sock",
+            ),
+            // An `@` before the scheme's `://` is no password: nothing to hide.
+            ("a@b://c", "a@b://c"),
+            ("no scheme@all", "no scheme@all"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let err = bad_url(
+            "redis://:hunter2@db:6379/x",
+            RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad")),
+        );
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("redis://***@db:6379/x"), "{err}");
+    }
+
     /// Every field name a record hash or a history entry can hold, and a few it cannot.
     const FIELDS: &[&str] = &[
         "state", "owner", "token", "rid", "lease", "hard", "ttl", "hard_ttl", "result", "c", "fp",
