@@ -673,6 +673,56 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn a_script_that_failed_is_not_sent_again() {
+    // Redis does not roll back a script that fails halfway: only NOSCRIPT (it did not run at all)
+    // may be answered by loading the script and sending the call again.
+    let server = private_redis(RedisOptions::default());
+    let mut admin = raw(server.url()).await;
+    let store = RedisStore::builder()
+        .prefix("failed")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    // Loads the claim and heartbeat scripts.
+    let warm = grant(
+        store
+            .claim(&id("warm"), &claim("a", ttl, true))
+            .await
+            .unwrap(),
+    );
+    store
+        .heartbeat(&[Renewal {
+            keyspace: Keyspace::Execution,
+            id: id("warm"),
+            token: warm.token,
+        }])
+        .await
+        .unwrap();
+    let k = id("foreign");
+    let (hash, _) = store.key_names(Keyspace::Execution, &k);
+    let _: () = admin.set(&hash, "not a hash").await.unwrap();
+    let before = command_calls(&mut admin).await;
+    let err = store.claim(&k, &claim("a", ttl, true)).await.unwrap_err();
+    let after = command_calls(&mut admin).await;
+    assert!(matches!(err, Error::Backend { .. }), "{err}");
+    assert_eq!(calls_since(&before, &after, "evalsha"), 1, "sent once");
+    assert_eq!(calls_since(&before, &after, "script|load"), 0);
+    // The same for calls sent together in one pipeline (a heartbeat tick).
+    let renewal = Renewal {
+        keyspace: Keyspace::Execution,
+        id: k.clone(),
+        token: FencingToken::new(1).unwrap(),
+    };
+    let before = command_calls(&mut admin).await;
+    let failed = store.heartbeat(&[renewal]).await;
+    let after = command_calls(&mut admin).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(calls_since(&before, &after, "evalsha"), 1, "sent once");
+    assert_eq!(calls_since(&before, &after, "script|load"), 0);
+}
+
+#[tokio::test]
 async fn bad_configuration_is_refused_before_connecting() {
     for prefix in ["", "a{b}", "x*", "sp ace"] {
         let err = RedisStore::builder()
