@@ -1,7 +1,7 @@
 //! Redis Cluster specifics beyond the conformance suite: a slot migrated to another node while a
 //! record lives in it (`MOVED`, followed transparently; the record's hash and history move
 //! together because they share a slot), records spread over every primary, heartbeats grouped by
-//! slot, listing that scans every primary.
+//! slot, listing that scans every primary, replica acknowledgement asked of the node written to.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,7 +17,8 @@ use sentinel_core::{
     ManualClock, Namespace, OwnerId, RecordId, Renewal, RequestId, TimeSource, Ttl,
 };
 
-use support::{cluster, cluster_urls, raw};
+use sentinel_redis::RedisStore;
+use support::{calls_since, cluster, cluster_urls, command_calls, raw, unique_prefix};
 
 fn claim(who: &str) -> ClaimRequest {
     ClaimRequest {
@@ -217,4 +218,73 @@ async fn records_spread_over_every_primary_and_are_renewed_and_listed_together()
         listed, keys,
         "every record, in key order, from every primary"
     );
+}
+
+/// `WAIT` calls answered by every primary so far.
+async fn waits_on_primaries() -> u64 {
+    let mut total = 0;
+    for node in nodes().await.into_iter().filter(|n| n.primary) {
+        let calls = command_calls(&mut node_conn(&node).await).await;
+        total += calls_since(&[], &calls, "wait");
+    }
+    total
+}
+
+#[tokio::test]
+async fn wait_for_replicas_is_asked_of_the_node_that_took_each_write() {
+    // The fixture's primaries have no replicas: every write is applied and reported as
+    // unreplicated, and the store asks exactly the nodes it wrote to.
+    let store = RedisStore::builder()
+        .prefix(unique_prefix())
+        .wait_for_replicas(1, Duration::from_millis(20))
+        .connect_cluster(cluster_urls())
+        .await
+        .unwrap();
+    let namespace = Namespace::new("waited").unwrap();
+    // First load the scripts on every primary (a NOSCRIPT reply sends the call, and its WAIT,
+    // again): claims and a heartbeat on each.
+    let primaries = nodes().await.into_iter().filter(|n| n.primary).count();
+    let (mut warmed, mut warm) = (BTreeSet::new(), Vec::new());
+    for i in 0.. {
+        if warmed.len() == primaries {
+            break;
+        }
+        let id = RecordId::new(namespace.clone(), Key::new(format!("warm{i}")).unwrap());
+        store.claim(&id, &claim("a")).await.unwrap_err();
+        let (hash, _) = store.key_names(Keyspace::Execution, &id);
+        warmed.insert(owner_of(slot_of(&hash).await).await);
+        let token = store.inspect(&id).await.unwrap().unwrap().token;
+        warm.push(Renewal {
+            keyspace: Keyspace::Execution,
+            id,
+            token,
+        });
+    }
+    store.heartbeat(&warm).await.unwrap_err();
+
+    let mut renewals = Vec::new();
+    let mut slots = BTreeSet::new();
+    for i in 0..12 {
+        let id = RecordId::new(namespace.clone(), Key::new(format!("k{i}")).unwrap());
+        let before = waits_on_primaries().await;
+        let err = store.claim(&id, &claim("a")).await.unwrap_err();
+        assert_eq!(waits_on_primaries().await - before, 1, "one WAIT per write");
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("only 0 of 1 replicas"), "{err}");
+        // The primary applied it.
+        let record = store.inspect(&id).await.unwrap().unwrap();
+        assert_eq!(record.state, ExecutionState::Executing);
+        let (hash, _) = store.key_names(Keyspace::Execution, &id);
+        slots.insert(slot_of(&hash).await);
+        renewals.push(Renewal {
+            keyspace: Keyspace::Execution,
+            id,
+            token: record.token,
+        });
+    }
+    // A heartbeat tick sends one call per slot, each followed by its WAIT on the same node.
+    let before = waits_on_primaries().await;
+    let err = store.heartbeat(&renewals).await.unwrap_err();
+    assert!(err.to_string().contains("only 0 of 1 replicas"), "{err}");
+    assert_eq!(waits_on_primaries().await - before, slots.len() as u64);
 }
