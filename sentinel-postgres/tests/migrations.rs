@@ -167,6 +167,7 @@ async fn a_store_keeps_what_it_was_built_with() {
         .await
         .unwrap();
     assert_eq!(store.schema().as_str(), name);
+    assert_eq!(store.backend(), "postgres");
     let sentinel_core::TimeSource::Manual(kept) = store.time_source() else {
         panic!("{:?}", store.time_source());
     };

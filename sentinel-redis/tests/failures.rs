@@ -337,9 +337,10 @@ async fn a_server_that_stops_answering_times_out_after_the_response_timeout() {
     let err = store.inspect(&k).await.unwrap_err();
     let waited = started.elapsed();
     assert!(
-        matches!(err, Error::Timeout { after, .. } if after == timeout),
+        matches!(err, Error::Timeout { store: "redis", after, .. } if after == timeout),
         "{err}"
     );
+    assert_eq!(store.backend(), "redis", "the name its errors give");
     assert!(
         waited < Duration::from_millis(1200),
         "gave up after {waited:?}"
