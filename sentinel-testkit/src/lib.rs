@@ -127,6 +127,7 @@ macro_rules! __with_cases {
             event_log_records_every_transition,
             event_log_ignores_reads_and_refusals,
             list_filters_and_pages,
+            list_pages_through_sparse_matches,
             purge_in_batches,
             heartbeat_batch,
             expiry_is_exclusive,

@@ -47,6 +47,9 @@ enum Defect {
     /// `wait_for_change` only hears of changes made while it waits, not of one made since
     /// `since` but before the call.
     WaitMissesEarlierChange,
+    /// `list` reads one batch of 256 records after `after` and pages through what matched there
+    /// only, as a store reading in batches that stops too early would.
+    ListingReadsOneBatch,
 }
 
 #[derive(Default)]
@@ -372,8 +375,13 @@ impl CoordinationStore for Mutant {
             filter.uncertain = false;
             filter.state = Some(sentinel_core::ExecutionState::Executing);
         }
-        let items = self
-            .records(&query.namespace)
+        let mut records = self.records(&query.namespace);
+        if self.defect == Defect::ListingReadsOneBatch {
+            records.retain(|r| query.after.as_ref().is_none_or(|a| &r.key > a));
+            records.sort_by(|a, b| a.key.cmp(&b.key));
+            records.truncate(256);
+        }
+        let items = records
             .into_iter()
             .filter(|r| filter.matches(r, now))
             .map(|r| (r.key.clone(), r))
@@ -573,6 +581,12 @@ async fn a_full_last_page_that_says_there_is_more_fails() {
 async fn a_wait_that_misses_an_earlier_change_fails() {
     let failed = failing_cases(Defect::WaitMissesEarlierChange).await;
     assert_eq!(failed, ["waiting_misses_no_change"], "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_that_stops_after_one_batch_fails() {
+    let failed = failing_cases(Defect::ListingReadsOneBatch).await;
+    assert_eq!(failed, ["list_pages_through_sparse_matches"], "{failed:?}");
 }
 
 #[test]

@@ -23,8 +23,8 @@ pub use keys::{
 };
 pub use model::model_based;
 pub use operations::{
-    expiry_is_exclusive, heartbeat_batch, list_filters_and_pages, purge_in_batches,
-    retries_after_a_lost_reply,
+    expiry_is_exclusive, heartbeat_batch, list_filters_and_pages,
+    list_pages_through_sparse_matches, purge_in_batches, retries_after_a_lost_reply,
 };
 pub use races::{
     claim_race, lease_acquire_race, reconcile_vs_complete_race, renewal_vs_expiry_race,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sentinel_core::store::{ListFilter, ListQuery, Renewal};
+use sentinel_core::store::{LeaseListQuery, ListFilter, ListQuery, Renewal};
 use sentinel_core::{
     Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState, Keyspace,
     RejectReason, Timestamp,
@@ -122,6 +122,77 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
         ["c-uncertain"],
         "[list_filters_and_pages] the reconciliation queue"
     );
+}
+
+/// A few matching records far apart among hundreds that do not match (more than a store might
+/// read in one batch), listed at several page sizes: all of them, in key order. The same for held
+/// leases among released ones.
+pub async fn list_pages_through_sparse_matches<F: StoreFactory>(factory: &F) {
+    const RECORDS: usize = 600;
+    const MATCHING: [usize; 6] = [0, 1, 300, 301, 302, 599];
+    let h = Harness::new(factory, "sparse").await;
+    let key = |i: usize| format!("k{i:03}");
+    for i in 0..RECORDS {
+        let matching = MATCHING.contains(&i);
+        // Executing records match; the others are claimed and not started.
+        h.acquire(&key(i), "w", matching).await;
+        let lease = h.acquire_lease(&key(i), "w").await;
+        if !matching {
+            h.store
+                .release_lease(&h.id(&key(i)), lease.token)
+                .await
+                .expect("release");
+        }
+    }
+    let want: Vec<String> = MATCHING.iter().map(|&i| key(i)).collect();
+    let filter = ListFilter {
+        state: Some(ExecutionState::Executing),
+        ..Default::default()
+    };
+    for limit in [1, 2, 3, 4, 100] {
+        let context = format!("[list_pages_through_sparse_matches] {limit} per page");
+        let (mut executions, mut leases) = (Vec::new(), Vec::new());
+        let mut after: Option<sentinel_core::Key> = None;
+        for _ in 0..=MATCHING.len() {
+            let query = ListQuery {
+                namespace: h.namespace.clone(),
+                filter: filter.clone(),
+                after: after.clone(),
+                limit,
+            };
+            let page = h.store.list(&query).await.expect("list");
+            assert!(page.items.len() <= limit as usize, "{context}");
+            assert!(
+                after.is_none() || !page.items.is_empty(),
+                "{context}: a page after a `next` is not empty"
+            );
+            executions.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        for _ in 0..=MATCHING.len() {
+            let query = LeaseListQuery {
+                namespace: h.namespace.clone(),
+                after: after.clone(),
+                limit,
+            };
+            let page = h.store.list_leases(&query).await.expect("list_leases");
+            assert!(page.items.len() <= limit as usize, "{context}");
+            assert!(
+                after.is_none() || !page.items.is_empty(),
+                "{context}: a lease page after a `next` is not empty"
+            );
+            leases.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
+            after = page.next;
+            if after.is_none() {
+                break;
+            }
+        }
+        assert_eq!(executions, want, "{context}: executing records");
+        assert_eq!(leases, want, "{context}: held leases");
+    }
 }
 
 /// Purge removes completed records older than the cutoff, oldest first, at most `limit` per call;
