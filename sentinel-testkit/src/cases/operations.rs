@@ -77,6 +77,14 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
         older_than: Some(Duration::from_secs(100)),
         ..Default::default()
     });
+    // Uncertain with a state: the executing ones, or none.
+    for state in [ExecutionState::Executing, ExecutionState::Completed] {
+        filters.push(ListFilter {
+            state: Some(state),
+            uncertain: true,
+            ..Default::default()
+        });
+    }
     for filter in filters {
         let want: Vec<_> = all
             .iter()
