@@ -1014,3 +1014,15 @@ impl fmt::Display for Contention {
 }
 
 impl std::error::Error for Contention {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contention_names_the_operation_and_says_what_happened() {
+        let text = Contention("claim").to_string();
+        assert!(text.starts_with("claim lost a race"), "{text}");
+        assert!(text.contains("nothing was written"), "{text}");
+    }
+}
