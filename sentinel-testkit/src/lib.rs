@@ -117,6 +117,7 @@ macro_rules! __with_cases {
             reconcile_vs_complete_race,
             lease_acquire_race,
             renewal_vs_expiry_race,
+            purge_race,
             tokens_strictly_increase,
             tokens_survive_restart,
             server_clock,

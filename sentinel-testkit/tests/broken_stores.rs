@@ -47,6 +47,9 @@ enum Defect {
     /// `wait_for_change` only hears of changes made while it waits, not of one made since
     /// `since` but before the call.
     WaitMissesEarlierChange,
+    /// Purge reads its candidates, awaits, then purges each and fails on one that another purge
+    /// removed meanwhile.
+    PurgeFailsOnARacingPurge,
     /// `list` reads one batch of 256 records after `after` and pages through what matched there
     /// only, as a store reading in batches that stops too early would.
     ListingReadsOneBatch,
@@ -341,18 +344,22 @@ impl CoordinationStore for Mutant {
             .collect();
         candidates.sort();
         candidates.truncate(limit as usize);
+        let strict = self.defect == Defect::PurgeFailsOnARacingPurge;
+        if strict {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let mut n = 0;
         for (_, id) in candidates {
-            if self
-                .execute(
-                    &id,
-                    &ExecutionCommand::Purge {
-                        completed_before: cutoff,
-                    },
-                )
-                .is_ok()
-            {
-                n += 1;
+            let purged = self.execute(
+                &id,
+                &ExecutionCommand::Purge {
+                    completed_before: cutoff,
+                },
+            );
+            match purged {
+                Ok(_) => n += 1,
+                Err(e) if strict => return Err(e),
+                Err(_) => {}
             }
         }
         Ok(n)
@@ -581,6 +588,12 @@ async fn a_full_last_page_that_says_there_is_more_fails() {
 async fn a_wait_that_misses_an_earlier_change_fails() {
     let failed = failing_cases(Defect::WaitMissesEarlierChange).await;
     assert_eq!(failed, ["waiting_misses_no_change"], "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_purge_that_fails_when_another_purged_first_fails() {
+    let failed = failing_cases(Defect::PurgeFailsOnARacingPurge).await;
+    assert_eq!(failed, ["purge_race"], "{failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -27,6 +27,6 @@ pub use operations::{
     list_pages_through_sparse_matches, purge_in_batches, retries_after_a_lost_reply,
 };
 pub use races::{
-    claim_race, lease_acquire_race, reconcile_vs_complete_race, renewal_vs_expiry_race,
+    claim_race, lease_acquire_race, purge_race, reconcile_vs_complete_race, renewal_vs_expiry_race,
 };
 pub use tokens::{tokens_strictly_increase, tokens_survive_restart};

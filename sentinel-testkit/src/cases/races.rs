@@ -223,6 +223,57 @@ pub async fn reconcile_vs_complete_race<F: StoreFactory>(factory: &F) {
     assert_eq!(wins.iter().sum::<usize>(), KEYS);
 }
 
+/// Four purges of one namespace at the same instant, over 20 rounds of 20 completed records: every
+/// purge answers (none fails because another removed a record first), together they remove each
+/// record once, and each purged record's history is one purge event.
+pub async fn purge_race<F: StoreFactory>(factory: &F) {
+    const ROUNDS: usize = 20;
+    const RECORDS: usize = 20;
+    let h = Harness::new(factory, "purge_race").await;
+    for round in 0..ROUNDS {
+        let mut tokens = Vec::new();
+        for k in 0..RECORDS {
+            let key = format!("r{round}-{k}");
+            let grant = h.acquire(&key, "w", true).await;
+            h.store
+                .complete(&h.id(&key), grant.token, &result(k as u64))
+                .await
+                .expect("complete");
+            tokens.push(grant.token);
+        }
+        h.advance(Duration::from_secs(1));
+        let namespace = h.namespace.clone();
+        let answers = at_once(&h.store, 4, |store, _| {
+            let namespace = namespace.clone();
+            async move { store.purge(&namespace, Duration::ZERO, 1000).await }
+        })
+        .await;
+        let mut purged = 0;
+        for answer in answers {
+            purged += answer.unwrap_or_else(|e| {
+                panic!("[purge_race] round {round}: a purge racing others failed: {e}")
+            });
+        }
+        assert_eq!(
+            purged, RECORDS as u64,
+            "[purge_race] round {round}: each record purged once"
+        );
+        for (k, token) in tokens.iter().enumerate() {
+            let id = h.id(&format!("r{round}-{k}"));
+            assert_eq!(h.store.inspect(&id).await.expect("inspect"), None);
+            let history = h
+                .store
+                .history(Keyspace::Execution, &id, &Default::default())
+                .await
+                .expect("history");
+            assert!(
+                matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == *token),
+                "[purge_race] round {round}, record {k}: one purge event: {history:?}"
+            );
+        }
+    }
+}
+
 /// 32 concurrent lease acquires on one key: exactly one holder; over 50 keys.
 pub async fn lease_acquire_race<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "lease_race").await;
