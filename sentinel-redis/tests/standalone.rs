@@ -461,6 +461,19 @@ async fn records_without_the_compact_field_are_still_served() {
         Some(json!({"a": 1}))
     );
 
+    let (hash, fields) = old("held-by-operator", "reconciling", &[]);
+    let _: () = conn.hset_multiple(&hash, &fields).await.unwrap();
+    assert_eq!(
+        store
+            .claim(&id("held-by-operator"), &claim("b", ttl, true))
+            .await
+            .unwrap(),
+        ClaimOutcome::Reconciling {
+            owner: owner("old-worker"),
+            token,
+        }
+    );
+
     let (hash, fields) = old("running", "executing", &[]);
     let _: () = conn.hset_multiple(&hash, &fields).await.unwrap();
     assert!(matches!(
