@@ -103,6 +103,33 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
     ];
     assert_history(&h, Keyspace::Execution, "pay", &expected).await;
     let history = h.history(Keyspace::Execution, "pay").await;
+    // Event ids are positive: any `after` below the first is the whole history, the largest id
+    // there can be is nothing.
+    for (after, want) in [
+        (Some(i64::MIN), history.len()),
+        (Some(-1), history.len()),
+        (Some(0), history.len()),
+        (Some(i64::MAX), 0),
+    ] {
+        let page = h
+            .store
+            .history(
+                Keyspace::Execution,
+                &id,
+                &sentinel_core::store::HistoryQuery {
+                    after,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("history");
+        assert_eq!(page.len(), want, "[event_log] history after {after:?}");
+        assert_eq!(
+            page,
+            history[history.len() - want..],
+            "[event_log] after {after:?}"
+        );
+    }
     let rejected = &history[9];
     assert_eq!(
         rejected.detail,
