@@ -730,6 +730,40 @@ mod tests {
         assert!(!record.watched_since(before));
     }
 
+    #[tokio::test]
+    async fn waiters_unregister_when_their_wait_ends() {
+        let shared = Arc::new(Shared::default());
+        let (quiet, heard) = (digest("n", "quiet"), digest("n", "heard"));
+        let register = |digest: u128, count: usize| {
+            shared.lock().records.entry(digest).or_default().waiters =
+                Some((Arc::new(Notify::new()), count));
+            (0..count)
+                .map(|_| Registration {
+                    shared: Arc::clone(&shared),
+                    digest,
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut waiters = register(quiet, 2);
+        drop(waiters.pop());
+        assert!(matches!(
+            shared.lock().records[&quiet].waiters,
+            Some((_, 1))
+        ));
+        drop(waiters);
+        assert!(
+            !shared.lock().records.contains_key(&quiet),
+            "nothing left to remember of a record nobody waits for and nothing was heard of"
+        );
+        // A record a notification was heard for is kept (the since rule needs it), unwatched.
+        let waiters = register(heard, 1);
+        shared.received(&format!("{heard:032x}"));
+        drop(waiters);
+        let state = shared.lock();
+        assert!(state.records[&heard].waiters.is_none());
+        assert!(state.records[&heard].last.is_some());
+    }
+
     #[test]
     fn nothing_runs_before_the_first_wait() {
         let notifier = Notifier::new(&Schema::default());
