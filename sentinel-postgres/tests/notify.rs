@@ -1,9 +1,12 @@
 //! `wait_for_change` over LISTEN/NOTIFY: waiters are woken by transitions made anywhere (another
 //! store, another process), no change between a claim and its wait is missed, a killed listener
-//! connection wakes its waiters and comes back, and a store that cannot listen says so.
+//! connection wakes its waiters and comes back, a wait whose claim saw the record watched sends no
+//! statement, and a store that cannot listen says so.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +21,7 @@ use sentinel_core::{
 use sentinel_postgres::PostgresStore;
 use sentinel_testkit::Counted;
 use serde_json::json;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{AssertSqlSafe, Connection};
 use tokio::time::Instant;
 
@@ -288,6 +291,58 @@ async fn the_first_wait_waits_when_nothing_changed() {
         .unwrap(),
         Wait::Changed
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_saw_the_record_watched_waits_without_another_statement() {
+    let factory = factory!();
+    let options: PgConnectOptions = factory.url().parse().unwrap();
+    let (pool, proxy) = proxy::CountingProxy::pool(&options, 1).await.unwrap();
+    let counted = PostgresStore::builder(pool)
+        .schema(common::unique_schema("sentinel_watched"))
+        .build()
+        .await
+        .unwrap();
+    let (worker, first) = (
+        other_store(&factory, &counted).await,
+        other_store(&factory, &counted).await,
+    );
+    let key = id("watched", "k");
+    let token = granted(
+        worker
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    // The first waiter (another process) saw the record unwatched: its wait marks it watched.
+    let first = busy_then_wait(&first, &key, Duration::from_secs(10)).await;
+    start_listening(&counted).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!first.is_finished(), "nothing changed");
+    // This store's claim sees it watched: its wait registers and waits, sending nothing.
+    let before = proxy.counts();
+    let second = busy_then_wait(&counted, &key, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "nothing changed");
+    assert_eq!(
+        proxy.counts().since(before).statements,
+        1,
+        "the claim, and nothing for the wait"
+    );
+    worker.complete(&key, token, &json!("r")).await.unwrap();
+    for waiter in [first, second] {
+        let woken = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("woken by the notification")
+            .unwrap();
+        assert_eq!(woken, Wait::Changed);
+    }
+    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        counted.schema()
+    )))
+    .execute(worker.pool())
+    .await;
 }
 
 /// A busy claim of `key` by `store` (another store holds it), then a wait from before that claim,
