@@ -683,6 +683,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn what_busy_claims_saw_is_forgotten_too() {
+        let notifier = Notifier::new(&Schema::default());
+        let (a, b) = (digest("n", "a"), digest("n", "b"));
+        notifier.observe(a, Instant::now(), seen(1, false));
+        tokio::time::advance(SWEEP_EVERY).await;
+        notifier.observe(b, Instant::now(), seen(1, false));
+        assert!(notifier.shared.lock().records.contains_key(&a), "recent");
+        tokio::time::advance(FORGET_AFTER).await;
+        notifier.observe(b, Instant::now(), seen(2, false));
+        let state = notifier.shared.lock();
+        assert!(!state.records.contains_key(&a), "forgotten");
+        assert!(state.records.contains_key(&b), "recent");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn claims_vouch_only_for_what_every_one_saw() {
         let notifier = Notifier::new(&Schema::default());
         let a = digest("n", "a");
