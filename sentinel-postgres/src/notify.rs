@@ -726,7 +726,8 @@ mod tests {
         notifier.observe(a, Instant::now(), seen(7, false));
         assert!(!notifier.shared.lock().records[&a].watched_since(first));
         // Another claim saw a later version: a waiter from before it must re-check.
-        notifier.observe(a, Instant::now(), seen(8, true));
+        let eighth = Instant::now();
+        notifier.observe(a, eighth, seen(8, true));
         {
             let state = notifier.shared.lock();
             let record = &state.records[&a];
@@ -743,6 +744,11 @@ mod tests {
         assert_eq!(record.seen.len(), MAX_VERSIONS);
         assert!(!record.unchanged_since(before, 7));
         assert!(!record.watched_since(before));
+        // A forgotten claim was sent at `eighth`: from then on, not every claim is remembered;
+        // every one sent after it is.
+        assert!(!record.watched_since(eighth));
+        assert!(record.watched_since(eighth + Duration::from_millis(1)));
+        assert!(record.unchanged_since(Instant::now(), 9 + MAX_VERSIONS as i64 - 1));
     }
 
     #[tokio::test]
