@@ -453,6 +453,13 @@ async fn the_listener_takes_no_pooled_connection() {
     );
     store.complete(&key, token, &json!(1)).await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+    // Later waits use the same listener.
+    for _ in 0..3 {
+        store
+            .wait_for_change(&key, Instant::now(), Duration::from_millis(10))
+            .await
+            .unwrap();
+    }
     assert_eq!(listener_pids(factory.url(), &store).await.len(), 1);
     let _ = sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP SCHEMA \"{}\" CASCADE",
