@@ -501,6 +501,8 @@ mod tests {
         assert_eq!(e.seen_since(at(11)), Some(6));
         assert_eq!(e.seen_since(at(25)), Some(7));
         assert_eq!(e.seen_since(at(31)), None);
+        let times: Vec<Instant> = e.observed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(times, [at(10), at(20), at(30)], "kept oldest first");
         // Old observations are dropped; too many are merged, never raising a sequence.
         e.observe(at(40_000), 9, at(40_000));
         assert_eq!(e.observed, vec![(at(40_000), 9)]);
@@ -509,6 +511,9 @@ mod tests {
         }
         assert_eq!(e.observed.len(), MAX_OBSERVED);
         assert_eq!(e.seen_since(at(40_000)), Some(9));
+        // The oldest are merged: the newest stay exact.
+        assert_eq!(e.seen_since(at(40_020)), Some(29));
+        assert_eq!(e.seen_since(at(40_019)), Some(28));
         for since in 40_001..40_021 {
             let s = e.seen_since(at(since)).unwrap();
             assert!(s <= 10 + (since - 40_001), "{since}: {s}");
