@@ -1,7 +1,8 @@
 //! `wait_for_change` over LISTEN/NOTIFY: waiters are woken by transitions made anywhere (another
 //! store, another process), no change between a claim and its wait is missed, a killed listener
 //! connection wakes its waiters and comes back, a wait whose claim saw the record watched sends no
-//! statement, and a store that cannot listen says so.
+//! statement, and a store that cannot listen says so (and does not try again before its retry
+//! delay).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -517,6 +518,42 @@ async fn a_store_that_cannot_listen_says_unsupported() {
     )))
     .execute(quiet.pool())
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_failed_is_not_tried_again_at_once() {
+    // A socket that accepts connections and closes them at once, counting them.
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = socket.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for connection in socket.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(connection);
+        }
+    });
+    let pool = PostgresStore::pool_options()
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy(&format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+        .unwrap();
+    let store = PostgresStore::new(pool);
+    let key = id("unsupported", "k");
+    for _ in 0..3 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.wait_for_change(&key, Instant::now(), Duration::from_secs(30)),
+        )
+        .await
+        .expect("answered, not hung")
+        .unwrap();
+        assert_eq!(answer, Wait::Unsupported);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one attempt; the next is due after 5 s"
+    );
 }
 
 async fn pool_for(factory: &PgFactory) -> sqlx::PgPool {
