@@ -548,5 +548,12 @@ mod tests {
         assert!(state.keys.contains_key(b"b".as_slice()));
         assert!(!state.keys.contains_key(b"a".as_slice()));
         assert_eq!(state.forgotten, vec![b"a".to_vec()]);
+        // Sweeps are spaced: an idle entry waits for the next one.
+        let swept = t0 + IDLE + SWEEP_EVERY;
+        state.keys.insert(b"c".to_vec(), Entry::new(t0));
+        state.sweep(swept + Duration::from_secs(1));
+        assert!(state.keys.contains_key(b"c".as_slice()), "no sweep yet");
+        state.sweep(swept + SWEEP_EVERY);
+        assert!(!state.keys.contains_key(b"c".as_slice()));
     }
 }
