@@ -2,7 +2,7 @@
 //! store, another process), no change between a claim and its wait is missed, a killed listener
 //! connection wakes its waiters and comes back, a wait whose claim saw the record watched sends no
 //! statement, and a store that cannot listen says so (and does not try again before its retry
-//! delay).
+//! delay); the listener closes with its store, and its waiters are woken if its runtime stops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -554,6 +554,81 @@ async fn a_listener_that_failed_is_not_tried_again_at_once() {
         1,
         "one attempt; the next is due after 5 s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_closes_with_the_last_handle_on_its_store() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let schema = store.schema().as_str().to_owned();
+    start_listening(&store).await;
+    assert_eq!(listener_pids(factory.url(), &store).await.len(), 1);
+    let handle = store.clone();
+    drop(store);
+    assert_eq!(
+        listener_pids(factory.url(), &handle).await.len(),
+        1,
+        "a handle is left"
+    );
+    let admin = other_store(&factory, &handle).await;
+    drop(handle);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !listener_pids(factory.url(), &admin).await.is_empty() {
+        assert!(Instant::now() < deadline, "the listener outlived its store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin.schema().as_str(), schema);
+}
+
+/// The listener task runs on the runtime of the first wait. When that runtime stops, the task
+/// ends with it, and waiters on other runtimes are woken: they may miss a change from then on.
+#[test]
+fn waiters_are_woken_when_the_listeners_runtime_stops() {
+    let Some(factory) = PgFactory::new() else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (runtime(), runtime());
+    let key = id("runtime", "k");
+    let (store, worker) = first.block_on(async {
+        let store = factory.store(TimeSource::Server).await;
+        let worker = other_store(&factory, &store).await;
+        granted(
+            worker
+                .claim(&key, &claim("worker", 60_000, true))
+                .await
+                .unwrap(),
+        );
+        start_listening(&store).await;
+        (store, worker)
+    });
+    let waiter = second.spawn({
+        let (store, key) = (store.clone(), key.clone());
+        async move {
+            let since = claim_busy(&store, &key).await;
+            store
+                .wait_for_change(&key, since, Duration::from_secs(30))
+                .await
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!waiter.is_finished(), "nothing changed");
+    drop(first);
+    let woken = second.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken when the listener's runtime stopped")
+            .unwrap()
+    });
+    assert_eq!(woken, Wait::Changed);
+    drop((store, worker));
 }
 
 async fn pool_for(factory: &PgFactory) -> sqlx::PgPool {
