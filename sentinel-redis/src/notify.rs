@@ -533,6 +533,19 @@ mod tests {
         state.on_push(push(PushKind::SMessage, b"unknown"), t1);
         assert_eq!(state.keys[&b"a".to_vec()].message, Some(t1));
         assert_eq!(state.keys.len(), 2);
+        // The server dropped the subscription (its slot moved): unsubscribed, waiters woken.
+        let notify = Arc::clone(&state.keys[&b"a".to_vec()].notify);
+        let mut woken = Box::pin(notify.notified());
+        woken.as_mut().enable();
+        state.on_push(push(PushKind::SUnsubscribe, b"a"), t1);
+        assert_eq!(state.keys[&b"a".to_vec()].subscribed, None);
+        assert!(
+            woken
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                .is_ready()
+        );
+        state.on_push(push(PushKind::SSubscribe, b"a"), t1);
         state.on_push(
             PushInfo {
                 kind: PushKind::Disconnection,
@@ -548,12 +561,14 @@ mod tests {
         assert!(state.keys.contains_key(b"b".as_slice()));
         assert!(!state.keys.contains_key(b"a".as_slice()));
         assert_eq!(state.forgotten, vec![b"a".to_vec()]);
-        // Sweeps are spaced: an idle entry waits for the next one.
+        // Sweeps are spaced: an idle entry waits for the next one. One used lately stays.
         let swept = t0 + IDLE + SWEEP_EVERY;
         state.keys.insert(b"c".to_vec(), Entry::new(t0));
+        state.keys.insert(b"d".to_vec(), Entry::new(swept));
         state.sweep(swept + Duration::from_secs(1));
         assert!(state.keys.contains_key(b"c".as_slice()), "no sweep yet");
         state.sweep(swept + SWEEP_EVERY);
         assert!(!state.keys.contains_key(b"c".as_slice()));
+        assert!(state.keys.contains_key(b"d".as_slice()), "used lately");
     }
 }
