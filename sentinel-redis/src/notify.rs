@@ -521,6 +521,30 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_that_ends_leaves_its_entry_to_the_sweep() {
+        let t0 = Instant::now();
+        let state = Mutex::new(State::new(t0));
+        let mut entry = Entry::new(t0);
+        entry.waiters = 2;
+        lock(&state).keys.insert(b"a".to_vec(), entry);
+        let waiting = |n: usize| {
+            (0..n)
+                .map(|_| Waiting {
+                    state: &state,
+                    channel: b"a",
+                })
+                .collect::<Vec<_>>()
+        };
+        drop(waiting(2));
+        let now = Instant::now();
+        let mut state = lock(&state);
+        assert_eq!(state.keys[b"a".as_slice()].waiters, 0);
+        assert!(state.keys[b"a".as_slice()].used >= t0);
+        state.sweep(now + IDLE + SWEEP_EVERY);
+        assert!(state.keys.is_empty(), "forgotten once idle");
+    }
+
+    #[test]
     fn pushes_update_entries_and_idle_entries_are_forgotten() {
         let t0 = Instant::now();
         let mut state = State::new(t0);
