@@ -521,6 +521,15 @@ mod tests {
     }
 
     #[test]
+    fn a_notifier_shows_where_it_subscribes() {
+        let shown = format!("{:?}", Notifier::new(Source::None));
+        assert!(
+            shown.starts_with("Notifier") && shown.contains("None"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn a_wait_that_ends_leaves_its_entry_to_the_sweep() {
         let t0 = Instant::now();
         let state = Mutex::new(State::new(t0));
