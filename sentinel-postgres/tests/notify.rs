@@ -16,8 +16,8 @@ use std::time::Duration;
 use common::{PgFactory, claim, granted, id, pool};
 use sentinel_core::store::Wait;
 use sentinel_core::{
-    ClaimOutcome, CoordinationStore, Disposition, Failure, Once, OnceOptions, OwnerId, RecordId,
-    Sentinel, TimeSource,
+    ClaimOutcome, CoordinationStore, Disposition, Failure, FencingToken, Once, OnceOptions,
+    OwnerId, RecordId, Sentinel, TimeSource,
 };
 use sentinel_postgres::PostgresStore;
 use sentinel_testkit::Counted;
@@ -45,6 +45,16 @@ async fn other_store(factory: &PgFactory, store: &PostgresStore) -> PostgresStor
 }
 
 /// The server pids of the connections listening for `store`'s changes.
+/// Claims and starts `key` as "worker" on `store` (another process, holding it): its token.
+async fn held(store: &PostgresStore, key: &RecordId) -> FencingToken {
+    granted(
+        store
+            .claim(key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
+    )
+}
+
 /// Claims `key`, which another store holds, as "waiter", and checks it is busy. Returns when the
 /// claim was sent: what a wait on it starts from.
 async fn claim_busy(store: &PostgresStore, key: &RecordId) -> Instant {
@@ -93,12 +103,7 @@ async fn a_waiter_wakes_when_another_store_completes() {
     let other = other_store(&factory, &store).await;
     start_listening(&store).await;
     let key = id("wake", "k");
-    let token = granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&other, &key).await;
 
     let since = claim_busy(&store, &key).await;
     let waiter = {
@@ -138,12 +143,7 @@ async fn a_waiter_wakes_when_another_store_completes() {
 
     // No change: the wait times out.
     let quiet = id("wake", "quiet");
-    granted(
-        other
-            .claim(&quiet, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    held(&other, &quiet).await;
     let started = Instant::now();
     assert!(matches!(
         store
@@ -170,12 +170,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
 
     // Before the first wait: nobody listens yet when the change happens.
     let key = id("gap", "first");
-    let token = granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&other, &key).await;
     let since = claim_busy(&store, &key).await;
     other.complete(&key, token, &json!(1)).await.unwrap();
     assert_eq!(
@@ -191,12 +186,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
 
     // With the listener running: the notification arrives before the wait begins.
     let key = id("gap", "second");
-    let token = granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&other, &key).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let since = claim_busy(&store, &key).await;
     other
@@ -215,12 +205,7 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed() {
         Wait::Changed
     );
     // A wait whose claim came after the last notification waits for the next one.
-    granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    held(&other, &key).await;
     // (The record is watched now: that grant notified too. A claim sent before its notification
     // arrives would be woken by it, spuriously.)
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,12 +225,7 @@ async fn the_first_wait_waits_when_nothing_changed() {
     let store = factory.store(TimeSource::Server).await;
     let other = other_store(&factory, &store).await;
     let key = id("first", "k");
-    let token = granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&other, &key).await;
     let since = claim_busy(&store, &key).await;
     let waiter = {
         let (store, key) = (store.clone(), key.clone());
@@ -270,12 +250,7 @@ async fn the_first_wait_waits_when_nothing_changed() {
 
     // A wait with no busy claim of this store to compare with answers at once.
     let unseen = id("first", "unseen");
-    granted(
-        other
-            .claim(&unseen, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    held(&other, &unseen).await;
     let since = Instant::now();
     let restarted = PostgresStore::builder(pool(factory.url(), 2).await)
         .schema(store.schema().as_str())
@@ -309,12 +284,7 @@ async fn a_claim_that_saw_the_record_watched_waits_without_another_statement() {
         other_store(&factory, &counted).await,
     );
     let key = id("watched", "k");
-    let token = granted(
-        worker
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&worker, &key).await;
     // The first waiter (another process) saw the record unwatched: its wait marks it watched.
     let first = busy_then_wait(&first, &key, Duration::from_secs(10)).await;
     start_listening(&counted).await;
@@ -372,12 +342,7 @@ async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
     );
 
     let key = id("killed", "k");
-    let token = granted(
-        other
-            .claim(&key, &claim("worker", 60_000, true))
-            .await
-            .unwrap(),
-    );
+    let token = held(&other, &key).await;
     let waiter = busy_then_wait(&store, &key, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!waiter.is_finished(), "nothing changed: it waits");
@@ -599,12 +564,7 @@ fn waiters_are_woken_when_the_listeners_runtime_stops() {
     let (store, worker) = first.block_on(async {
         let store = factory.store(TimeSource::Server).await;
         let worker = other_store(&factory, &store).await;
-        granted(
-            worker
-                .claim(&key, &claim("worker", 60_000, true))
-                .await
-                .unwrap(),
-        );
+        held(&worker, &key).await;
         start_listening(&store).await;
         (store, worker)
     });

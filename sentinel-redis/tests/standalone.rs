@@ -47,6 +47,26 @@ fn grant(outcome: ClaimOutcome) -> sentinel_core::Grant {
     }
 }
 
+/// Loads the claim and heartbeat scripts on `store`'s server (claims and renews the key "warm"),
+/// so that counted calls see no `NOSCRIPT`; the warm claim's grant.
+async fn load_scripts(store: &RedisStore, ttl: Ttl) -> sentinel_core::Grant {
+    let warm = grant(
+        store
+            .claim(&id("warm"), &claim("w", ttl, true))
+            .await
+            .unwrap(),
+    );
+    store
+        .heartbeat(&[Renewal {
+            keyspace: Keyspace::Execution,
+            id: id("warm"),
+            token: warm.token,
+        }])
+        .await
+        .unwrap();
+    warm
+}
+
 #[tokio::test]
 async fn numbers_stay_exact_near_the_end_of_time() {
     // Timestamps near 9999-12-31 are ~2.5e17 µs, far above 2^53: doubles would round them.
@@ -179,20 +199,7 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
     );
     let ttl = Ttl::with_hard(Duration::from_secs(10), Duration::from_secs(60)).unwrap();
     // Load the scripts first so NOSCRIPT retries do not count.
-    let warm = grant(
-        store
-            .claim(&id("warm"), &claim("w", ttl, true))
-            .await
-            .unwrap(),
-    );
-    store
-        .heartbeat(&[Renewal {
-            keyspace: Keyspace::Execution,
-            id: id("warm"),
-            token: warm.token,
-        }])
-        .await
-        .unwrap();
+    let warm = load_scripts(&store, ttl).await;
     store
         .complete(&id("warm"), warm.token, &json!(0))
         .await
@@ -697,21 +704,7 @@ async fn a_script_that_failed_is_not_sent_again() {
         .await
         .unwrap();
     let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
-    // Loads the claim and heartbeat scripts.
-    let warm = grant(
-        store
-            .claim(&id("warm"), &claim("a", ttl, true))
-            .await
-            .unwrap(),
-    );
-    store
-        .heartbeat(&[Renewal {
-            keyspace: Keyspace::Execution,
-            id: id("warm"),
-            token: warm.token,
-        }])
-        .await
-        .unwrap();
+    load_scripts(&store, ttl).await;
     let k = id("foreign");
     let (hash, _) = store.key_names(Keyspace::Execution, &k);
     let _: () = admin.set(&hash, "not a hash").await.unwrap();
