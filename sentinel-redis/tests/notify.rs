@@ -419,4 +419,25 @@ async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestabl
         "took {:?}",
         t0.elapsed()
     );
+    // Back again: the subscription is not tried again at once, but after its delay (5 s).
+    let failed_at = Instant::now();
+    server.start().unwrap();
+    assert_eq!(
+        c.wait_for_change(&id, Instant::now(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Wait::Unsupported,
+        "tried again at once"
+    );
+    tokio::time::sleep_until(failed_at + Duration::from_secs(6)).await;
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        c.wait_for_change(&id, since, Duration::from_secs(10))
+            .await
+            .unwrap(),
+        Wait::Changed,
+        "subscribed again after the delay (and, subscribed after `since`, it may have missed a \
+         change)"
+    );
 }
