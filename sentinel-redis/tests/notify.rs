@@ -189,6 +189,31 @@ async fn a_change_between_the_claim_and_the_wait_is_not_missed<S: CoordinationSt
         );
         assert!(t0.elapsed() >= Duration::from_millis(100));
     }
+    // Subscribed by another wait after the claim and after the change: the change went unheard,
+    // so the caller's wait compares instead of trusting the subscription.
+    let id = id("between");
+    let grant = granted(a.claim(&id, &claim("a")).await.unwrap());
+    let since = claim_busy(&b, &id).await;
+    a.complete(&id, grant.token, &serde_json::json!(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.wait_for_change(&id, Instant::now(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        b.wait_for_change(&id, since, Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Wait::Changed,
+        "subscribed after the caller's claim"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "answered after {:?}",
+        t0.elapsed()
+    );
 }
 
 /// The conformance case `waiting_for_a_result` (50 waiters, one slow executor), with the store
