@@ -450,14 +450,7 @@ async fn a_store_that_cannot_listen_says_unsupported() {
         .unwrap();
     let store = PostgresStore::new(pool);
     let key = id("unsupported", "k");
-    let answer = tokio::time::timeout(
-        Duration::from_secs(5),
-        store.wait_for_change(&key, Instant::now(), Duration::from_secs(30)),
-    )
-    .await
-    .expect("answered, not hung")
-    .unwrap();
-    assert_eq!(answer, Wait::Unsupported);
+    answers_unsupported(&store, &key).await;
 
     // Turned off: Unsupported without trying.
     let Some(factory) = PgFactory::new() else {
@@ -505,14 +498,7 @@ async fn a_listener_that_failed_is_not_tried_again_at_once() {
     let store = PostgresStore::new(pool);
     let key = id("unsupported", "k");
     for _ in 0..3 {
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            store.wait_for_change(&key, Instant::now(), Duration::from_secs(30)),
-        )
-        .await
-        .expect("answered, not hung")
-        .unwrap();
-        assert_eq!(answer, Wait::Unsupported);
+        answers_unsupported(&store, &key).await;
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
@@ -589,6 +575,18 @@ fn waiters_are_woken_when_the_listeners_runtime_stops() {
     });
     assert_eq!(woken, Wait::Changed);
     drop((store, worker));
+}
+
+/// A wait on `store`, which cannot listen, is answered `Unsupported` at once, not left hanging.
+async fn answers_unsupported(store: &PostgresStore, key: &RecordId) {
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.wait_for_change(key, Instant::now(), Duration::from_secs(30)),
+    )
+    .await
+    .expect("answered, not hung")
+    .unwrap();
+    assert_eq!(answer, Wait::Unsupported);
 }
 
 async fn pool_for(factory: &PgFactory) -> sqlx::PgPool {
