@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use sentinel_core::{
-    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, FencingToken, Grant,
-    HistoryQuery, Key, Keyspace, LeaseRequest, ManualClock, Namespace, OwnerId, RecordId,
-    RequestId, TimeSource, Ttl,
+    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Error, Event, EventKind,
+    FencingToken, Grant, HistoryQuery, Key, Keyspace, LeaseRequest, ManualClock, Namespace,
+    OwnerId, RecordId, RequestId, TimeSource, Ttl,
 };
 
 use crate::StoreFactory;
@@ -90,6 +90,18 @@ impl<S: CoordinationStore + Clone> Harness<S> {
             .history(keyspace, &self.id(key), &HistoryQuery::default())
             .await
             .expect("history is readable")
+    }
+
+    /// Asserts that the execution `key` was purged: no record, and a history that starts again
+    /// from the purge (one event, with the last token, `token`). `context` names the case.
+    pub async fn assert_purged(&self, key: &str, token: FencingToken, context: &str) {
+        let record = self.store.inspect(&self.id(key)).await.expect("inspect");
+        assert_eq!(record, None, "{context} {key}: purged");
+        let history = self.history(Keyspace::Execution, key).await;
+        assert!(
+            matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == token),
+            "{context} {key}: the history after purge is the purge alone: {history:?}"
+        );
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use sentinel_core::store::{LeaseListQuery, ListFilter, ListQuery, Renewal};
+use sentinel_core::store::{LeaseListQuery, ListFilter, ListQuery, Page, Renewal};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState, Keyspace,
-    RejectReason, Timestamp,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, ExecutionRecord, ExecutionState,
+    Key, Keyspace, RejectReason, Timestamp,
 };
 
 use crate::StoreFactory;
@@ -92,32 +92,9 @@ pub async fn list_filters_and_pages<F: StoreFactory>(factory: &F) {
             .cloned()
             .collect();
         for limit in [1, 2, 100] {
-            let mut got = Vec::new();
-            let mut after = None;
-            for _ in 0..10 {
-                let query = ListQuery {
-                    namespace: h.namespace.clone(),
-                    filter: filter.clone(),
-                    after,
-                    limit,
-                };
-                let page = h.store.list(&query).await.expect("list");
-                assert!(page.items.len() <= limit as usize);
-                assert!(
-                    query.after.is_none() || !page.items.is_empty(),
-                    "[list_filters_and_pages] filter {filter:?}, {limit} per page: a page after a \
-                     `next` is not empty (`next` is None on the last page)"
-                );
-                got.extend(page.items);
-                after = page.next;
-                if after.is_none() {
-                    break;
-                }
-            }
-            assert_eq!(
-                got, want,
-                "[list_filters_and_pages] filter {filter:?}, {limit} per page"
-            );
+            let context = format!("[list_filters_and_pages] filter {filter:?}, {limit} per page");
+            let got = executions(&h, &filter, limit, 10, &context).await;
+            assert_eq!(got, want, "{context}");
         }
     }
     let uncertain: Vec<_> = all
@@ -159,48 +136,79 @@ pub async fn list_pages_through_sparse_matches<F: StoreFactory>(factory: &F) {
     };
     for limit in [1, 2, 3, 4, 100] {
         let context = format!("[list_pages_through_sparse_matches] {limit} per page");
-        let (mut executions, mut leases) = (Vec::new(), Vec::new());
-        let mut after: Option<sentinel_core::Key> = None;
-        for _ in 0..=MATCHING.len() {
-            let query = ListQuery {
-                namespace: h.namespace.clone(),
-                filter: filter.clone(),
-                after: after.clone(),
-                limit,
-            };
-            let page = h.store.list(&query).await.expect("list");
-            assert!(page.items.len() <= limit as usize, "{context}");
-            assert!(
-                after.is_none() || !page.items.is_empty(),
-                "{context}: a page after a `next` is not empty"
-            );
-            executions.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
-            after = page.next;
-            if after.is_none() {
-                break;
-            }
-        }
-        for _ in 0..=MATCHING.len() {
+        let pages = MATCHING.len() + 1;
+        let executions = executions(&h, &filter, limit, pages, &context).await;
+        let store = &h.store;
+        let leases = every_page(&context, limit, pages, |after| {
             let query = LeaseListQuery {
                 namespace: h.namespace.clone(),
-                after: after.clone(),
+                after,
                 limit,
             };
-            let page = h.store.list_leases(&query).await.expect("list_leases");
-            assert!(page.items.len() <= limit as usize, "{context}");
-            assert!(
-                after.is_none() || !page.items.is_empty(),
-                "{context}: a lease page after a `next` is not empty"
-            );
-            leases.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
-            after = page.next;
-            if after.is_none() {
-                break;
-            }
-        }
+            async move { store.list_leases(&query).await.expect("list_leases") }
+        })
+        .await;
+        let executions: Vec<&str> = executions.iter().map(|r| r.key.as_str()).collect();
+        let leases: Vec<&str> = leases.iter().map(|r| r.key.as_str()).collect();
         assert_eq!(executions, want, "{context}: executing records");
         assert_eq!(leases, want, "{context}: held leases");
     }
+}
+
+/// The execution records of the harness's namespace that `filter` selects, read page by page
+/// (see [`every_page`]).
+async fn executions<S: CoordinationStore + Clone>(
+    h: &Harness<S>,
+    filter: &ListFilter,
+    limit: u32,
+    max_pages: usize,
+    context: &str,
+) -> Vec<ExecutionRecord> {
+    let store = &h.store;
+    every_page(context, limit, max_pages, |after| {
+        let query = ListQuery {
+            namespace: h.namespace.clone(),
+            filter: filter.clone(),
+            after,
+            limit,
+        };
+        async move { store.list(&query).await.expect("list") }
+    })
+    .await
+}
+
+/// Every item of a listing, read from the first page: `read(after)` answers the page after
+/// `after`. A page holds at most `limit` items and a page after a `next` is not empty (`next` is
+/// `None` on the last page); at most `max_pages` pages are read. `context` names the listing.
+async fn every_page<T, Fut>(
+    context: &str,
+    limit: u32,
+    max_pages: usize,
+    mut read: impl FnMut(Option<Key>) -> Fut,
+) -> Vec<T>
+where
+    Fut: Future<Output = Page<T>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    for _ in 0..max_pages {
+        let first = after.is_none();
+        let page = read(after).await;
+        assert!(
+            page.items.len() <= limit as usize,
+            "{context}: at most {limit} a page"
+        );
+        assert!(
+            first || !page.items.is_empty(),
+            "{context}: a page after a `next` is not empty (`next` is None on the last page)"
+        );
+        items.extend(page.items);
+        after = page.next;
+        if after.is_none() {
+            break;
+        }
+    }
+    items
 }
 
 /// Purge removes completed records older than the cutoff, oldest first, at most `limit` per call;
@@ -258,20 +266,8 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
         "[purge_in_batches] batches of at most three"
     );
     for (n, token) in tokens.iter().enumerate() {
-        let key = format!("done-{n}");
-        assert!(
-            h.store
-                .inspect(&h.id(&key))
-                .await
-                .expect("inspect")
-                .is_none()
-        );
-        // The history starts again from the purge: one event, with the last token.
-        let history = h.history(Keyspace::Execution, &key).await;
-        assert!(
-            matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == *token),
-            "[purge_in_batches] {key}: the history after purge is the purge alone: {history:?}"
-        );
+        h.assert_purged(&format!("done-{n}"), *token, "[purge_in_batches]")
+            .await;
     }
     assert_eq!(
         h.history(Keyspace::Lease, "done-0").await,

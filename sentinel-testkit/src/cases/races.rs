@@ -259,17 +259,8 @@ pub async fn purge_race<F: StoreFactory>(factory: &F) {
             "[purge_race] round {round}: each record purged once"
         );
         for (k, token) in tokens.iter().enumerate() {
-            let id = h.id(&format!("r{round}-{k}"));
-            assert_eq!(h.store.inspect(&id).await.expect("inspect"), None);
-            let history = h
-                .store
-                .history(Keyspace::Execution, &id, &Default::default())
-                .await
-                .expect("history");
-            assert!(
-                matches!(history.as_slice(), [e] if e.kind == EventKind::Purged && e.token == *token),
-                "[purge_race] round {round}, record {k}: one purge event: {history:?}"
-            );
+            h.assert_purged(&format!("r{round}-{k}"), *token, "[purge_race]")
+                .await;
         }
     }
 }
