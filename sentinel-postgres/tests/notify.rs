@@ -1,8 +1,9 @@
 //! `wait_for_change` over LISTEN/NOTIFY: waiters are woken by transitions made anywhere (another
 //! store, another process), no change between a claim and its wait is missed, a killed listener
-//! connection wakes its waiters and comes back, a wait whose claim saw the record watched sends no
-//! statement, and a store that cannot listen says so (and does not try again before its retry
-//! delay); the listener closes with its store, and its waiters are woken if its runtime stops.
+//! connection wakes its waiters and comes back (backing off while the server refuses it), a wait
+//! whose claim saw the record watched sends no statement, and a store that cannot listen says so
+//! (and does not try again before its retry delay); the listener closes with its store, and its
+//! waiters are woken if its runtime stops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -385,6 +386,41 @@ async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
         .expect("woken by the notification")
         .unwrap();
     assert_eq!(woken, Wait::Changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_that_cannot_reconnect_backs_off() {
+    let factory = factory!();
+    let options: PgConnectOptions = factory.url().parse().unwrap();
+    let (pool, proxy) = proxy::CountingProxy::pool(&options, 2).await.unwrap();
+    let store = PostgresStore::builder(pool)
+        .schema(factory.adopt(common::unique_schema("sentinel_notify")))
+        .build()
+        .await
+        .unwrap();
+    start_listening(&store).await;
+    let pids = listener_pids(factory.url(), &store).await;
+    assert_eq!(pids.len(), 1, "{pids:?}");
+
+    // The server refuses new connections (through the proxy) and the listener's dies.
+    proxy.refuse(true);
+    common::kill_pid(factory.url(), pids[0]).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let attempts = proxy.refused();
+    // Pauses of 50, 100, 200, 400, 800 and 1,600 ms: five attempts in 2.5 s (fewer if timers
+    // run late); at a steady 50 ms, fifty.
+    assert!(
+        (3..=6).contains(&attempts),
+        "{attempts} reconnection attempts in 2.5 s"
+    );
+
+    // Served again: the attempt due at ~3.2 s succeeds.
+    proxy.refuse(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while listener_pids(factory.url(), &store).await.len() != 1 {
+        assert!(Instant::now() < deadline, "the listener did not come back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sentinel_postgres::PostgresStore;
 use sqlx::PgPool;
@@ -56,6 +56,10 @@ struct Counters {
     statements: AtomicU64,
     prepares: AtomicU64,
     pings: AtomicU64,
+    /// While set, new connections are closed at once (a server that refuses them).
+    refusing: AtomicBool,
+    /// Connections closed at once while refusing.
+    refused: AtomicU64,
 }
 
 /// The running proxy; dropping it stops accepting (open connections end with their peers).
@@ -81,6 +85,11 @@ impl CountingProxy {
         let shared = Arc::clone(&counters);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if shared.refusing.load(Ordering::SeqCst) {
+                    shared.refused.fetch_add(1, Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
                 let counters = Arc::clone(&shared);
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(upstream).await {
@@ -124,6 +133,17 @@ impl CountingProxy {
     /// The port to connect to instead of the server's.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// From now on (`true`) or no longer, closes new connections at once, as a server that
+    /// refuses them; open connections are left alone.
+    pub fn refuse(&self, refuse: bool) {
+        self.counters.refusing.store(refuse, Ordering::SeqCst);
+    }
+
+    /// The connections closed at once so far (see [`CountingProxy::refuse`]).
+    pub fn refused(&self) -> u64 {
+        self.counters.refused.load(Ordering::SeqCst)
     }
 
     /// The counts so far.
