@@ -1,7 +1,8 @@
 //! `wait_for_change` on Redis: a waiter is woken by the `SPUBLISH` of another store's transition,
 //! standalone and on a cluster; a change between the claim and the wait is not missed; a store
 //! that cannot subscribe answers `Wait::Unsupported`; a dropped subscription connection wakes its
-//! waiters and is re-established.
+//! waiters and is re-established; a wait longer than the notifier's idle time keeps its channel,
+//! while channels nobody waits on are unsubscribed.
 
 #![allow(clippy::unwrap_used)]
 
@@ -349,6 +350,101 @@ async fn cluster_waiting_for_a_result_counts() {
         "{claims} claims: notified waiters claim about twice"
     );
     assert!(waits <= 50 * 2, "{waits} waits");
+}
+
+/// The channels `store` (standalone) is subscribed to, among those of its prefix.
+async fn subscribed_channels(store: &RedisStore) -> Vec<Vec<u8>> {
+    let mut admin = support::raw(&support::redis_url()).await;
+    let mut channels: Vec<Vec<u8>> = redis::cmd("PUBSUB")
+        .arg("SHARDCHANNELS")
+        .arg(format!("{}*", store.prefix()))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    channels.sort();
+    channels
+}
+
+/// A record's entry in the notifier outlives its idle time (30 s) only while someone waits on it: a
+/// wait of a minute keeps its subscription and is woken by a change at 36 s, while a record
+/// nobody waits on is forgotten and its channel unsubscribed by the next wait's sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed() {
+    let a = support::standalone(TimeSource::Server).await;
+    let b = RedisStore::builder()
+        .prefix(a.prefix())
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    let (idle, long, other) = (id("idle"), id("long"), id("other"));
+
+    // `idle`: one short wait subscribes to its channel; nobody waits on it afterwards.
+    granted(a.claim(&idle, &claim("a")).await.unwrap());
+    let since = claim_busy(&b, &idle).await;
+    assert_eq!(
+        b.wait_for_change(&idle, since, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Wait::TimedOut
+    );
+    // `long`: a wait of a minute.
+    let grant = granted(a.claim(&long, &claim("a")).await.unwrap());
+    let since = claim_busy(&b, &long).await;
+    let started = Instant::now();
+    let waiter = {
+        let (b, long) = (b.clone(), long.clone());
+        tokio::spawn(async move {
+            b.wait_for_change(&long, since, Duration::from_secs(60))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let both = subscribed_channels(&b).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+
+    // Past the idle time and a sweep interval, another wait sweeps.
+    tokio::time::sleep_until(started + Duration::from_secs(36)).await;
+    assert!(!waiter.is_finished(), "nothing changed");
+    let _ = b
+        .wait_for_change(&other, Instant::now(), Duration::from_millis(10))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let left = loop {
+        let channels = subscribed_channels(&b).await;
+        if channels.len() == 2 || Instant::now() > deadline {
+            break channels;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Each record has a namespace of its own, which its channel's name holds.
+    let kept = |id: &RecordId| {
+        let ns = id.namespace.as_str().as_bytes();
+        left.iter().any(|c| c.windows(ns.len()).any(|w| w == ns))
+    };
+    assert!(
+        !kept(&idle),
+        "the forgotten channel is unsubscribed: {left:?}"
+    );
+    assert!(kept(&long), "the waited-on channel is kept: {left:?}");
+    assert!(kept(&other), "{left:?}");
+
+    // The long wait is still subscribed: a change wakes it.
+    let t0 = Instant::now();
+    a.complete(&long, grant.token, &serde_json::json!("done"))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("the long wait is woken")
+        .unwrap();
+    assert_eq!(answer, Wait::Changed);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
 }
 
 /// A store over a connection the caller built has no URL to open a subscription with: it answers
