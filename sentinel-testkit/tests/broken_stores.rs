@@ -53,6 +53,8 @@ enum Defect {
     /// `list` reads one batch of 256 records after `after` and pages through what matched there
     /// only, as a store reading in batches that stops too early would.
     ListingReadsOneBatch,
+    /// Every page of a listing starts from the first record, whatever `after` says.
+    ListingIgnoresItsCursor,
 }
 
 #[derive(Default)]
@@ -200,7 +202,9 @@ impl Mutant {
 }
 
 fn page<T>(mut items: Vec<(Key, T)>, after: Option<&Key>, limit: u32, defect: Defect) -> Page<T> {
-    items.retain(|(k, _)| after.is_none_or(|a| k > a));
+    if defect != Defect::ListingIgnoresItsCursor {
+        items.retain(|(k, _)| after.is_none_or(|a| k > a));
+    }
     items.sort_by(|a, b| a.0.cmp(&b.0));
     let more = if defect == Defect::FullLastPageHasNext {
         items.len() >= limit as usize
@@ -600,6 +604,26 @@ async fn a_purge_that_fails_when_another_purged_first_fails() {
 async fn a_listing_that_stops_after_one_batch_fails() {
     let failed = failing_cases(Defect::ListingReadsOneBatch).await;
     assert_eq!(failed, ["list_pages_through_sparse_matches"], "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listing_that_ignores_its_cursor_fails_at_once() {
+    // Its pages repeat forever: each listing case must see that `next` does not move forward,
+    // not page on until the case's time limit.
+    let report = sentinel_testkit::run_all(MutantFactory(Defect::ListingIgnoresItsCursor)).await;
+    for case in [
+        "keys_round_trip_and_never_collide",
+        "list_filters_and_pages",
+        "list_pages_through_sparse_matches",
+    ] {
+        let outcome = report.results.iter().find(|(name, _)| *name == case);
+        match outcome {
+            Some((_, Err(message))) => {
+                assert!(message.contains("moves forward"), "{case}: {message}")
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+    }
 }
 
 #[test]

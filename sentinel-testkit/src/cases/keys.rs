@@ -13,6 +13,7 @@ use sentinel_core::{
 };
 
 use crate::StoreFactory;
+use crate::cases::operations::executions;
 use crate::harness::{Harness, claim_request, lease_request, unique_namespace};
 
 /// Keys that trip naive layouts: separators, hash-tag braces, escapes, quotes, unicode, 1 KiB.
@@ -101,25 +102,11 @@ pub async fn keys_round_trip_and_never_collide<F: StoreFactory>(factory: &F) {
             "[keys] {key:?} has its own history: {history:?}"
         );
     }
-    let mut listed = Vec::new();
-    let mut after = None;
-    loop {
-        let page = h
-            .store
-            .list(&ListQuery {
-                namespace: h.namespace.clone(),
-                filter: Default::default(),
-                after,
-                limit: 7,
-            })
-            .await
-            .expect("list");
-        listed.extend(page.items.into_iter().map(|r| r.key.as_str().to_owned()));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
+    let listed: Vec<String> = executions(&h, &Default::default(), 7, keys.len() / 7 + 2, "[keys]")
+        .await
+        .into_iter()
+        .map(|r| r.key.as_str().to_owned())
+        .collect();
     let mut expected = keys.clone();
     expected.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     assert_eq!(

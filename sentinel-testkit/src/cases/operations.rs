@@ -157,7 +157,7 @@ pub async fn list_pages_through_sparse_matches<F: StoreFactory>(factory: &F) {
 
 /// The execution records of the harness's namespace that `filter` selects, read page by page
 /// (see [`every_page`]).
-async fn executions<S: CoordinationStore + Clone>(
+pub(crate) async fn executions<S: CoordinationStore + Clone>(
     h: &Harness<S>,
     filter: &ListFilter,
     limit: u32,
@@ -178,8 +178,9 @@ async fn executions<S: CoordinationStore + Clone>(
 }
 
 /// Every item of a listing, read from the first page: `read(after)` answers the page after
-/// `after`. A page holds at most `limit` items and a page after a `next` is not empty (`next` is
-/// `None` on the last page); at most `max_pages` pages are read. `context` names the listing.
+/// `after`. A page holds at most `limit` items, a page after a `next` is not empty (`next` is
+/// `None` on the last page) and each `next` is after the one before (a listing moves forward); at
+/// most `max_pages` pages are read. `context` names the listing.
 async fn every_page<T, Fut>(
     context: &str,
     limit: u32,
@@ -193,7 +194,7 @@ where
     let mut after = None;
     for _ in 0..max_pages {
         let first = after.is_none();
-        let page = read(after).await;
+        let page = read(after.clone()).await;
         assert!(
             page.items.len() <= limit as usize,
             "{context}: at most {limit} a page"
@@ -203,6 +204,12 @@ where
             "{context}: a page after a `next` is not empty (`next` is None on the last page)"
         );
         items.extend(page.items);
+        if let (Some(next), Some(before)) = (&page.next, &after) {
+            assert!(
+                next > before,
+                "{context}: the listing moves forward: `next` {next:?} after {before:?}"
+            );
+        }
         after = page.next;
         if after.is_none() {
             break;
