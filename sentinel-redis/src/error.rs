@@ -120,4 +120,47 @@ mod tests {
         let other = redis::make_extension_error("WRONGTYPE".to_owned(), None);
         assert!(matches!(map(other, "claim", t), Error::Backend { .. }));
     }
+
+    /// The error a server's reply line (`-CODE detail`) becomes.
+    fn replied(line: &str) -> RedisError {
+        redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+            .and_then(|reply| reply.extract_error())
+            .expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_server_that_cannot_serve_now_is_unavailable_and_other_refusals_are_not() {
+        let t = Duration::from_secs(1);
+        let unavailable = [
+            replied("LOADING Redis is loading the dataset in memory"),
+            replied("MASTERDOWN Link with MASTER is down"),
+            replied("READONLY You can't write against a read only replica."),
+            replied("CLUSTERDOWN The cluster is down"),
+            replied("TRYAGAIN Multiple keys request during rehashing of slot"),
+            replied("MOVED 3999 127.0.0.1:6381"),
+            RedisError::from((ErrorKind::ClusterConnectionNotFound, "no connection")),
+        ];
+        for error in unavailable {
+            let shown = format!("{error:?}");
+            assert!(
+                matches!(map(error, "claim", t), Error::Unavailable { .. }),
+                "{shown}"
+            );
+        }
+        for line in [
+            "NOPERM this user has no permissions",
+            "ERR Error running script",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            assert!(
+                matches!(map(replied(line), "claim", t), Error::Backend { .. }),
+                "{line}"
+            );
+        }
+        let shape = RedisError::from((ErrorKind::UnexpectedReturnType, "not a map"));
+        assert!(matches!(
+            map(shape, "claim", t),
+            Error::CorruptRecord { .. }
+        ));
+    }
 }
