@@ -37,9 +37,9 @@ pub(crate) fn map(error: RedisError, operation: &'static str, timeout: Duration)
             detail: error.detail().unwrap_or("unreadable record").to_owned(),
         };
     }
+    // Every I/O failure counts (a refused, reset or dropped connection is one: redis-rs's
+    // `is_connection_refusal` and `is_connection_dropped` only ever hold for I/O errors).
     let unavailable = error.is_io_error()
-        || error.is_connection_dropped()
-        || error.is_connection_refusal()
         || error.is_cluster_error()
         || matches!(
             error.kind(),
@@ -101,8 +101,15 @@ mod tests {
     #[test]
     fn failures_map_by_meaning() {
         let t = Duration::from_secs(1);
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(map(io, "claim", t).is_transient());
+        for kind in [
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::BrokenPipe,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            let io = RedisError::from(std::io::Error::from(kind));
+            assert!(map(io, "claim", t).is_transient(), "{kind:?}");
+        }
         let timed_out = RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
         assert!(matches!(
             map(timed_out, "claim", t),
