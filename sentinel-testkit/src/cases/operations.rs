@@ -456,9 +456,11 @@ pub async fn retries_after_a_lost_reply<F: StoreFactory>(factory: &F) {
 }
 
 /// A lease ends at its expiry instant: at `lease_expires_at` exactly a record is expired (start
-/// and heartbeat refused, a claim taken over or reported uncertain, a lease taken), one
-/// microsecond before it is alive. And what `start` answers: the renewed expiry when it starts
-/// the execution, the record's current one when it was already started.
+/// and heartbeat refused, a claim taken over or reported uncertain, listed as expired or
+/// uncertain, a lease taken), one microsecond before it is alive. And what `start` answers: the
+/// renewed expiry when it starts the execution, the record's current one when it was already
+/// started. Listings draw the line of `older_than` the same way: a record is older than `d` from
+/// `d` after its last change on.
 pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "expiry").await;
     let micro = Duration::from_micros(1);
@@ -566,4 +568,107 @@ pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
         ),
         "[expiry_is_exclusive] a lease is free at its expiry instant"
     );
+
+    // Listings, on the same lines: an execution and a claim not started, each through filters
+    // with and without a state (a store may serve them by different queries).
+    h.clock.set(t0);
+    let executing = h.acquire("listed-executing", "w", true).await;
+    let claimed = h.acquire("listed-claimed", "w", false).await;
+    let executing_state = Some(ExecutionState::Executing);
+    let expiries = [
+        (
+            &executing,
+            "listed-executing",
+            ListFilter {
+                uncertain: true,
+                ..Default::default()
+            },
+        ),
+        (
+            &executing,
+            "listed-executing",
+            ListFilter {
+                expired: true,
+                state: executing_state,
+                ..Default::default()
+            },
+        ),
+        (
+            &executing,
+            "listed-executing",
+            ListFilter {
+                expired: true,
+                ..Default::default()
+            },
+        ),
+        (
+            &claimed,
+            "listed-claimed",
+            ListFilter {
+                expired: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (grant, key, filter) in &expiries {
+        h.clock.set(grant.lease_expires_at.saturating_sub(micro));
+        assert!(
+            !lists(&h, filter, key).await,
+            "[expiry_is_exclusive] {key} listed with {filter:?} one microsecond before its expiry"
+        );
+        h.clock.set(grant.lease_expires_at);
+        assert!(
+            lists(&h, filter, key).await,
+            "[expiry_is_exclusive] {key} not listed with {filter:?} at its expiry instant"
+        );
+    }
+    let age = Duration::from_millis(1);
+    let older = [
+        (
+            "listed-executing",
+            ListFilter {
+                older_than: Some(age),
+                state: executing_state,
+                ..Default::default()
+            },
+        ),
+        (
+            "listed-executing",
+            ListFilter {
+                older_than: Some(age),
+                ..Default::default()
+            },
+        ),
+        (
+            "listed-claimed",
+            ListFilter {
+                older_than: Some(age),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (key, filter) in &older {
+        h.clock.set(t0.saturating_add(age).saturating_sub(micro));
+        assert!(
+            !lists(&h, filter, key).await,
+            "[expiry_is_exclusive] {key} listed with {filter:?} one microsecond early"
+        );
+        h.clock.set(t0.saturating_add(age));
+        assert!(
+            lists(&h, filter, key).await,
+            "[expiry_is_exclusive] {key} not listed with {filter:?} at the instant"
+        );
+    }
+}
+
+/// Whether the listing of the harness's namespace with `filter` holds `key`.
+async fn lists<S: CoordinationStore + Clone>(
+    h: &Harness<S>,
+    filter: &ListFilter,
+    key: &str,
+) -> bool {
+    executions(h, filter, 100, 2, "[expiry_is_exclusive]")
+        .await
+        .iter()
+        .any(|r| r.key.as_str() == key)
 }
