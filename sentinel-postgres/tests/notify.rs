@@ -270,6 +270,47 @@ async fn the_first_wait_waits_when_nothing_changed() {
     );
 }
 
+/// The version a wait compares with is its own record's, never a neighbour's: here the record
+/// is marked watched between the claim and the wait (as another waiter would), so the wait reads
+/// its version without marking it, beside records of the same namespace (and of the same key in
+/// other namespaces) that are watched and at other versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_compares_with_its_own_records_version() {
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+    let key = id("own", "k");
+    let neighbours = [
+        id("own", "a"),
+        id("own", "b"),
+        id("own", "z"),
+        id("elsewhere", "k"),
+    ];
+    for neighbour in &neighbours {
+        let token = held(&other, neighbour).await;
+        other.complete(neighbour, token, &json!("r")).await.unwrap();
+        common::set_row(
+            store.pool(),
+            &store,
+            "executions",
+            neighbour,
+            "watched = true",
+        )
+        .await;
+    }
+    held(&other, &key).await;
+    let since = claim_busy(&store, &key).await;
+    common::set_row(store.pool(), &store, "executions", &key, "watched = true").await;
+    assert_eq!(
+        store
+            .wait_for_change(&key, since, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        Wait::TimedOut,
+        "nothing changed since the claim"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_saw_the_record_watched_waits_without_another_statement() {
     let factory = factory!();
