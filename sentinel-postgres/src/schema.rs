@@ -137,4 +137,18 @@ mod tests {
         }
         assert_eq!(Schema::new("abc").unwrap_or_default().quoted(), "\"abc\"");
     }
+
+    #[test]
+    fn conversions_check_names_too() {
+        assert_eq!(
+            Schema::try_from("billing").map(|s| s.as_str().to_owned()),
+            Ok("billing".to_owned())
+        );
+        assert_eq!(
+            Schema::try_from(String::from("ledger")).map(|s| s.as_str().to_owned()),
+            Ok("ledger".to_owned())
+        );
+        assert!(Schema::try_from("Robert'); DROP TABLE students;--").is_err());
+        assert!(Schema::try_from(String::from("pg_catalog")).is_err());
+    }
 }
