@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,30 @@ impl Cli {
             .env("NO_COLOR", "1")
             .output()
             .unwrap()
+    }
+
+    /// Runs on a terminal (`script` gives the command a pseudo-terminal), typing `typed`; stdout
+    /// and stderr both come back as stdout.
+    fn on_terminal(&self, args: &[&str], typed: &str) -> Output {
+        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut line = vec![quote(env!("CARGO_BIN_EXE_sentinel"))];
+        line.extend(args.iter().map(|a| quote(a)));
+        line.extend(["--namespace", self.namespace.as_str()].map(quote));
+        line.extend(self.extra.iter().map(|a| quote(a)));
+        let mut child = Command::new("script")
+            .args(["-qec", &line.join(" "), "/dev/null"])
+            .env("SENTINEL_URL", &self.url)
+            .env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) runs the command on a pseudo-terminal");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(typed.as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
     }
 
     /// Runs with `--json` and parses stdout; asserts the exit code.
@@ -102,11 +127,25 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
         text.contains("UNCERTAIN") && text.contains("expired") && text.contains(" ago"),
         "{text}"
     );
+    // What to do next, for this key in this namespace, and the last event.
+    assert!(
+        text.contains(
+            "Check the downstream system, then:\n  sentinel reconcile payment-017 -n payments\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("claimed by worker-7, "), "{text}");
 
     let reconciled = cli.json(&["reconcile", "payment-017", "--yes"], 0);
     let new_token = reconciled["token"].as_i64().unwrap();
     assert!(new_token > token);
     assert_eq!(reconciled["record"]["state"], "reconciling");
+    let text = String::from_utf8_lossy(&cli.run(&["inspect", "payment-017"]).stdout).into_owned();
+    assert!(
+        text.contains("Reconciling: finish with `sentinel force-complete payment-017 -n payments"),
+        "{text}"
+    );
+    assert!(!text.contains("UNCERTAIN"), "{text}");
 
     // Refusals: the state does not allow it (exit 1), with the reason.
     let again = cli.json(&["reconcile", "payment-017", "--yes"], 1);
@@ -172,11 +211,29 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
 
     // Reset path: a second abandoned execution runs again after reset.
     abandon(store.as_ref(), &cli.namespace, "payment-018").await;
-    cli.json(&["reconcile", "payment-018", "--yes"], 0);
-    assert_eq!(
-        cli.json(&["reset", "payment-018", "--yes"], 0)["record"]["state"],
-        "claimed"
+    // On a terminal, a change is asked for: "n" changes nothing, "y" goes ahead.
+    let declined = cli.on_terminal(&["reconcile", "payment-018"], "n\n");
+    let shown = String::from_utf8_lossy(&declined.stdout).into_owned();
+    assert_eq!(declined.status.code(), Some(1), "{shown}");
+    assert!(
+        shown.contains("[y/N]") && shown.contains("nothing changed"),
+        "{shown}"
     );
+    assert_eq!(
+        cli.json(&["inspect", "payment-018"], 0)["state"],
+        "executing"
+    );
+    let accepted = cli.on_terminal(&["reconcile", "payment-018"], "y\n");
+    let shown = String::from_utf8_lossy(&accepted.stdout).into_owned();
+    assert_eq!(accepted.status.code(), Some(0), "{shown}");
+    assert_eq!(
+        cli.json(&["inspect", "payment-018"], 0)["state"],
+        "reconciling"
+    );
+    // Not on a terminal (a script), nothing is asked, `--yes` or not.
+    let out = cli.run(&["reset", "payment-018", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(cli.json(&["inspect", "payment-018"], 0)["state"], "claimed");
     let rerun = app
         .once("payment-018", |_| async {
             Ok::<_, Failure>(json!("charged once"))
@@ -210,7 +267,26 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
     let lease_history = cli.json(&["history", "nightly-report", "--lease"], 0);
     assert_eq!(lease_history.as_array().unwrap().len(), 2);
 
-    // Purge: both completed records; the dry run removes nothing.
+    // Purge: both completed records, not the live execution beside them, and none of them
+    // before they are old enough; the dry run removes nothing.
+    let live = RecordId::parse(&cli.namespace, "payment-019").unwrap();
+    let request = ClaimRequest {
+        owner: OwnerId::new("worker-8").unwrap(),
+        ttl: Ttl::new(Duration::from_secs(60)).unwrap(),
+        start: true,
+        request_id: RequestId::random(),
+        fingerprint: None,
+    };
+    assert!(matches!(
+        store.claim(&live, &request).await.unwrap(),
+        ClaimOutcome::Acquired(_)
+    ));
+    let text = String::from_utf8_lossy(&cli.run(&["inspect", "payment-019"]).stdout).into_owned();
+    assert!(!text.contains("UNCERTAIN"), "a live execution: {text}");
+    assert_eq!(
+        cli.json(&["purge", "--completed-before", "1h", "--dry-run"], 0)["would_purge"],
+        json!(0)
+    );
     assert_eq!(
         cli.json(&["purge", "--completed-before", "0s", "--dry-run"], 0)["would_purge"],
         json!(2)
@@ -304,6 +380,7 @@ fn usage_errors_exit_2_and_unreachable_backends_exit_3_without_printing_password
         stderr.contains("alice:***@") && !stderr.contains("s3cr3t"),
         "{stderr}"
     );
+    assert!(stderr.contains("check --url"), "{stderr}");
     let out = cli("redis://:hunter2@127.0.0.1:1").run(&["list", "--json"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hunter2"));
@@ -318,11 +395,11 @@ fn usage_errors_exit_2_and_unreachable_backends_exit_3_without_printing_password
         vec!["frobnicate"],
     ] {
         let out = any.run(&args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("check --url"),
+            "a usage error is not about the server: {stderr}"
         );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_sentinel"))
