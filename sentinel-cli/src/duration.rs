@@ -109,6 +109,8 @@ mod tests {
     #[test]
     fn formats_the_two_largest_units() {
         assert_eq!(format(Duration::from_millis(850)), "850ms");
+        assert_eq!(format(Duration::from_millis(999)), "999ms");
+        assert_eq!(format(Duration::from_secs(1)), "1s");
         assert_eq!(format(Duration::from_secs(252)), "4m12s");
         assert_eq!(format(Duration::from_secs(3 * 3600)), "3h");
         assert_eq!(

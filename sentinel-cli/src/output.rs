@@ -172,6 +172,31 @@ mod tests {
         assert_eq!(relative(now, later), "4m12s ago");
         assert_eq!(liveness(now, later), "expired 4m12s ago");
         assert_eq!(liveness(later, now), "alive, expires in 4m12s");
+        // A lease is expired at its expiry instant (DESIGN §2), and "now" is no future.
+        assert_eq!(liveness(now, now), "expired 0ms ago");
+        assert_eq!(relative(now, now), "0ms ago");
+    }
+
+    #[test]
+    fn states_say_when_an_execution_is_uncertain() {
+        let plain = Output {
+            json: false,
+            colour: false,
+        };
+        assert_eq!(
+            plain.state(ExecutionState::Executing, true),
+            "executing (UNCERTAIN)"
+        );
+        assert_eq!(plain.state(ExecutionState::Executing, false), "executing");
+        assert_eq!(plain.state(ExecutionState::Completed, false), "completed");
+        let coloured = Output {
+            json: false,
+            colour: true,
+        };
+        assert_eq!(
+            coloured.state(ExecutionState::Executing, true),
+            "\u{1b}[1;31mexecuting (UNCERTAIN)\u{1b}[0m"
+        );
     }
 
     #[test]
