@@ -85,9 +85,29 @@ fn unique(prefix: &str) -> String {
 
 /// A worker claims and starts `key`, then stops mid-flight: no completion, no heartbeat.
 async fn abandon(store: &dyn CoordinationStore, namespace: &str, key: &str) -> i64 {
+    let token = start(
+        store,
+        namespace,
+        key,
+        "worker-7",
+        Duration::from_millis(200),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    token
+}
+
+/// `owner` claims and starts `key` for `ttl`: its token.
+async fn start(
+    store: &dyn CoordinationStore,
+    namespace: &str,
+    key: &str,
+    owner: &str,
+    ttl: Duration,
+) -> i64 {
     let request = ClaimRequest {
-        owner: OwnerId::new("worker-7").unwrap(),
-        ttl: Ttl::new(Duration::from_millis(200)).unwrap(),
+        owner: OwnerId::new(owner).unwrap(),
+        ttl: Ttl::new(ttl).unwrap(),
         start: true,
         request_id: RequestId::random(),
         fingerprint: None,
@@ -96,7 +116,6 @@ async fn abandon(store: &dyn CoordinationStore, namespace: &str, key: &str) -> i
     let ClaimOutcome::Acquired(grant) = store.claim(&id, &request).await.unwrap() else {
         panic!("a fresh key")
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
     grant.token.get()
 }
 
@@ -269,18 +288,14 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
 
     // Purge: both completed records, not the live execution beside them, and none of them
     // before they are old enough; the dry run removes nothing.
-    let live = RecordId::parse(&cli.namespace, "payment-019").unwrap();
-    let request = ClaimRequest {
-        owner: OwnerId::new("worker-8").unwrap(),
-        ttl: Ttl::new(Duration::from_secs(60)).unwrap(),
-        start: true,
-        request_id: RequestId::random(),
-        fingerprint: None,
-    };
-    assert!(matches!(
-        store.claim(&live, &request).await.unwrap(),
-        ClaimOutcome::Acquired(_)
-    ));
+    start(
+        store.as_ref(),
+        &cli.namespace,
+        "payment-019",
+        "worker-8",
+        Duration::from_secs(60),
+    )
+    .await;
     let text = String::from_utf8_lossy(&cli.run(&["inspect", "payment-019"]).stdout).into_owned();
     assert!(!text.contains("UNCERTAIN"), "a live execution: {text}");
     assert_eq!(

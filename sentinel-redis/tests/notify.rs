@@ -286,14 +286,20 @@ async fn waiting_counts<S: CoordinationStore + Clone>(store: S, label: &str) -> 
     (claims, waits)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn standalone_waiter_wakes_on_another_stores_completion() {
+/// Two standalone stores over the same records (two processes), each with its own connections.
+async fn standalone_pair() -> (RedisStore, RedisStore) {
     let a = support::standalone(TimeSource::Server).await;
     let b = RedisStore::builder()
         .prefix(a.prefix())
         .connect(&support::redis_url())
         .await
         .unwrap();
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_waiter_wakes_on_another_stores_completion() {
+    let (a, b) = standalone_pair().await;
     a_waiter_wakes_on_another_stores_completion(a, b).await;
 }
 
@@ -310,12 +316,7 @@ async fn cluster_waiter_wakes_on_another_stores_completion() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_change_between_claim_and_wait_is_not_missed() {
-    let a = support::standalone(TimeSource::Server).await;
-    let b = RedisStore::builder()
-        .prefix(a.prefix())
-        .connect(&support::redis_url())
-        .await
-        .unwrap();
+    let (a, b) = standalone_pair().await;
     a_change_between_the_claim_and_the_wait_is_not_missed(a, b).await;
 }
 
@@ -365,17 +366,12 @@ async fn subscribed_channels(store: &RedisStore) -> Vec<Vec<u8>> {
     channels
 }
 
-/// A record's entry in the notifier outlives its idle time (30 s) only while someone waits on it: a
-/// wait of a minute keeps its subscription and is woken by a change at 36 s, while a record
-/// nobody waits on is forgotten and its channel unsubscribed by the next wait's sweep.
+/// A record's entry in the notifier outlives its idle time (30 s) only while someone waits on
+/// it: a wait of a minute keeps its subscription and is woken by a change at 36 s, while a
+/// record nobody waits on is forgotten and its channel unsubscribed by the next wait's sweep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed() {
-    let a = support::standalone(TimeSource::Server).await;
-    let b = RedisStore::builder()
-        .prefix(a.prefix())
-        .connect(&support::redis_url())
-        .await
-        .unwrap();
+    let (a, b) = standalone_pair().await;
     let (idle, long, other) = (id("idle"), id("long"), id("other"));
 
     // `idle`: one short wait subscribes to its channel; nobody waits on it afterwards.
