@@ -50,14 +50,23 @@ impl OwnerId {
 
 fn hostname() -> String {
     let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").ok();
-    let name = from_kernel
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
-        .map(|h| h.trim().to_owned())
+    host_part(
+        from_kernel
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok()),
+    )
+}
+
+/// The host part of a generated owner id from the machine's name as read: trimmed, at most 200
+/// characters (room for ":pid:random" inside the owner id limit), and `localhost` when there is
+/// none or it could not be part of an owner id (empty, or holding U+0000).
+fn host_part(name: Option<String>) -> String {
+    name.map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && !h.contains('\0'))
-        .unwrap_or_else(|| "localhost".to_owned());
-    // Keep room for ":pid:random" inside the owner id limit.
-    name.chars().take(200).collect()
+        .unwrap_or_else(|| "localhost".to_owned())
+        .chars()
+        .take(200)
+        .collect()
 }
 
 impl TryFrom<String> for OwnerId {
@@ -185,6 +194,16 @@ mod tests {
             assert_eq!(host, name.trim());
         }
         assert!(!host.is_empty());
+    }
+
+    #[test]
+    fn host_parts_are_usable_in_owner_ids() {
+        assert_eq!(host_part(Some(" web-1\n".to_owned())), "web-1");
+        assert_eq!(host_part(None), "localhost");
+        assert_eq!(host_part(Some("  \n".to_owned())), "localhost");
+        assert_eq!(host_part(Some("we\0b".to_owned())), "localhost");
+        assert_eq!(host_part(Some("é".repeat(300))), "é".repeat(200));
+        assert_eq!(format!("{:?}", OwnerId::new("w-1").unwrap()), "\"w-1\"");
     }
 
     #[test]
