@@ -203,7 +203,15 @@ mod tests {
         assert_eq!(host_part(Some("  \n".to_owned())), "localhost");
         assert_eq!(host_part(Some("we\0b".to_owned())), "localhost");
         assert_eq!(host_part(Some("é".repeat(300))), "é".repeat(200));
+    }
+
+    #[test]
+    fn ids_debug_as_their_text() {
         assert_eq!(format!("{:?}", OwnerId::new("w-1").unwrap()), "\"w-1\"");
+        assert_eq!(
+            format!("{:?}", RequestId::from_u128(0xab)),
+            format!("RequestId({:032x})", 0xab)
+        );
     }
 
     #[test]
