@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use sentinel_core::client::{Observer, Transition, TransitionKind};
 use sentinel_core::{
-    Disposition, Error, EventKind, ExecutionState, Failure, Once, OnceOptions, RejectReason,
-    Sentinel,
+    Disposition, Error, EventKind, ExecutionState, Failure, Once, OnceOptions, OwnerId,
+    RejectReason, Sentinel,
 };
 use sentinel_memory::MemoryStore;
 use support::{Faulty, TokioClock};
@@ -489,4 +489,25 @@ async fn the_observer_sees_every_transition_the_client_makes() {
             K::Purged { count: 1 }
         ]
     );
+}
+
+#[test]
+fn a_client_and_its_builder_show_what_they_were_given() {
+    let builder = Sentinel::builder(MemoryStore::new())
+        .namespace("billing")
+        .owner(OwnerId::new("worker-1").unwrap())
+        .observer(Arc::new(Recorder::default()));
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("observer: Some(Observer)"), "{shown}");
+    let sentinel = builder.build().unwrap();
+    let shown = format!("{sentinel:?}");
+    for part in [
+        "Sentinel {",
+        "store: \"memory\"",
+        "namespace: \"billing\"",
+        "owner: \"worker-1\"",
+        "ttl: ",
+    ] {
+        assert!(shown.contains(part), "{part} in {shown}");
+    }
 }
