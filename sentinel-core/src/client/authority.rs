@@ -49,7 +49,8 @@ pub(crate) struct AuthorityState {
 }
 
 impl AuthorityState {
-    fn lost_at(&self, now: Instant) -> Option<LostReason> {
+    /// Why authority is gone at `now`, or `None` while it holds.
+    pub(crate) fn lost_at(&self, now: Instant) -> Option<LostReason> {
         if let Some(reason) = &self.lost {
             return Some(reason.clone());
         }

@@ -58,7 +58,8 @@ impl Held {
 }
 
 /// Keeps one held record in the heartbeat; dropping it stops the renewals and marks authority
-/// lost as [`LostReason::Released`].
+/// lost as [`LostReason::Released`], or reports it lost if it ran out before (a deadline the
+/// task had not acted on yet).
 #[derive(Debug)]
 pub(crate) struct Registration {
     shared: Arc<Shared>,
@@ -69,8 +70,13 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let removed = self.shared.registry().entries.remove(&self.id);
         if let Some(held) = removed {
-            held.cell.lose(LostReason::Released);
-            self.shared.telemetry.held(held.renewal.keyspace, -1.0);
+            match held.cell.state().lost_at(Instant::now()) {
+                Some(reason) => self.shared.lose(&held, reason),
+                None => {
+                    held.cell.lose(LostReason::Released);
+                    self.shared.telemetry.held(held.renewal.keyspace, -1.0);
+                }
+            }
         }
     }
 }
@@ -214,19 +220,15 @@ impl Shared {
         let now = Instant::now();
         let batch: Vec<(u64, Renewal, Duration)> = {
             let mut registry = self.registry();
-            registry.entries.retain(|_, held| {
-                let state = held.cell.state();
-                if now < state.deadline && state.lost.is_none() {
-                    return true;
-                }
-                let reason = if state.deadline >= state.hard_deadline {
-                    LostReason::HardTtl
-                } else {
-                    LostReason::Expired
-                };
-                self.lose(held, reason);
-                false
-            });
+            registry
+                .entries
+                .retain(|_, held| match held.cell.state().lost_at(now) {
+                    None => true,
+                    Some(reason) => {
+                        self.lose(held, reason);
+                        false
+                    }
+                });
             registry
                 .entries
                 .iter_mut()
