@@ -466,6 +466,16 @@ mod tests {
             0,
             "nothing was held at any alarm: nothing was sent"
         );
+
+        // Registrations sent at the same instant (concurrent calls) are due together, past the
+        // last alarm: one wake-up for the alarm they share.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let sent = Instant::now();
+        let held: Vec<_> = (0..3)
+            .map(|n| heartbeat.register(renewal(200 + n), ttl, sent))
+            .collect();
+        assert_eq!(wakes(&heartbeat), 3, "one wake-up for three at one instant");
+        drop(held);
     }
 
     /// The alarm a dropped registration left never delays one due earlier: it wakes the task and
