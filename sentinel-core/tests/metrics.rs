@@ -173,4 +173,9 @@ async fn failed_heartbeats_and_lost_authority_are_counted() {
         values.get("sentinel_authority_lost_total{keyspace=execution}"),
         2.0
     );
+    assert_eq!(
+        values.get("sentinel_held{keyspace=execution}"),
+        0.0,
+        "a record that lost its authority is no longer held"
+    );
 }
