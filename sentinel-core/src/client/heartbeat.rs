@@ -343,6 +343,10 @@ mod tests {
     #[derive(Debug, Default)]
     struct RenewsOnly {
         heartbeats: AtomicUsize,
+        /// Answers one renewal fewer than it was sent.
+        short: AtomicBool,
+        /// Never answers its first heartbeat call.
+        hangs_once: AtomicBool,
     }
 
     fn unused<T>() -> Result<T> {
@@ -368,8 +372,15 @@ mod tests {
         }
         async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
             self.heartbeats.fetch_add(1, Ordering::SeqCst);
-            Ok(renewals
-                .iter()
+            if self.hangs_once.swap(false, Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+            let answered = if self.short.load(Ordering::SeqCst) {
+                renewals.len() - 1
+            } else {
+                renewals.len()
+            };
+            Ok((0..answered)
                 .map(|_| Ok(Timestamp::from_micros(1)))
                 .collect())
         }
@@ -515,6 +526,61 @@ mod tests {
         );
         assert!(authority.is_held());
         drop(registration);
+    }
+
+    /// Renewals due within half a period of a tick go in that tick's call; later ones wait for
+    /// their own. Registered 0.3 s after the first, a record joins its call at 1 s; 0.6 s after,
+    /// it has a call of its own at 1.6 s, which takes the others along (due at 2 s, within half a
+    /// period): from then on, one call a second for all three.
+    #[tokio::test(start_paused = true)]
+    async fn renewals_due_within_half_a_period_share_a_call() {
+        let (heartbeat, store) = heartbeat();
+        let ttl = renewed_every_second();
+        let start = Instant::now();
+        let calls = || store.heartbeats.load(Ordering::SeqCst);
+        let first = heartbeat.register(renewal(0), ttl, start);
+        let joins = heartbeat.register(renewal(1), ttl, start + Duration::from_millis(300));
+        let apart = heartbeat.register(renewal(2), ttl, start + Duration::from_millis(600));
+        tokio::time::sleep_until(start + Duration::from_millis(1_200)).await;
+        assert_eq!(calls(), 1, "at 1 s, the first two");
+        tokio::time::sleep_until(start + Duration::from_millis(1_700)).await;
+        assert_eq!(calls(), 2, "at 1.6 s, the third (and the others)");
+        tokio::time::sleep_until(start + Duration::from_millis(7_500)).await;
+        assert_eq!(calls(), 7, "then at 2.6, 3.6, ... 6.6 s");
+        drop((first, joins, apart));
+    }
+
+    /// A heartbeat call that never answers is given up after a third of the ttl and sent again in
+    /// time: authority holds.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_heartbeat_call_is_given_up_in_time() {
+        let (heartbeat, store) = heartbeat();
+        store.hangs_once.store(true, Ordering::SeqCst);
+        let (registration, authority) =
+            heartbeat.register(renewal(0), renewed_every_second(), Instant::now());
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert!(
+            authority.is_held(),
+            "renewed after the hung call, within the ttl"
+        );
+        assert!(store.heartbeats.load(Ordering::SeqCst) >= 2);
+        drop(registration);
+    }
+
+    /// An answer with fewer renewals than were sent is believed for none of them: nothing is
+    /// extended, and authority runs out at the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_of_the_wrong_length_renews_nothing() {
+        let (heartbeat, store) = heartbeat();
+        store.short.store(true, Ordering::SeqCst);
+        let ttl = renewed_every_second();
+        let now = Instant::now();
+        let (a, first) = heartbeat.register(renewal(0), ttl, now);
+        let (b, second) = heartbeat.register(renewal(1), ttl, now);
+        tokio::time::sleep(Duration::from_millis(3_100)).await;
+        assert!(store.heartbeats.load(Ordering::SeqCst) >= 2, "retried");
+        assert!(!first.is_held() && !second.is_held());
+        drop((a, b));
     }
 
     /// After shutdown (the client dropped) nothing more is renewed: held records lose authority
