@@ -294,12 +294,7 @@ async fn heartbeats_carry_long_work_past_the_ttl_up_to_the_hard_ttl_and_no_furth
 
 #[tokio::test(start_paused = true)]
 async fn refused_renewals_signal_lost_authority_to_the_work() {
-    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
-    let sentinel = Sentinel::builder(store.clone())
-        .ttl(Duration::from_secs(3))
-        .hard_ttl(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let (store, sentinel) = support::renewing_client();
     store.set(Renewals::Refused);
     let started = tokio::time::Instant::now();
     let outcome = sentinel
@@ -320,12 +315,7 @@ async fn refused_renewals_signal_lost_authority_to_the_work() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
-    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
-    let sentinel = Sentinel::builder(store.clone())
-        .ttl(Duration::from_secs(3))
-        .hard_ttl(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let (store, sentinel) = support::renewing_client();
     store.set(Renewals::Unreachable);
     let started = tokio::time::Instant::now();
     let outcome = sentinel
@@ -346,12 +336,7 @@ async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
 
 #[tokio::test(start_paused = true)]
 async fn one_heartbeat_call_renews_every_held_execution_and_lease() {
-    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
-    let sentinel = Sentinel::builder(store.clone())
-        .ttl(Duration::from_secs(3))
-        .hard_ttl(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let (store, sentinel) = support::renewing_client();
     let mut guards = Vec::new();
     for n in 0..5 {
         guards.push(

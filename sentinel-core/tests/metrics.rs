@@ -11,7 +11,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -139,12 +138,7 @@ async fn outcomes_calls_and_held_records_are_counted() {
 async fn failed_heartbeats_and_lost_authority_are_counted() {
     let values = Values::default();
     let _recorder = metrics::set_default_local_recorder(&values);
-    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
-    let sentinel = Sentinel::builder(store.clone())
-        .ttl(Duration::from_secs(3))
-        .hard_ttl(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let (store, sentinel) = support::renewing_client();
     store.set(Renewals::Unreachable);
     let _: Once<()> = sentinel
         .once("unreachable", |ctx| async move {

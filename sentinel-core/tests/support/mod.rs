@@ -72,6 +72,18 @@ pub fn faulty(inner: MemoryStore) -> Faulty {
     Decorated::new(inner, Faults::default())
 }
 
+/// A faulty store on tokio's clock and a client over it with a 3 s ttl (renewed every second)
+/// and a hard ttl of a minute.
+pub fn renewing_client() -> (Faulty, sentinel_core::Sentinel) {
+    let store = faulty(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = sentinel_core::Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .expect("a valid client");
+    (store, sentinel)
+}
+
 /// A faulty store whose `wait_for_change` answers `Unsupported`, as a store without
 /// notifications does.
 pub fn without_notifications(inner: MemoryStore) -> Faulty {
