@@ -45,7 +45,6 @@ async fn other_store(factory: &PgFactory, store: &PostgresStore) -> PostgresStor
         .unwrap()
 }
 
-/// The server pids of the connections listening for `store`'s changes.
 /// Claims and starts `key` as "worker" on `store` (another process, holding it): its token.
 async fn held(store: &PostgresStore, key: &RecordId) -> FencingToken {
     granted(
@@ -68,6 +67,7 @@ async fn claim_busy(store: &PostgresStore, key: &RecordId) -> Instant {
     since
 }
 
+/// The server pids of the connections listening for `store`'s changes.
 async fn listener_pids(url: &str, store: &PostgresStore) -> Vec<i32> {
     let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
     let pids: Vec<(i32,)> = sqlx::query_as(
@@ -317,7 +317,7 @@ async fn a_claim_that_saw_the_record_watched_waits_without_another_statement() {
     let options: PgConnectOptions = factory.url().parse().unwrap();
     let (pool, proxy) = proxy::CountingProxy::pool(&options, 1).await.unwrap();
     let counted = PostgresStore::builder(pool)
-        .schema(common::unique_schema("sentinel_watched"))
+        .schema(factory.adopt(common::unique_schema("sentinel_watched")))
         .build()
         .await
         .unwrap();
@@ -350,12 +350,6 @@ async fn a_claim_that_saw_the_record_watched_waits_without_another_statement() {
             .unwrap();
         assert_eq!(woken, Wait::Changed);
     }
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        counted.schema()
-    )))
-    .execute(worker.pool())
-    .await;
 }
 
 /// A busy claim of `key` by `store` (another store holds it), then a wait from before that claim,
@@ -469,7 +463,7 @@ async fn the_listener_takes_no_pooled_connection() {
     let factory = factory!();
     // A pool of one connection: the listener must not take it.
     let store = PostgresStore::builder(pool(factory.url(), 1).await)
-        .schema(common::unique_schema("sentinel_notify"))
+        .schema(factory.adopt(common::unique_schema("sentinel_notify")))
         .build()
         .await
         .unwrap();
@@ -504,12 +498,6 @@ async fn the_listener_takes_no_pooled_connection() {
             .unwrap();
     }
     assert_eq!(listener_pids(factory.url(), &store).await.len(), 1);
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        store.schema()
-    )))
-    .execute(store.pool())
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,7 +522,7 @@ async fn a_store_that_cannot_listen_says_unsupported() {
         return;
     };
     let quiet = PostgresStore::builder(pool_for(&factory).await)
-        .schema(common::unique_schema("sentinel_notify"))
+        .schema(factory.adopt(common::unique_schema("sentinel_notify")))
         .listen(false)
         .build()
         .await
@@ -547,12 +535,6 @@ async fn a_store_that_cannot_listen_says_unsupported() {
         Wait::Unsupported
     );
     assert!(listener_pids(factory.url(), &quiet).await.is_empty());
-    let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        quiet.schema()
-    )))
-    .execute(quiet.pool())
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,7 +799,7 @@ async fn waiting_costs() {
     let factory = factory!();
     for listen in [true, false] {
         let base = PostgresStore::builder(pool(factory.url(), 8).await)
-            .schema(common::unique_schema("sentinel_notify"))
+            .schema(factory.adopt(common::unique_schema("sentinel_notify")))
             .listen(listen)
             .build()
             .await
@@ -883,11 +865,5 @@ async fn waiting_costs() {
             waits as f64 / 50.0
         );
         assert!(claims <= 50 * 8 && waits <= 50 * 4);
-        let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP SCHEMA \"{}\" CASCADE",
-            base.schema()
-        )))
-        .execute(base.pool())
-        .await;
     }
 }
