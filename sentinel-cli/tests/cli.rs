@@ -26,31 +26,40 @@ struct Cli {
 }
 
 impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_sentinel"))
-            .args(args)
-            .args(["--namespace", &self.namespace])
-            .args(&self.extra)
+    /// `program` with this CLI's environment: its URL, no other, no colour.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
             .env("SENTINEL_URL", &self.url)
             .env_remove("DATABASE_URL")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    /// `sentinel` and its arguments: `args`, then this CLI's namespace and extra options.
+    fn argv<'a>(&'a self, args: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+        std::iter::once(env!("CARGO_BIN_EXE_sentinel"))
+            .chain(args.iter().copied())
+            .chain(["--namespace", self.namespace.as_str()])
+            .chain(self.extra.iter().map(String::as_str))
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut argv = self.argv(args);
+        let program = argv.next().unwrap();
+        self.command(program).args(argv).output().unwrap()
     }
 
     /// Runs on a terminal (`script` gives the command a pseudo-terminal), typing `typed`; stdout
     /// and stderr both come back as stdout.
     fn on_terminal(&self, args: &[&str], typed: &str) -> Output {
-        let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-        let mut line = vec![quote(env!("CARGO_BIN_EXE_sentinel"))];
-        line.extend(args.iter().map(|a| quote(a)));
-        line.extend(["--namespace", self.namespace.as_str()].map(quote));
-        line.extend(self.extra.iter().map(|a| quote(a)));
-        let mut child = Command::new("script")
+        let line: Vec<String> = self
+            .argv(args)
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        let mut child = self
+            .command("script")
             .args(["-qec", &line.join(" "), "/dev/null"])
-            .env("SENTINEL_URL", &self.url)
-            .env_remove("DATABASE_URL")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
