@@ -18,8 +18,8 @@ use sentinel_core::store::{
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
     ExecutionOutcome, ExecutionRecord, ExecutionSlot, FencingToken, Key, Keyspace, LeaseOutcome,
-    LeaseRecord, LeaseRequest, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId, Result, Step,
-    SystemClock, TimeSource, Timestamp,
+    LeaseRecord, LeaseRequest, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId, RequestId,
+    Result, Step, SystemClock, TimeSource, Timestamp,
 };
 use sentinel_testkit::{MemoryFactory, StoreFactory};
 
@@ -28,8 +28,9 @@ use sentinel_testkit::{MemoryFactory, StoreFactory};
 enum Defect {
     /// Reconcile moves to `reconciling` but keeps the old token.
     ReconcileKeepsToken,
-    /// Claim reads, awaits, then writes: two claimers can both win.
-    NonAtomicClaim,
+    /// Claim, reconcile and lease acquire read the record, await, then write what they made of
+    /// the read: two contenders can both win.
+    CheckThenAct,
     /// A renewal of an expired lease succeeds.
     HeartbeatRevives,
     /// Completion accepts any token.
@@ -55,6 +56,32 @@ enum Defect {
     ListingReadsOneBatch,
     /// Every page of a listing starts from the first record, whatever `after` says.
     ListingIgnoresItsCursor,
+    /// The data lives in the store instance: a restarted store starts empty.
+    RestartLosesData,
+    /// The store's own clock stops when the store is created.
+    ServerClockStandsStill,
+    /// The store reads its clock as a double, as Lua or JavaScript would: past 2^53 µs the
+    /// microseconds round.
+    TimeInDoubles,
+    /// Records are kept under the namespace and the key joined with `:`, so `("a", ":b")` and
+    /// `("a:", "b")` are one record.
+    NamespaceJoinedToKey,
+    /// `list` and `history` accept any page size.
+    PageSizeUnchecked,
+    /// A heartbeat batch is answered executions first, then leases, not in the order asked.
+    HeartbeatAnswersByKeyspace,
+    /// A lease is still alive at its expiry instant.
+    ExpiryInstantAlive,
+    /// Request ids are not kept: a retried claim or acquire is refused by its own grant.
+    RequestIdIgnored,
+    /// A lease renewal is answered as applied, and nothing is written.
+    LeaseRenewalNotWritten,
+    /// A start is answered as applied, and nothing is written.
+    StartNotWritten,
+    /// A claim of an existing record takes the stored fingerprint for the request's.
+    FingerprintIgnored,
+    /// `wait_for_change` gives up after 30 ms, whatever time it was given.
+    WaitGivesUpEarly,
 }
 
 #[derive(Default)]
@@ -101,30 +128,67 @@ fn commit<S, O>(entry: &mut Entry<S>, next_event: &mut i64, step: Step<S, O>) ->
 }
 
 impl Mutant {
+    /// The clock, as this store reads it.
+    fn read_clock(&self) -> Timestamp {
+        let now = self.clock.now();
+        if self.defect == Defect::TimeInDoubles {
+            return Timestamp::from_micros(now.as_micros() as f64 as i64);
+        }
+        now
+    }
+
+    /// The instant a transition of a record whose lease ends at `expires` is judged at: `now`, or
+    /// just before the end, for the defects that keep an ended lease alive.
+    fn judged_at(&self, now: Timestamp, renewal: bool, expires: Option<Timestamp>) -> Timestamp {
+        let Some(expires) = expires else {
+            return now;
+        };
+        let revived = match self.defect {
+            Defect::HeartbeatRevives => renewal && now >= expires,
+            Defect::ExpiryInstantAlive => now == expires,
+            _ => false,
+        };
+        if revived {
+            expires.saturating_sub(Duration::from_micros(1))
+        } else {
+            now
+        }
+    }
+
+    /// Where the record `id` is kept.
+    fn stored_id(&self, id: &RecordId) -> RecordId {
+        if self.defect != Defect::NamespaceJoinedToKey {
+            return id.clone();
+        }
+        let joined = format!("{}:{}", id.namespace.as_str(), id.key.as_str());
+        RecordId::new(Namespace::new("joined").unwrap(), Key::new(joined).unwrap())
+    }
+
     fn execute(&self, id: &RecordId, command: &ExecutionCommand) -> Result<ExecutionOutcome> {
         let mut data = self.data.lock().unwrap();
-        let now = self.clock.now();
+        let now = self.read_clock();
         let Data {
             executions,
             next_event,
             ..
         } = &mut *data;
-        let entry = executions.entry(id.clone()).or_default();
+        let entry = executions.entry(self.stored_id(id)).or_default();
         let mut command = command.clone();
-        let mut at = now;
-        match (&mut command, self.defect, entry.slot.record.as_ref()) {
-            (ExecutionCommand::Complete { token, .. }, Defect::CompleteIgnoresToken, Some(r)) => {
-                *token = r.token
-            }
-            (ExecutionCommand::Heartbeat { .. }, Defect::HeartbeatRevives, Some(r))
-                if now >= r.lease_expires_at =>
-            {
-                at = Timestamp::from_micros(r.lease_expires_at.as_micros() - 1);
-            }
-            _ => {}
+        if let (ExecutionCommand::Complete { token, .. }, Defect::CompleteIgnoresToken, Some(r)) =
+            (&mut command, self.defect, entry.slot.record.as_ref())
+        {
+            *token = r.token
         }
+        let renewal = matches!(command, ExecutionCommand::Heartbeat { .. });
+        let expires = entry.slot.record.as_ref().map(|r| r.lease_expires_at);
+        let at = self.judged_at(now, renewal, expires);
         let old = entry.slot.clone();
         let mut step = execution::transition(id, &entry.slot, &command, at);
+        if matches!(command, ExecutionCommand::Start { .. })
+            && self.defect == Defect::StartNotWritten
+        {
+            unwritten(&mut step);
+        }
         match (
             &command,
             self.defect,
@@ -175,20 +239,82 @@ impl Mutant {
 
     fn lease(&self, id: &RecordId, command: &LeaseCommand) -> Result<LeaseOutcome> {
         let mut data = self.data.lock().unwrap();
-        let now = self.clock.now();
+        let now = self.read_clock();
         let Data {
             leases, next_event, ..
         } = &mut *data;
-        let entry = leases.entry(id.clone()).or_default();
-        let mut at = now;
-        if let (LeaseCommand::Renew { .. }, Defect::HeartbeatRevives, Some(r)) =
-            (command, self.defect, entry.slot.record.as_ref())
-            && now >= r.lease_expires_at
-        {
-            at = Timestamp::from_micros(r.lease_expires_at.as_micros() - 1);
+        let entry = leases.entry(self.stored_id(id)).or_default();
+        let renewal = matches!(command, LeaseCommand::Renew { .. });
+        let expires = entry.slot.record.as_ref().map(|r| r.lease_expires_at);
+        let mut step = lease::transition(
+            id,
+            &entry.slot,
+            command,
+            self.judged_at(now, renewal, expires),
+        );
+        if renewal && self.defect == Defect::LeaseRenewalNotWritten {
+            unwritten(&mut step);
         }
-        let step = lease::transition(id, &entry.slot, command, at);
         commit(entry, next_event, step)
+    }
+
+    /// Applies `command` to the execution `id`.
+    async fn apply(&self, id: &RecordId, command: ExecutionCommand) -> Result<ExecutionOutcome> {
+        if self.defect == Defect::CheckThenAct {
+            let transition = |slot: &_, at| execution::transition(id, slot, &command, at);
+            return self.check_then_act(executions, id, transition).await;
+        }
+        self.execute(id, &command)
+    }
+
+    /// Applies `command` to the lease `id`.
+    async fn apply_lease(&self, id: &RecordId, command: LeaseCommand) -> Result<LeaseOutcome> {
+        if self.defect == Defect::CheckThenAct {
+            let transition = |slot: &_, at| lease::transition(id, slot, &command, at);
+            return self.check_then_act(leases, id, transition).await;
+        }
+        self.lease(id, &command)
+    }
+
+    /// Reads the record, awaits, then writes what `transition` made of the read: the race of a
+    /// store whose transitions are not atomic.
+    async fn check_then_act<S: Clone + Default, O>(
+        &self,
+        table: Table<S>,
+        id: &RecordId,
+        transition: impl FnOnce(&S, Timestamp) -> Step<S, O>,
+    ) -> Result<O> {
+        let key = self.stored_id(id);
+        let read = table(&mut self.data.lock().unwrap())
+            .0
+            .get(&key)
+            .map(|e| e.slot.clone())
+            .unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let step = transition(&read, self.read_clock());
+        let mut data = self.data.lock().unwrap();
+        let (entries, next_event) = table(&mut data);
+        commit(entries.entry(key).or_default(), next_event, step)
+    }
+
+    /// The claim as this store takes it in.
+    fn received(&self, id: &RecordId, request: &ClaimRequest) -> ClaimRequest {
+        let mut request = request.clone();
+        match self.defect {
+            Defect::RequestIdIgnored => request.request_id = RequestId::random(),
+            Defect::FingerprintIgnored => {
+                let data = self.data.lock().unwrap();
+                if let Some(record) = data
+                    .executions
+                    .get(&self.stored_id(id))
+                    .and_then(|e| e.slot.record.as_ref())
+                {
+                    request.fingerprint = record.fingerprint.clone();
+                }
+            }
+            _ => {}
+        }
+        request
     }
 
     fn records(&self, namespace: &Namespace) -> Vec<ExecutionRecord> {
@@ -199,6 +325,23 @@ impl Mutant {
             .filter(|r| &r.namespace == namespace)
             .collect()
     }
+}
+
+/// Leaves `step`'s answer and drops its writes.
+fn unwritten<S, O>(step: &mut Step<S, O>) {
+    step.slot = None;
+    step.event = None;
+}
+
+/// One keyspace of the data, and the event counter.
+type Table<S> = fn(&mut Data) -> (&mut HashMap<RecordId, Entry<S>>, &mut i64);
+
+fn executions(data: &mut Data) -> (&mut HashMap<RecordId, Entry<ExecutionSlot>>, &mut i64) {
+    (&mut data.executions, &mut data.next_event)
+}
+
+fn leases(data: &mut Data) -> (&mut HashMap<RecordId, Entry<LeaseSlot>>, &mut i64) {
+    (&mut data.leases, &mut data.next_event)
 }
 
 fn page<T>(mut items: Vec<(Key, T)>, after: Option<&Key>, limit: u32, defect: Defect) -> Page<T> {
@@ -228,45 +371,25 @@ impl CoordinationStore for Mutant {
         Ok(self.clock.now())
     }
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
-        let command = ExecutionCommand::Claim(request.clone());
-        if self.defect == Defect::NonAtomicClaim {
-            // Read, await, write: the classic check-then-act race.
-            let snapshot = self
-                .data
-                .lock()
-                .unwrap()
-                .executions
-                .get(id)
-                .map(|e| e.slot.clone())
-                .unwrap_or_default();
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            let step = execution::transition(id, &snapshot, &command, self.clock.now());
-            let mut data = self.data.lock().unwrap();
-            let Data {
-                executions,
-                next_event,
-                ..
-            } = &mut *data;
-            let entry = executions.entry(id.clone()).or_default();
-            return match commit(entry, next_event, step)? {
-                ExecutionOutcome::Claim(outcome) => Ok(outcome),
-                other => panic!("{other:?}"),
-            };
-        }
-        match self.execute(id, &command)? {
+        let command = ExecutionCommand::Claim(self.received(id, request));
+        match self.apply(id, command).await? {
             ExecutionOutcome::Claim(outcome) => Ok(outcome),
             other => panic!("{other:?}"),
         }
     }
     async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp> {
-        match self.execute(id, &ExecutionCommand::Start { token })? {
+        match self.apply(id, ExecutionCommand::Start { token }).await? {
             ExecutionOutcome::Started { lease_expires_at } => Ok(lease_expires_at),
             other => panic!("{other:?}"),
         }
     }
     async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
-        Ok(renewals
-            .iter()
+        let mut order: Vec<&Renewal> = renewals.iter().collect();
+        if self.defect == Defect::HeartbeatAnswersByKeyspace {
+            order.sort_by_key(|r| r.keyspace);
+        }
+        Ok(order
+            .into_iter()
             .map(|r| {
                 let answer = match r.keyspace {
                     Keyspace::Execution => self
@@ -290,13 +413,14 @@ impl CoordinationStore for Mutant {
             .collect())
     }
     async fn complete(&self, id: &RecordId, token: FencingToken, result: &Value) -> Result<()> {
-        self.execute(
+        self.apply(
             id,
-            &ExecutionCommand::Complete {
+            ExecutionCommand::Complete {
                 token,
                 result: result.clone(),
             },
         )
+        .await
         .map(drop)
     }
     async fn abort(
@@ -305,37 +429,38 @@ impl CoordinationStore for Mutant {
         token: FencingToken,
         disposition: Disposition,
     ) -> Result<()> {
-        self.execute(id, &ExecutionCommand::Abort { token, disposition })
+        self.apply(id, ExecutionCommand::Abort { token, disposition })
+            .await
             .map(drop)
     }
     async fn reconcile(&self, id: &RecordId, owner: &OwnerId) -> Result<FencingToken> {
-        match self.execute(
-            id,
-            &ExecutionCommand::Reconcile {
-                owner: owner.clone(),
-            },
-        )? {
+        let command = ExecutionCommand::Reconcile {
+            owner: owner.clone(),
+        };
+        match self.apply(id, command).await? {
             ExecutionOutcome::Reconciling { token } => Ok(token),
             other => panic!("{other:?}"),
         }
     }
     async fn force_complete(&self, id: &RecordId, owner: &OwnerId, result: &Value) -> Result<()> {
-        self.execute(
+        self.apply(
             id,
-            &ExecutionCommand::ForceComplete {
+            ExecutionCommand::ForceComplete {
                 owner: owner.clone(),
                 result: result.clone(),
             },
         )
+        .await
         .map(drop)
     }
     async fn reset_to_claimed(&self, id: &RecordId, owner: &OwnerId) -> Result<()> {
-        self.execute(
+        self.apply(
             id,
-            &ExecutionCommand::ResetToClaimed {
+            ExecutionCommand::ResetToClaimed {
                 owner: owner.clone(),
             },
         )
+        .await
         .map(drop)
     }
     async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
@@ -374,11 +499,13 @@ impl CoordinationStore for Mutant {
             .lock()
             .unwrap()
             .executions
-            .get(id)
+            .get(&self.stored_id(id))
             .and_then(|e| e.slot.record.clone()))
     }
     async fn list(&self, query: &ListQuery) -> Result<Page<ExecutionRecord>> {
-        query.validate()?;
+        if self.defect != Defect::PageSizeUnchecked {
+            query.validate()?;
+        }
         let now = self.clock.now();
         let mut filter = query.filter.clone();
         let sloppy = self.defect == Defect::UncertainIgnoresExpiry && filter.uncertain;
@@ -405,11 +532,14 @@ impl CoordinationStore for Mutant {
         id: &RecordId,
         query: &HistoryQuery,
     ) -> Result<Vec<Event>> {
-        query.validate()?;
+        if self.defect != Defect::PageSizeUnchecked {
+            query.validate()?;
+        }
         let data = self.data.lock().unwrap();
+        let id = self.stored_id(id);
         let events = match keyspace {
-            Keyspace::Execution => data.executions.get(id).map(|e| e.events.clone()),
-            Keyspace::Lease => data.leases.get(id).map(|e| e.events.clone()),
+            Keyspace::Execution => data.executions.get(&id).map(|e| e.events.clone()),
+            Keyspace::Lease => data.leases.get(&id).map(|e| e.events.clone()),
         };
         Ok(events
             .unwrap_or_default()
@@ -428,25 +558,35 @@ impl CoordinationStore for Mutant {
         _since: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Wait> {
-        if self.defect != Defect::WaitMissesEarlierChange {
-            return Ok(Wait::Unsupported);
+        match self.defect {
+            // Hears only of what changes from now on: whatever changed since `since` is missed.
+            Defect::WaitMissesEarlierChange => Ok(
+                match tokio::time::timeout(timeout, self.changed.notified()).await {
+                    Ok(()) => Wait::Changed,
+                    Err(_) => Wait::TimedOut,
+                },
+            ),
+            Defect::WaitGivesUpEarly => {
+                tokio::time::sleep(timeout.min(Duration::from_millis(30))).await;
+                Ok(Wait::TimedOut)
+            }
+            _ => Ok(Wait::Unsupported),
         }
-        // Hears only of what changes from now on: whatever changed since `since` is missed.
-        Ok(
-            match tokio::time::timeout(timeout, self.changed.notified()).await {
-                Ok(()) => Wait::Changed,
-                Err(_) => Wait::TimedOut,
-            },
-        )
     }
     async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
-        match self.lease(id, &LeaseCommand::Acquire(request.clone()))? {
+        let mut request = request.clone();
+        if self.defect == Defect::RequestIdIgnored {
+            request.request_id = RequestId::random();
+        }
+        match self.apply_lease(id, LeaseCommand::Acquire(request)).await? {
             LeaseOutcome::Acquire(a) => Ok(a),
             other => panic!("{other:?}"),
         }
     }
     async fn release_lease(&self, id: &RecordId, token: FencingToken) -> Result<()> {
-        self.lease(id, &LeaseCommand::Release { token }).map(drop)
+        self.apply_lease(id, LeaseCommand::Release { token })
+            .await
+            .map(drop)
     }
     async fn inspect_lease(&self, id: &RecordId) -> Result<Option<LeaseRecord>> {
         Ok(self
@@ -454,11 +594,13 @@ impl CoordinationStore for Mutant {
             .lock()
             .unwrap()
             .leases
-            .get(id)
+            .get(&self.stored_id(id))
             .and_then(|e| e.slot.record.clone()))
     }
     async fn list_leases(&self, query: &LeaseListQuery) -> Result<Page<LeaseRecord>> {
-        query.validate()?;
+        if self.defect != Defect::PageSizeUnchecked {
+            query.validate()?;
+        }
         let data = self.data.lock().unwrap();
         let items = data
             .leases
@@ -473,8 +615,11 @@ impl CoordinationStore for Mutant {
 
 struct MutantFactory(Defect);
 
-fn clock_of(time: TimeSource) -> Arc<dyn Clock> {
+fn clock_of(time: TimeSource, defect: Defect) -> Arc<dyn Clock> {
     match time {
+        TimeSource::Server if defect == Defect::ServerClockStandsStill => {
+            Arc::new(ManualClock::starting_at(Timestamp::now_system()))
+        }
         TimeSource::Server => Arc::new(SystemClock),
         TimeSource::Manual(clock) => Arc::new(clock),
     }
@@ -486,7 +631,7 @@ impl StoreFactory for MutantFactory {
     async fn create(&self, time: TimeSource) -> Result<Mutant> {
         Ok(Mutant {
             defect: self.0,
-            clock: clock_of(time),
+            clock: clock_of(time, self.0),
             data: Arc::default(),
             changed: Arc::default(),
         })
@@ -494,18 +639,15 @@ impl StoreFactory for MutantFactory {
     async fn reopen(&self, store: &Mutant, time: TimeSource) -> Result<Mutant> {
         Ok(Mutant {
             defect: self.0,
-            clock: clock_of(time),
-            data: Arc::clone(&store.data),
+            clock: clock_of(time, self.0),
+            data: if self.0 == Defect::RestartLosesData {
+                Arc::default()
+            } else {
+                Arc::clone(&store.data)
+            },
             changed: Arc::clone(&store.changed),
         })
     }
-}
-
-async fn failing_cases(defect: Defect) -> Vec<&'static str> {
-    let report = sentinel_testkit::run_all(MutantFactory(defect)).await;
-    let failed = report.failed();
-    eprintln!("{defect:?} is caught by {failed:?}");
-    failed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -515,115 +657,155 @@ async fn the_memory_store_passes_every_case() {
     assert_eq!(report.results.len(), sentinel_testkit::case_names().len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reconcile_that_keeps_the_old_token_fails() {
-    let failed = failing_cases(Defect::ReconcileKeepsToken).await;
-    assert!(
-        failed.contains(&"model_based") && failed.contains(&"tokens_strictly_increase"),
-        "{failed:?}"
-    );
+/// The cases a defect must fail, and how.
+struct Caught {
+    defect: Defect,
+    /// The cases that fail, in the suite's order.
+    by: &'static [&'static str],
+    /// Whether every other case passes (the whole suite runs).
+    only: bool,
+    /// Words each failure message holds.
+    saying: Option<&'static str>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_claim_that_is_not_atomic_fails() {
-    let failed = failing_cases(Defect::NonAtomicClaim).await;
-    assert!(failed.contains(&"claim_race"), "{failed:?}");
+/// `defect` fails the cases `by` (and perhaps others).
+const fn among(defect: Defect, by: &'static [&'static str]) -> Caught {
+    Caught {
+        defect,
+        by,
+        only: false,
+        saying: None,
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn heartbeats_that_revive_an_expired_lease_fail() {
-    let failed = failing_cases(Defect::HeartbeatRevives).await;
-    assert!(
-        failed.contains(&"model_based") && failed.contains(&"renewal_vs_expiry_race"),
-        "{failed:?}"
-    );
+/// `defect` fails the cases `by` and no other.
+const fn only(defect: Defect, by: &'static [&'static str]) -> Caught {
+    Caught {
+        only: true,
+        ..among(defect, by)
+    }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_completion_that_ignores_the_token_fails() {
-    let failed = failing_cases(Defect::CompleteIgnoresToken).await;
-    // The race may or may not interleave badly in a given run; these two catch it every time.
-    assert!(
-        failed.contains(&"model_based") && failed.contains(&"event_log_records_every_transition"),
-        "{failed:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_purge_that_forgets_the_token_fails() {
-    let failed = failing_cases(Defect::PurgeForgetsToken).await;
-    assert!(
-        failed.contains(&"tokens_strictly_increase") && failed.contains(&"purge_in_batches"),
-        "{failed:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_repeated_completion_logged_twice_fails() {
-    let failed = failing_cases(Defect::RepeatedCompletionLogged).await;
-    assert!(
-        failed.contains(&"event_log_ignores_reads_and_refusals"),
-        "{failed:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_uncertain_filter_that_ignores_expiry_fails() {
-    let failed = failing_cases(Defect::UncertainIgnoresExpiry).await;
-    assert!(failed.contains(&"list_filters_and_pages"), "{failed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_history_page_that_repeats_its_cursor_fails() {
-    let failed = failing_cases(Defect::HistoryRepeatsCursor).await;
-    assert!(failed.contains(&"model_based"), "{failed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_full_last_page_that_says_there_is_more_fails() {
-    let failed = failing_cases(Defect::FullLastPageHasNext).await;
-    assert!(
-        failed.contains(&"model_based") && failed.contains(&"list_filters_and_pages"),
-        "{failed:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_wait_that_misses_an_earlier_change_fails() {
-    let failed = failing_cases(Defect::WaitMissesEarlierChange).await;
-    assert_eq!(failed, ["waiting_misses_no_change"], "{failed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_purge_that_fails_when_another_purged_first_fails() {
-    let failed = failing_cases(Defect::PurgeFailsOnARacingPurge).await;
-    assert_eq!(failed, ["purge_race"], "{failed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_listing_that_stops_after_one_batch_fails() {
-    let failed = failing_cases(Defect::ListingReadsOneBatch).await;
-    assert_eq!(failed, ["list_pages_through_sparse_matches"], "{failed:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_listing_that_ignores_its_cursor_fails_at_once() {
-    // Its pages repeat forever: each listing case must see that `next` does not move forward,
-    // not page on until the case's time limit.
-    let report = sentinel_testkit::run_all(MutantFactory(Defect::ListingIgnoresItsCursor)).await;
-    for case in [
-        "keys_round_trip_and_never_collide",
-        "list_filters_and_pages",
-        "list_pages_through_sparse_matches",
-    ] {
-        let outcome = report.results.iter().find(|(name, _)| *name == case);
-        match outcome {
-            Some((_, Err(message))) => {
-                assert!(message.contains("moves forward"), "{case}: {message}")
-            }
-            other => panic!("{case}: {other:?}"),
+impl Caught {
+    const fn saying(self, words: &'static str) -> Caught {
+        Caught {
+            saying: Some(words),
+            ..self
         }
     }
+}
+
+async fn assert_caught(expected: &Caught) {
+    let factory = MutantFactory(expected.defect);
+    let report = if expected.only {
+        sentinel_testkit::run_all(factory).await
+    } else {
+        sentinel_testkit::run(factory, expected.by).await
+    };
+    eprintln!("{:?}:\n{report}", expected.defect);
+    assert_eq!(report.failed(), expected.by, "{:?}", expected.defect);
+    for (case, result) in &report.results {
+        if let (Err(message), Some(words)) = (result, expected.saying) {
+            assert!(message.contains(words), "{case}: {message}");
+        }
+    }
+}
+
+/// One test per defect, named for what it shows, and the table of them all.
+macro_rules! defects {
+    ($($test:ident: $expected:expr;)+) => {
+        const CAUGHT: &[Caught] = &[$($expected),+];
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                assert_caught(&$expected).await;
+            }
+        )+
+    };
+}
+
+defects! {
+    a_reconcile_that_keeps_the_old_token_fails:
+        among(Defect::ReconcileKeepsToken, &["model_based", "tokens_strictly_increase"]);
+    transitions_that_are_not_atomic_fail: among(
+        Defect::CheckThenAct,
+        &[
+            "claim_race",
+            "reconcile_vs_complete_race",
+            "lease_acquire_race",
+            "once_with_concurrent_callers",
+        ],
+    );
+    heartbeats_that_revive_an_expired_lease_fail:
+        among(Defect::HeartbeatRevives, &["model_based", "renewal_vs_expiry_race"]);
+    // The race may or may not interleave badly in a given run; these two catch it every time.
+    a_completion_that_ignores_the_token_fails: among(
+        Defect::CompleteIgnoresToken,
+        &["model_based", "event_log_records_every_transition"],
+    );
+    a_purge_that_forgets_the_token_fails:
+        among(Defect::PurgeForgetsToken, &["tokens_strictly_increase", "purge_in_batches"]);
+    a_repeated_completion_logged_twice_fails:
+        among(Defect::RepeatedCompletionLogged, &["event_log_ignores_reads_and_refusals"]);
+    an_uncertain_filter_that_ignores_expiry_fails:
+        among(Defect::UncertainIgnoresExpiry, &["list_filters_and_pages"]);
+    a_history_page_that_repeats_its_cursor_fails:
+        among(Defect::HistoryRepeatsCursor, &["model_based"]);
+    a_full_last_page_that_says_there_is_more_fails:
+        among(Defect::FullLastPageHasNext, &["model_based", "list_filters_and_pages"]);
+    a_wait_that_misses_an_earlier_change_fails:
+        only(Defect::WaitMissesEarlierChange, &["waiting_misses_no_change"]);
+    a_purge_that_fails_when_another_purged_first_fails:
+        only(Defect::PurgeFailsOnARacingPurge, &["purge_race"]);
+    a_listing_that_stops_after_one_batch_fails:
+        only(Defect::ListingReadsOneBatch, &["list_pages_through_sparse_matches"]);
+    // Its pages repeat forever: each listing case must see that `next` does not move forward,
+    // not page on until the case's time limit.
+    a_listing_that_ignores_its_cursor_fails_at_once: among(
+        Defect::ListingIgnoresItsCursor,
+        &[
+            "keys_round_trip_and_never_collide",
+            "list_filters_and_pages",
+            "list_pages_through_sparse_matches",
+        ],
+    )
+    .saying("moves forward");
+    a_store_that_forgets_everything_on_restart_fails:
+        among(Defect::RestartLosesData, &["tokens_survive_restart"]);
+    a_server_clock_that_stands_still_fails:
+        among(Defect::ServerClockStandsStill, &["server_clock"]);
+    a_clock_read_as_a_double_fails: among(Defect::TimeInDoubles, &["numbers_stay_exact"]);
+    namespaces_joined_to_keys_fail:
+        among(Defect::NamespaceJoinedToKey, &["namespaces_are_separate"]);
+    unchecked_page_sizes_fail:
+        among(Defect::PageSizeUnchecked, &["invalid_input_writes_nothing"]);
+    heartbeat_answers_out_of_order_fail:
+        among(Defect::HeartbeatAnswersByKeyspace, &["heartbeat_batch"]);
+    a_lease_alive_at_its_expiry_instant_fails: among(
+        Defect::ExpiryInstantAlive,
+        &["renewal_vs_expiry_race", "expiry_is_exclusive"],
+    );
+    forgotten_request_ids_fail:
+        among(Defect::RequestIdIgnored, &["retries_after_a_lost_reply"]);
+    lease_renewals_that_write_nothing_fail:
+        among(Defect::LeaseRenewalNotWritten, &["lease_renews_under_heartbeat"]);
+    ignored_fingerprints_fail:
+        among(Defect::FingerprintIgnored, &["fingerprints_guard_the_key"]);
+    a_wait_that_gives_up_early_fails:
+        among(Defect::WaitGivesUpEarly, &["waiting_for_a_result"]);
+    a_start_that_writes_nothing_fails:
+        among(Defect::StartNotWritten, &["two_phase_execution"]);
+}
+
+#[test]
+fn every_case_is_shown_to_catch_a_defect() {
+    let shown: std::collections::BTreeSet<&str> =
+        CAUGHT.iter().flat_map(|c| c.by.iter().copied()).collect();
+    let never: Vec<_> = sentinel_testkit::case_names()
+        .into_iter()
+        .filter(|case| !shown.contains(case))
+        .collect();
+    assert!(never.is_empty(), "no defect is shown to fail {never:?}");
 }
 
 #[test]
