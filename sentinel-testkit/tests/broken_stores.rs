@@ -13,7 +13,7 @@ use serde_json::Value;
 use sentinel_core::execution::{self, ExecutionCommand};
 use sentinel_core::lease::{self, LeaseCommand};
 use sentinel_core::store::{
-    HistoryQuery, LeaseListQuery, ListQuery, Page, Renewal, RenewalResult, Wait,
+    HistoryQuery, LeaseListQuery, ListFilter, ListQuery, Page, Renewal, RenewalResult, Wait,
 };
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
@@ -37,8 +37,12 @@ enum Defect {
     CompleteIgnoresToken,
     /// Purge forgets the last token, so tokens can go backwards.
     PurgeForgetsToken,
+    /// Releasing a lease forgets its last token, so lease tokens can go backwards.
+    ReleaseForgetsToken,
     /// A repeated completion is logged again.
     RepeatedCompletionLogged,
+    /// Events record the state the record was in before the transition, not the one it left.
+    EventStateBefore,
     /// The uncertain filter of `list` ignores whether the lease expired.
     UncertainIgnoresExpiry,
     /// A history page after `after` starts with the event `after` names.
@@ -66,6 +70,13 @@ enum Defect {
     /// Records are kept under the namespace and the key joined with `:`, so `("a", ":b")` and
     /// `("a:", "b")` are one record.
     NamespaceJoinedToKey,
+    /// `list` ignores the first criterion of its filter when the filter holds the second one too
+    /// (`None`: when it holds the first alone), as a store with one query per kind of filter
+    /// might get one query wrong.
+    ListingDrops(Criterion, Option<Criterion>),
+    /// `list` with a state judges the criterion one microsecond late: at its instant a record
+    /// does not match yet.
+    ListingLate(Criterion),
     /// `list` and `history` accept any page size.
     PageSizeUnchecked,
     /// A heartbeat batch is answered executions first, then leases, not in the order asked.
@@ -82,6 +93,42 @@ enum Defect {
     FingerprintIgnored,
     /// `wait_for_change` gives up after 30 ms, whatever time it was given.
     WaitGivesUpEarly,
+}
+
+/// One criterion of a `ListFilter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Criterion {
+    State,
+    Uncertain,
+    Expired,
+    OlderThan,
+}
+
+impl Criterion {
+    const ALL: [Criterion; 4] = [
+        Criterion::State,
+        Criterion::Uncertain,
+        Criterion::Expired,
+        Criterion::OlderThan,
+    ];
+
+    fn is_in(self, filter: &ListFilter) -> bool {
+        match self {
+            Criterion::State => filter.state.is_some(),
+            Criterion::Uncertain => filter.uncertain,
+            Criterion::Expired => filter.expired,
+            Criterion::OlderThan => filter.older_than.is_some(),
+        }
+    }
+
+    fn clear(self, filter: &mut ListFilter) {
+        match self {
+            Criterion::State => filter.state = None,
+            Criterion::Uncertain => filter.uncertain = false,
+            Criterion::Expired => filter.expired = false,
+            Criterion::OlderThan => filter.older_than = None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -231,6 +278,9 @@ impl Mutant {
                 detail: None,
             });
         }
+        if let (Some(event), Defect::EventStateBefore) = (step.event.as_mut(), self.defect) {
+            event.state = old.record.as_ref().map(|r| r.state);
+        }
         if step.slot.is_some() {
             self.changed.notify_waiters();
         }
@@ -254,6 +304,11 @@ impl Mutant {
         );
         if renewal && self.defect == Defect::LeaseRenewalNotWritten {
             unwritten(&mut step);
+        }
+        if let (LeaseCommand::Release { .. }, Defect::ReleaseForgetsToken, Some(slot)) =
+            (command, self.defect, step.slot.as_mut())
+        {
+            slot.last_token = None;
         }
         commit(entry, next_event, step)
     }
@@ -506,12 +561,23 @@ impl CoordinationStore for Mutant {
         if self.defect != Defect::PageSizeUnchecked {
             query.validate()?;
         }
-        let now = self.clock.now();
+        let mut now = self.clock.now();
         let mut filter = query.filter.clone();
-        let sloppy = self.defect == Defect::UncertainIgnoresExpiry && filter.uncertain;
-        if sloppy {
-            filter.uncertain = false;
-            filter.state = Some(sentinel_core::ExecutionState::Executing);
+        match self.defect {
+            Defect::UncertainIgnoresExpiry if filter.uncertain => {
+                filter.uncertain = false;
+                filter.state = Some(sentinel_core::ExecutionState::Executing);
+            }
+            Defect::ListingDrops(dropped, beside) if dropped.is_in(&filter) => {
+                let alone = Criterion::ALL.iter().filter(|c| c.is_in(&filter)).count() == 1;
+                if beside.map_or(alone, |other| other.is_in(&filter)) {
+                    dropped.clear(&mut filter);
+                }
+            }
+            Defect::ListingLate(late) if late.is_in(&filter) && filter.state.is_some() => {
+                now = now.saturating_sub(Duration::from_micros(1));
+            }
+            _ => {}
         }
         let mut records = self.records(&query.namespace);
         if self.defect == Defect::ListingReadsOneBatch {
@@ -745,10 +811,42 @@ defects! {
     );
     a_purge_that_forgets_the_token_fails:
         among(Defect::PurgeForgetsToken, &["tokens_strictly_increase", "purge_in_batches"]);
+    // One case checks every kind of filter, each on its own and in the pairs a store may serve by
+    // a query of their own.
+    a_listing_that_ignores_a_lone_state_fails:
+        among(Defect::ListingDrops(Criterion::State, None), &["list_filters_and_pages"]);
+    a_listing_that_ignores_a_lone_expired_fails:
+        among(Defect::ListingDrops(Criterion::Expired, None), &["list_filters_and_pages"]);
+    a_listing_that_ignores_a_lone_age_fails:
+        among(Defect::ListingDrops(Criterion::OlderThan, None), &["list_filters_and_pages"]);
+    a_listing_that_ignores_the_state_of_expired_records_fails: among(
+        Defect::ListingDrops(Criterion::State, Some(Criterion::Expired)),
+        &["list_filters_and_pages"],
+    );
+    a_listing_that_ignores_expiry_beside_a_state_fails: among(
+        Defect::ListingDrops(Criterion::Expired, Some(Criterion::State)),
+        &["list_filters_and_pages"],
+    );
+    a_listing_that_ignores_the_state_of_uncertain_records_fails: among(
+        Defect::ListingDrops(Criterion::State, Some(Criterion::Uncertain)),
+        &["list_filters_and_pages"],
+    );
+    a_listing_that_ignores_the_age_of_uncertain_records_fails: among(
+        Defect::ListingDrops(Criterion::OlderThan, Some(Criterion::Uncertain)),
+        &["list_filters_and_pages"],
+    );
+    a_listing_by_state_that_sees_expiry_late_fails:
+        among(Defect::ListingLate(Criterion::Expired), &["expiry_is_exclusive"]);
+    a_listing_by_state_that_sees_age_late_fails:
+        among(Defect::ListingLate(Criterion::OlderThan), &["expiry_is_exclusive"]);
+    a_release_that_forgets_the_token_fails:
+        among(Defect::ReleaseForgetsToken, &["tokens_strictly_increase"]);
     a_repeated_completion_logged_twice_fails:
         among(Defect::RepeatedCompletionLogged, &["event_log_ignores_reads_and_refusals"]);
     an_uncertain_filter_that_ignores_expiry_fails:
         among(Defect::UncertainIgnoresExpiry, &["list_filters_and_pages"]);
+    events_with_the_state_before_fail:
+        among(Defect::EventStateBefore, &["event_log_records_every_transition"]);
     a_history_page_that_repeats_its_cursor_fails:
         among(Defect::HistoryRepeatsCursor, &["model_based"]);
     a_full_last_page_that_says_there_is_more_fails:
