@@ -768,10 +768,24 @@ async fn assert_caught(expected: &Caught) {
     } else {
         sentinel_testkit::run(factory, expected.by).await
     };
-    eprintln!("{:?}:\n{report}", expected.defect);
+    let shown = report.to_string();
+    eprintln!("{:?}:\n{shown}", expected.defect);
     assert_eq!(report.failed(), expected.by, "{:?}", expected.defect);
+    assert!(
+        !report.passed(),
+        "{:?}: the report says it passed",
+        expected.defect
+    );
     for (case, result) in &report.results {
-        if let (Err(message), Some(words)) = (result, expected.saying) {
+        let Err(message) = result else {
+            assert!(shown.contains(&format!("ok      {case}\n")), "{shown}");
+            continue;
+        };
+        assert!(
+            shown.contains(&format!("FAILED  {case}: {message}\n")),
+            "{shown}"
+        );
+        if let Some(words) = expected.saying {
             assert!(message.contains(words), "{case}: {message}");
         }
     }
