@@ -730,6 +730,8 @@ mod tests {
         ledger: BTreeMap<String, LedgerKey>,
         journal: Vec<Entry>,
         decisions: Vec<Decision>,
+        checkpoint: Checkpoint,
+        restarts: Vec<RestartCheck>,
     }
 
     impl Case {
@@ -753,7 +755,42 @@ mod tests {
                     worker: "w0.0".into(),
                 }],
                 decisions: vec![],
+                checkpoint: Checkpoint::default(),
+                restarts: vec![],
             }
+        }
+
+        /// The clean case with `k` reconciled from generation 10 (token 20) and reset, then run
+        /// again and completed under 30.
+        fn reconciled() -> Case {
+            let mut case = Case::clean();
+            case.ledger.insert("k".into(), ledger(&[30]));
+            case.records.insert("k".into(), completed("k", 30));
+            let mut claimed = event(1, EventKind::Claimed, 10);
+            claimed.owner = Some(OwnerId::new("chaos-w3.0-4711").unwrap());
+            case.histories.insert(
+                "k".into(),
+                vec![
+                    claimed,
+                    event(2, EventKind::Reconciling, 20),
+                    event(3, EventKind::Reset, 20),
+                    event(4, EventKind::Claimed, 30),
+                    event(5, EventKind::Completed, 30),
+                ],
+            );
+            case.journal = vec![Entry::Run {
+                key: "k".into(),
+                token: 30,
+                worker: "w1.0".into(),
+            }];
+            case.decisions.push(Decision {
+                key: "k".into(),
+                token: 20,
+                seen: vec![],
+                action: Action::Reset,
+                online: true,
+            });
+            case
         }
 
         fn run(&self) -> Audit {
@@ -764,8 +801,8 @@ mod tests {
                 ledger: &self.ledger,
                 journal: &self.journal,
                 decisions: &self.decisions,
-                checkpoint: &Checkpoint::default(),
-                restarts: &[],
+                checkpoint: &self.checkpoint,
+                restarts: &self.restarts,
             })
         }
     }
@@ -949,5 +986,382 @@ mod tests {
         let audit = case.run();
         assert_eq!(audit.violations.len(), 1, "{:?}", audit.violations);
         assert_eq!(audit.lost_replies.completions_dropped, 1);
+    }
+
+    fn done(key: &str, kind: &str, token: Option<i64>, uncertain: bool) -> Entry {
+        Entry::Done {
+            key: key.into(),
+            kind: kind.into(),
+            uncertain,
+            token,
+            us: 1,
+            detail: None,
+        }
+    }
+
+    fn killing(key: &str, token: i64, worker: &str) -> Entry {
+        Entry::Killing {
+            key: key.into(),
+            token,
+            worker: worker.into(),
+        }
+    }
+
+    #[test]
+    fn reports_each_violation_with_its_invariant() {
+        type Break = fn(&mut Case);
+        let rows: [(&str, Break, u8, &str); 17] = [
+            (
+                "a result lost in a restart",
+                |c| {
+                    c.restarts.push(RestartCheck {
+                        kind: "crash".into(),
+                        checked: 1,
+                        lost: vec!["k".into()],
+                    })
+                },
+                3,
+                "did not survive a crash restart",
+            ),
+            (
+                "a key stuck alive",
+                |c| c.checkpoint.stuck_alive.push("k".into()),
+                4,
+                "still claimed and alive",
+            ),
+            (
+                "a key stuck reconciling",
+                |c| c.checkpoint.stuck_reconciling.push("k".into()),
+                4,
+                "left in reconciling",
+            ),
+            (
+                "a key lost",
+                |c| c.checkpoint.lost.push("k".into()),
+                4,
+                "silently lost",
+            ),
+            (
+                "an uncertain key not listed",
+                |c| c.checkpoint.unlisted.push("k".into()),
+                4,
+                "not in the reconciliation queue",
+            ),
+            (
+                "a result the ledger does not hold",
+                |c| {
+                    c.records.insert("k".into(), completed("k", 11));
+                },
+                4,
+                "(token Some(11)) that the ledger does not hold",
+            ),
+            (
+                "a key not completed",
+                |c| {
+                    c.records.get_mut("k").unwrap().state = ExecutionState::Executing;
+                },
+                4,
+                "ends executing after the final reconciliation",
+            ),
+            (
+                "a key without a record",
+                |c| {
+                    c.records.remove("k");
+                },
+                4,
+                "has no record",
+            ),
+            (
+                "an execution the record does not show",
+                |c| {
+                    c.journal.push(done("k", "executed", Some(11), false));
+                },
+                4,
+                "reported it executed under token 11",
+            ),
+            (
+                "event ids out of order",
+                |c| {
+                    c.histories.get_mut("k").unwrap()[1].id = 1;
+                },
+                5,
+                "event ids out of order at 1",
+            ),
+            (
+                "a grant that repeats the token before it",
+                |c| {
+                    let events = c.histories.get_mut("k").unwrap();
+                    events.insert(1, event(2, EventKind::Claimed, 10));
+                    events[2].id = 3;
+                },
+                5,
+                "token 10 does not exceed the previous grant Some(10)",
+            ),
+            (
+                "an event above every grant",
+                |c| {
+                    c.histories.get_mut("k").unwrap()[1].token = FencingToken::new(11).unwrap();
+                },
+                5,
+                "carries token 11, above every grant so far (Some(10))",
+            ),
+            (
+                "an event before any grant",
+                |c| {
+                    c.histories.get_mut("k").unwrap().remove(0);
+                },
+                5,
+                "carries token 10, above every grant so far (None)",
+            ),
+            (
+                "a reconcile with no claim before it",
+                |c| {
+                    c.histories
+                        .insert("k".into(), vec![event(1, EventKind::Reconciling, 10)]);
+                },
+                6,
+                "reconciled with no claim before it",
+            ),
+            (
+                "a dropped completion that did not stick",
+                |c| {
+                    c.journal.push(Entry::LostComplete {
+                        key: "k".into(),
+                        token: 11,
+                    });
+                },
+                6,
+                "under token 11 was applied (reply lost) but the key does not end completed",
+            ),
+            (
+                "a dropped completion logged twice",
+                |c| {
+                    c.journal.push(Entry::LostComplete {
+                        key: "k".into(),
+                        token: 10,
+                    });
+                    c.histories
+                        .get_mut("k")
+                        .unwrap()
+                        .push(event(3, EventKind::Completed, 10));
+                },
+                6,
+                "under token 10 is logged 2 times",
+            ),
+            (
+                "a repeated completion refused",
+                |c| {
+                    c.journal.push(Entry::CompleteRetried {
+                        key: "k".into(),
+                        token: 10,
+                        ok: false,
+                        detail: Some("wrong_state".into()),
+                    });
+                },
+                6,
+                "a repeated completion under token 10 was refused",
+            ),
+        ];
+        for (what, break_it, invariant, words) in rows {
+            let mut case = Case::clean();
+            break_it(&mut case);
+            let audit = case.run();
+            assert!(
+                matches!(audit.violations.as_slice(), [v] if v.invariant == invariant
+                    && v.key == "k" && v.detail.contains(words)),
+                "{what}: expected one violation of invariant {invariant} saying {words:?}, got {:?}",
+                audit.violations
+            );
+        }
+    }
+
+    #[test]
+    fn names_the_cause_of_each_uncertain_generation() {
+        type Explain = fn(&mut Case);
+        let rows: [(Explain, &str); 8] = [
+            (
+                |c| c.journal.push(killing("k", 10, "w3.0")),
+                "worker killed mid-side-effect",
+            ),
+            (
+                |c| c.journal.push(done("k", "failed", Some(10), true)),
+                "its worker reported failed",
+            ),
+            (
+                |c| c.journal.push(done("k", "panicked", Some(10), false)),
+                "lease expired under a live worker (it then reported panicked)",
+            ),
+            (
+                |c| {
+                    c.journal.push(Entry::Run {
+                        key: "k".into(),
+                        token: 10,
+                        worker: "w2.0".into(),
+                    });
+                    c.journal.push(killing("other", 5, "w2.0"));
+                },
+                "its process was killed during another task's side effect",
+            ),
+            (
+                |c| {
+                    c.journal.push(Entry::Run {
+                        key: "k".into(),
+                        token: 10,
+                        worker: "w2.0".into(),
+                    })
+                },
+                "its worker vanished mid-execution",
+            ),
+            (
+                |c| {
+                    c.journal.push(Entry::ClaimRetried {
+                        key: "k".into(),
+                        request: "1".into(),
+                        granted: None,
+                        answer: "completed".into(),
+                        token: Some(30),
+                        adopted: false,
+                        in_transit: true,
+                    })
+                },
+                "its claim's reply was lost; the retry came after the lease lapsed",
+            ),
+            (
+                |c| c.journal.push(killing("other", 5, "w3.0")),
+                "its process was killed before the work began",
+            ),
+            (
+                |c| c.journal.push(done("k", "error", None, false)),
+                "granted, never ran (client reported an error)",
+            ),
+        ];
+        for (explain, cause) in rows {
+            let mut case = Case::reconciled();
+            explain(&mut case);
+            let audit = case.run();
+            assert!(
+                audit.violations.is_empty(),
+                "{cause}: {:?}",
+                audit.violations
+            );
+            assert_eq!(
+                audit.uncertain.causes,
+                BTreeMap::from([(cause.to_owned(), 1)]),
+                "{cause}"
+            );
+            assert_eq!((audit.uncertain.keys, audit.uncertain.generations), (1, 1));
+            assert_eq!(
+                (audit.uncertain.reset, audit.uncertain.force_completed),
+                (1, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn counts_what_it_read() {
+        // `k`: generation 10 killed mid-write, its write seen by the reconciler, reset and run
+        // again under 30. `idle`: one write rejected, one lost with its process, a claim reply
+        // dropped and adopted, another dropped and never retried, a completion reply dropped and
+        // accepted again, and a reconciler's decision that saw its write.
+        let mut case = Case::reconciled();
+        case.ledger.insert("k".into(), ledger(&[10, 30]));
+        case.decisions[0].seen = vec![10];
+        case.journal.push(killing("k", 10, "w3.0"));
+        case.keys.push("idle".into());
+        case.records.insert("idle".into(), completed("idle", 7));
+        case.ledger.insert(
+            "idle".into(),
+            LedgerKey {
+                attempts: 4,
+                rejected: 1,
+                ..ledger(&[7])
+            },
+        );
+        case.histories.insert(
+            "idle".into(),
+            vec![
+                event(6, EventKind::Claimed, 7),
+                event(7, EventKind::Completed, 7),
+            ],
+        );
+        case.decisions.push(Decision {
+            key: "idle".into(),
+            token: 8,
+            seen: vec![7],
+            action: Action::ForceComplete,
+            online: false,
+        });
+        case.journal.extend([
+            Entry::LostClaim {
+                key: "idle".into(),
+                request: "a".into(),
+                granted: Some(7),
+            },
+            Entry::ClaimRetried {
+                key: "idle".into(),
+                request: "a".into(),
+                granted: Some(7),
+                answer: "acquired".into(),
+                token: Some(7),
+                adopted: true,
+                in_transit: false,
+            },
+            Entry::LostClaim {
+                key: "idle".into(),
+                request: "b".into(),
+                granted: None,
+            },
+            Entry::LostComplete {
+                key: "idle".into(),
+                token: 7,
+            },
+            Entry::CompleteRetried {
+                key: "idle".into(),
+                token: 7,
+                ok: true,
+                detail: None,
+            },
+        ]);
+        case.restarts.push(RestartCheck {
+            kind: "clean".into(),
+            checked: 2,
+            lost: vec![],
+        });
+        let audit = case.run();
+        assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+        assert_eq!(
+            (audit.keys, audit.completed_at_end, audit.events),
+            (2, 2, 7)
+        );
+        assert_eq!(
+            (audit.applied_once, audit.applied_twice_after_reset),
+            (1, 1)
+        );
+        let w = &audit.writes;
+        assert_eq!((w.attempts, w.applied, w.rejected, w.lost), (6, 3, 1, 2));
+        assert_eq!((w.below_a_reconciliation, w.after_the_fence), (2, 0));
+        let u = &audit.uncertain;
+        assert_eq!(
+            (u.keys, u.generations, u.reset, u.force_completed),
+            (1, 1, 1, 1)
+        );
+        let l = &audit.lost_replies;
+        assert_eq!(
+            (l.claims_dropped, l.grants_dropped, l.grants_adopted),
+            (2, 1, 1)
+        );
+        assert_eq!(
+            (
+                l.grants_lapsed,
+                l.claims_not_retried,
+                l.claims_failed_in_transit
+            ),
+            (0, 1, 0)
+        );
+        assert_eq!(
+            (l.completions_dropped, l.completions_accepted_again),
+            (1, 1)
+        );
+        assert_eq!(audit.restarts, case.restarts);
     }
 }
