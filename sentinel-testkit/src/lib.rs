@@ -289,4 +289,12 @@ mod tests {
         assert_eq!(unique.len(), names.len());
         assert!(names.len() >= 22);
     }
+
+    #[tokio::test]
+    async fn a_panicking_case_is_reported_with_its_own_message() {
+        let error = tokio::spawn(async { panic!("[case] what went wrong") })
+            .await
+            .unwrap_err();
+        assert_eq!(panic_text(error), "[case] what went wrong");
+    }
 }

@@ -28,15 +28,20 @@ use sentinel_testkit::{MemoryFactory, StoreFactory};
 enum Defect {
     /// Reconcile moves to `reconciling` but keeps the old token.
     ReconcileKeepsToken,
-    /// Claim, reconcile and lease acquire read the record, await, then write what they made of
-    /// the read: two contenders can both win.
+    /// Each command on one record (all but heartbeat batches and purge) reads the record,
+    /// awaits, then writes what it made of the read: two contenders can both win.
     CheckThenAct,
     /// A renewal of an expired lease succeeds.
     HeartbeatRevives,
     /// Completion accepts any token.
     CompleteIgnoresToken,
+    /// A command whose token is above the record's is taken as the record's own, as a fence
+    /// comparing with `<` instead of `!=` would.
+    HigherTokenAccepted,
     /// Purge forgets the last token, so tokens can go backwards.
     PurgeForgetsToken,
+    /// Purge keeps the record's history, with the purge event after it.
+    PurgeKeepsHistory,
     /// Releasing a lease forgets its last token, so lease tokens can go backwards.
     ReleaseForgetsToken,
     /// A repeated completion is logged again.
@@ -81,7 +86,7 @@ enum Defect {
     PageSizeUnchecked,
     /// A heartbeat batch is answered executions first, then leases, not in the order asked.
     HeartbeatAnswersByKeyspace,
-    /// A lease is still alive at its expiry instant.
+    /// An execution's or a lease's lease is still alive at its expiry instant.
     ExpiryInstantAlive,
     /// Request ids are not kept: a retried claim or acquire is refused by its own grant.
     RequestIdIgnored,
@@ -202,6 +207,20 @@ impl Mutant {
         }
     }
 
+    /// The token a command carrying `token` is judged with, on a record holding `current`.
+    fn judged_token(
+        &self,
+        complete: bool,
+        token: FencingToken,
+        current: Option<FencingToken>,
+    ) -> FencingToken {
+        match (self.defect, current) {
+            (Defect::CompleteIgnoresToken, Some(current)) if complete => current,
+            (Defect::HigherTokenAccepted, Some(current)) if token > current => current,
+            _ => token,
+        }
+    }
+
     /// Where the record `id` is kept.
     fn stored_id(&self, id: &RecordId) -> RecordId {
         if self.defect != Defect::NamespaceJoinedToKey {
@@ -221,16 +240,23 @@ impl Mutant {
         } = &mut *data;
         let entry = executions.entry(self.stored_id(id)).or_default();
         let mut command = command.clone();
-        if let (ExecutionCommand::Complete { token, .. }, Defect::CompleteIgnoresToken, Some(r)) =
-            (&mut command, self.defect, entry.slot.record.as_ref())
+        let current = entry.slot.record.as_ref().map(|r| r.token);
+        let complete = matches!(command, ExecutionCommand::Complete { .. });
+        if let ExecutionCommand::Start { token }
+        | ExecutionCommand::Heartbeat { token }
+        | ExecutionCommand::Complete { token, .. }
+        | ExecutionCommand::Abort { token, .. } = &mut command
         {
-            *token = r.token
+            *token = self.judged_token(complete, *token, current);
         }
         let renewal = matches!(command, ExecutionCommand::Heartbeat { .. });
         let expires = entry.slot.record.as_ref().map(|r| r.lease_expires_at);
         let at = self.judged_at(now, renewal, expires);
         let old = entry.slot.clone();
         let mut step = execution::transition(id, &entry.slot, &command, at);
+        if self.defect == Defect::PurgeKeepsHistory {
+            step.clears_history = false;
+        }
         if matches!(command, ExecutionCommand::Start { .. })
             && self.defect == Defect::StartNotWritten
         {
@@ -294,19 +320,24 @@ impl Mutant {
             leases, next_event, ..
         } = &mut *data;
         let entry = leases.entry(self.stored_id(id)).or_default();
+        let mut command = command.clone();
+        let current = entry.slot.record.as_ref().map(|r| r.token);
+        if let LeaseCommand::Renew { token } | LeaseCommand::Release { token } = &mut command {
+            *token = self.judged_token(false, *token, current);
+        }
         let renewal = matches!(command, LeaseCommand::Renew { .. });
         let expires = entry.slot.record.as_ref().map(|r| r.lease_expires_at);
         let mut step = lease::transition(
             id,
             &entry.slot,
-            command,
+            &command,
             self.judged_at(now, renewal, expires),
         );
         if renewal && self.defect == Defect::LeaseRenewalNotWritten {
             unwritten(&mut step);
         }
         if let (LeaseCommand::Release { .. }, Defect::ReleaseForgetsToken, Some(slot)) =
-            (command, self.defect, step.slot.as_mut())
+            (&command, self.defect, step.slot.as_mut())
         {
             slot.last_token = None;
         }
@@ -822,6 +853,18 @@ defects! {
     a_completion_that_ignores_the_token_fails: among(
         Defect::CompleteIgnoresToken,
         &["model_based", "event_log_records_every_transition"],
+    );
+    a_fence_that_accepts_higher_tokens_fails: among(
+        Defect::HigherTokenAccepted,
+        &[
+            "model_based",
+            "event_log_ignores_reads_and_refusals",
+            "heartbeat_batch",
+        ],
+    );
+    a_purge_that_keeps_the_history_fails: among(
+        Defect::PurgeKeepsHistory,
+        &["purge_race", "purge_in_batches"],
     );
     a_purge_that_forgets_the_token_fails:
         among(Defect::PurgeForgetsToken, &["tokens_strictly_increase", "purge_in_batches"]);
