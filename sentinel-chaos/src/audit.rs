@@ -438,7 +438,8 @@ pub fn audit(input: &Input<'_>) -> Audit {
     let mut kills: HashMap<(&str, i64), ()> = HashMap::new();
     let mut killed_workers: BTreeSet<&str> = BTreeSet::new();
     let mut done: HashMap<(&str, i64), (&str, bool)> = HashMap::new();
-    let mut errors: HashMap<&str, u64> = HashMap::new();
+    // Keys whose claiming client reported an error after its retries.
+    let mut errors: BTreeSet<&str> = BTreeSet::new();
     // Grants whose reply was lost and whose retry found a newer generation: the retry reached
     // the store only after the grant's lease had lapsed (its process paused, say), too late to
     // adopt it, since authority never revives.
@@ -487,7 +488,9 @@ pub fn audit(input: &Input<'_>) -> Audit {
             }
             Entry::Done {
                 key, token: None, ..
-            } => *errors.entry(key.as_str()).or_default() += 1,
+            } => {
+                errors.insert(key.as_str());
+            }
             _ => {}
         }
     }
@@ -539,7 +542,7 @@ pub fn audit(input: &Input<'_>) -> Audit {
                         .is_some_and(|w| killed_workers.contains(w))
                     {
                         "its process was killed before the work began".to_owned()
-                    } else if errors.contains_key(key.as_str()) {
+                    } else if errors.contains(key.as_str()) {
                         out.notes.push(format!(
                             "{key}: generation {t} was granted but never ran; the claiming client \
                              reported an error after its retries"
@@ -723,6 +726,7 @@ mod tests {
         }
     }
 
+    #[derive(Clone)]
     struct Case {
         keys: Vec<String>,
         records: BTreeMap<String, ExecutionRecord>,
@@ -812,11 +816,16 @@ mod tests {
         assert_eq!(worker_of("chaos-w1.2-4711"), "w1.2");
         assert_eq!(worker_of("chaos-w0.0"), "w0.0");
         assert_eq!(worker_of("chaos-sweeper"), "sweeper");
+        // Only an all-digit suffix is a process id.
+        assert_eq!(worker_of("chaos-w1.2-x9"), "w1.2-x9");
     }
 
     #[test]
     fn a_clean_run_passes() {
-        let audit = Case::clean().run();
+        let mut case = Case::clean();
+        // The worker reported the execution the record shows.
+        case.journal.push(done("k", "executed", Some(10), false));
+        let audit = case.run();
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         assert_eq!(audit.applied_once, 1);
     }
@@ -864,6 +873,24 @@ mod tests {
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         assert_eq!(audit.applied_twice_after_reset, 1);
 
+        // A reset explains the second application only if it came strictly between the two.
+        for token in [10, 30] {
+            let mut at_the_edge = Case {
+                decisions: vec![Decision {
+                    token,
+                    ..case.decisions[0].clone()
+                }],
+                ..case.clone()
+            };
+            at_the_edge.decisions[0].seen = vec![10];
+            let audit = at_the_edge.run();
+            assert!(
+                audit.violations.iter().any(|v| v.invariant == 1),
+                "a reset under token {token}: {:?}",
+                audit.violations
+            );
+        }
+
         // The same ledger, but the reconciler never saw the first write: it landed after the
         // fence. Invariants 1 and 2 both catch it.
         case.decisions[0].seen.clear();
@@ -873,6 +900,13 @@ mod tests {
             broken.contains(&1) && broken.contains(&2),
             "{:?}",
             audit.violations
+        );
+        assert_eq!(
+            (
+                audit.writes.below_a_reconciliation,
+                audit.writes.after_the_fence
+            ),
+            (1, 1)
         );
     }
 
@@ -996,6 +1030,20 @@ mod tests {
             token,
             us: 1,
             detail: None,
+        }
+    }
+
+    /// A claim retried after its reply was lost (`in_transit`: on a real connection, the client
+    /// never learned whether it was granted) whose retry found generation `token`, not adopted.
+    fn retried(key: &str, granted: Option<i64>, token: i64, in_transit: bool) -> Entry {
+        Entry::ClaimRetried {
+            key: key.into(),
+            request: "1".into(),
+            granted,
+            answer: "busy".into(),
+            token: Some(token),
+            adopted: false,
+            in_transit,
         }
     }
 
@@ -1213,17 +1261,7 @@ mod tests {
                 "its worker vanished mid-execution",
             ),
             (
-                |c| {
-                    c.journal.push(Entry::ClaimRetried {
-                        key: "k".into(),
-                        request: "1".into(),
-                        granted: None,
-                        answer: "completed".into(),
-                        token: Some(30),
-                        adopted: false,
-                        in_transit: true,
-                    })
-                },
+                |c| c.journal.push(retried("k", None, 30, true)),
                 "its claim's reply was lost; the retry came after the lease lapsed",
             ),
             (
@@ -1258,10 +1296,43 @@ mod tests {
     }
 
     #[test]
+    fn explains_no_uncertain_generation_by_another_generation_or_key() {
+        type Mislead = fn(&mut Case);
+        let rows: [(&str, Mislead); 4] = [
+            ("a claim lost in transit on another key", |c| {
+                c.journal.push(retried("other", None, 30, true))
+            }),
+            (
+                "a claim lost in transit whose retry found generation 10 itself",
+                |c| c.journal.push(retried("k", None, 10, true)),
+            ),
+            ("a lost grant whose retry found that same generation", |c| {
+                c.journal.push(retried("k", Some(10), 10, false))
+            }),
+            ("another worker's generation, reported in progress", |c| {
+                c.journal.push(done("k", "in_progress", Some(10), false))
+            }),
+        ];
+        for (what, mislead) in rows {
+            let mut case = Case::reconciled();
+            mislead(&mut case);
+            let audit = case.run();
+            assert!(
+                audit
+                    .violations
+                    .iter()
+                    .any(|v| v.invariant == 6 && v.detail.contains("phantom")),
+                "{what}: generation 10 is still a phantom: {:?}",
+                audit.violations
+            );
+        }
+    }
+
+    #[test]
     fn counts_what_it_read() {
         // `k`: generation 10 killed mid-write, its write seen by the reconciler, reset and run
         // again under 30. `idle`: one write rejected, one lost with its process, a claim reply
-        // dropped and adopted, another dropped and never retried, a completion reply dropped and
+        // dropped and adopted, two dropped and never retried, a completion reply dropped and
         // accepted again, and a reconciler's decision that saw its write.
         let mut case = Case::reconciled();
         case.ledger.insert("k".into(), ledger(&[10, 30]));
@@ -1311,6 +1382,11 @@ mod tests {
                 request: "b".into(),
                 granted: None,
             },
+            Entry::LostClaim {
+                key: "idle".into(),
+                request: "c".into(),
+                granted: None,
+            },
             Entry::LostComplete {
                 key: "idle".into(),
                 token: 7,
@@ -1327,6 +1403,7 @@ mod tests {
             checked: 2,
             lost: vec![],
         });
+        case.checkpoint.completed = 2;
         let audit = case.run();
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         assert_eq!(
@@ -1348,7 +1425,7 @@ mod tests {
         let l = &audit.lost_replies;
         assert_eq!(
             (l.claims_dropped, l.grants_dropped, l.grants_adopted),
-            (2, 1, 1)
+            (3, 1, 1)
         );
         assert_eq!(
             (
@@ -1356,12 +1433,28 @@ mod tests {
                 l.claims_not_retried,
                 l.claims_failed_in_transit
             ),
-            (0, 1, 0)
+            (0, 2, 0)
         );
         assert_eq!(
             (l.completions_dropped, l.completions_accepted_again),
             (1, 1)
         );
         assert_eq!(audit.restarts, case.restarts);
+        assert_eq!(audit.checkpoint.completed, 2);
+    }
+
+    #[test]
+    fn a_write_under_the_reconciliations_own_token_is_not_below_it() {
+        let mut case = Case::clean();
+        case.decisions.push(Decision {
+            key: "k".into(),
+            token: 10,
+            seen: vec![],
+            action: Action::ForceComplete,
+            online: false,
+        });
+        let audit = case.run();
+        assert!(audit.violations.is_empty(), "{:?}", audit.violations);
+        assert_eq!(audit.writes.below_a_reconciliation, 0);
     }
 }
