@@ -69,6 +69,8 @@ enum Defect {
     RestartLosesData,
     /// The store's own clock stops when the store is created.
     ServerClockStandsStill,
+    /// The store's own clock moves a second forward each time it is read.
+    ServerClockRaces,
     /// The store reads its clock as a double, as Lua or JavaScript would: past 2^53 µs the
     /// microseconds round.
     TimeInDoubles,
@@ -712,10 +714,23 @@ impl CoordinationStore for Mutant {
 
 struct MutantFactory(Defect);
 
+/// A clock a second further on at every reading.
+#[derive(Debug)]
+struct Racing(ManualClock);
+
+impl Clock for Racing {
+    fn now(&self) -> Timestamp {
+        self.0.advance(Duration::from_secs(1))
+    }
+}
+
 fn clock_of(time: TimeSource, defect: Defect) -> Arc<dyn Clock> {
     match time {
         TimeSource::Server if defect == Defect::ServerClockStandsStill => {
             Arc::new(ManualClock::starting_at(Timestamp::now_system()))
+        }
+        TimeSource::Server if defect == Defect::ServerClockRaces => {
+            Arc::new(Racing(ManualClock::starting_at(Timestamp::now_system())))
         }
         TimeSource::Server => Arc::new(SystemClock),
         TimeSource::Manual(clock) => Arc::new(clock),
@@ -929,6 +944,7 @@ defects! {
         among(Defect::RestartLosesData, &["tokens_survive_restart"]);
     a_server_clock_that_stands_still_fails:
         among(Defect::ServerClockStandsStill, &["server_clock"]);
+    a_server_clock_that_races_fails: among(Defect::ServerClockRaces, &["server_clock"]);
     a_clock_read_as_a_double_fails: among(Defect::TimeInDoubles, &["numbers_stay_exact"]);
     namespaces_joined_to_keys_fail:
         among(Defect::NamespaceJoinedToKey, &["namespaces_are_separate"]);
