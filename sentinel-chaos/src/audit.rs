@@ -797,6 +797,16 @@ mod tests {
             case
         }
 
+        /// `reconciled`, with generation 10 killed mid-write: its write is in the ledger, and the
+        /// reconciler saw it before resetting the key.
+        fn reset_knowingly() -> Case {
+            let mut case = Case::reconciled();
+            case.ledger.insert("k".into(), ledger(&[10, 30]));
+            case.decisions[0].seen = vec![10];
+            case.journal.push(killing("k", 10, "w3.0"));
+            case
+        }
+
         fn run(&self) -> Audit {
             audit(&Input {
                 keys: &self.keys,
@@ -844,31 +854,7 @@ mod tests {
 
     #[test]
     fn allows_a_second_application_only_after_a_knowing_reset() {
-        let mut case = Case::clean();
-        case.ledger.insert("k".into(), ledger(&[10, 30]));
-        case.records.insert("k".into(), completed("k", 30));
-        case.histories.insert(
-            "k".into(),
-            vec![
-                event(1, EventKind::Claimed, 10),
-                event(2, EventKind::Reconciling, 20),
-                event(3, EventKind::Reset, 20),
-                event(4, EventKind::Claimed, 30),
-                event(5, EventKind::Completed, 30),
-            ],
-        );
-        case.journal.push(Entry::Killing {
-            key: "k".into(),
-            token: 10,
-            worker: "w0.0".into(),
-        });
-        case.decisions.push(Decision {
-            key: "k".into(),
-            token: 20,
-            seen: vec![10],
-            action: Action::Reset,
-            online: true,
-        });
+        let mut case = Case::reset_knowingly();
         let audit = case.run();
         assert!(audit.violations.is_empty(), "{:?}", audit.violations);
         assert_eq!(audit.applied_twice_after_reset, 1);
@@ -1334,10 +1320,7 @@ mod tests {
         // again under 30. `idle`: one write rejected, one lost with its process, a claim reply
         // dropped and adopted, two dropped and never retried, a completion reply dropped and
         // accepted again, and a reconciler's decision that saw its write.
-        let mut case = Case::reconciled();
-        case.ledger.insert("k".into(), ledger(&[10, 30]));
-        case.decisions[0].seen = vec![10];
-        case.journal.push(killing("k", 10, "w3.0"));
+        let mut case = Case::reset_knowingly();
         case.keys.push("idle".into());
         case.records.insert("idle".into(), completed("idle", 7));
         case.ledger.insert(
