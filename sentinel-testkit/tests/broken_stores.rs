@@ -17,9 +17,9 @@ use sentinel_core::store::{
 };
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
-    ExecutionOutcome, ExecutionRecord, ExecutionSlot, FencingToken, Key, Keyspace, LeaseOutcome,
-    LeaseRecord, LeaseRequest, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId, RequestId,
-    Result, Step, SystemClock, TimeSource, Timestamp,
+    ExecutionOutcome, ExecutionRecord, ExecutionSlot, ExecutionState, FencingToken, Key, Keyspace,
+    LeaseOutcome, LeaseRecord, LeaseRequest, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId,
+    RequestId, Result, Step, SystemClock, TimeSource, Timestamp,
 };
 use sentinel_testkit::{MemoryFactory, StoreFactory};
 
@@ -35,6 +35,8 @@ enum Defect {
     HeartbeatRevives,
     /// Completion accepts any token.
     CompleteIgnoresToken,
+    /// A claim refused as busy says the holder's claim is not started yet, whatever its state.
+    BusyAlwaysClaimed,
     /// A command whose token is above the record's is taken as the record's own, as a fence
     /// comparing with `<` instead of `!=` would.
     HigherTokenAccepted,
@@ -461,6 +463,17 @@ impl CoordinationStore for Mutant {
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         let command = ExecutionCommand::Claim(self.received(id, request));
         match self.apply(id, command).await? {
+            ExecutionOutcome::Claim(ClaimOutcome::Busy {
+                owner,
+                token,
+                lease_expires_at,
+                ..
+            }) if self.defect == Defect::BusyAlwaysClaimed => Ok(ClaimOutcome::Busy {
+                state: ExecutionState::Claimed,
+                owner,
+                token,
+                lease_expires_at,
+            }),
             ExecutionOutcome::Claim(outcome) => Ok(outcome),
             other => panic!("{other:?}"),
         }
@@ -853,6 +866,8 @@ macro_rules! defects {
 defects! {
     a_reconcile_that_keeps_the_old_token_fails:
         among(Defect::ReconcileKeepsToken, &["model_based", "tokens_strictly_increase"]);
+    busy_answers_that_misname_the_state_fail:
+        among(Defect::BusyAlwaysClaimed, &["claim_race"]);
     transitions_that_are_not_atomic_fail: among(
         Defect::CheckThenAct,
         &[
