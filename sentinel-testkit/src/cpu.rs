@@ -19,17 +19,11 @@ use std::path::Path;
 /// The CPU time this process has used so far, summed over all its threads, in microseconds.
 /// `None` where `/proc/self/task` cannot be read (not Linux).
 pub fn this_process_micros() -> Option<f64> {
-    let tasks = fs::read_dir("/proc/self/task").ok()?;
-    Some(
-        tasks
-            .filter_map(|task| on_cpu_nanos(&task.ok()?.path()))
-            .sum::<f64>()
-            / 1e3,
-    )
+    process_nanos(Path::new("/proc/self")).map(|nanos| nanos / 1e3)
 }
 
 /// The CPU time used so far by every process of this machine whose name (`/proc/<pid>/comm`) is
-/// `name`, in microseconds: for a server of several single-threaded processes, such as
+/// `name`, all their threads, in microseconds: for a server of several processes, such as
 /// PostgreSQL's backends and its WAL writer (`"postgres"`). Processes that already exited are not
 /// counted. `None` where `/proc` cannot be read.
 pub fn processes_named_micros(name: &str) -> Option<f64> {
@@ -40,11 +34,22 @@ pub fn processes_named_micros(name: &str) -> Option<f64> {
                 let path = entry.ok()?.path();
                 let comm = fs::read_to_string(path.join("comm")).ok()?;
                 (comm.trim_end() == name)
-                    .then(|| on_cpu_nanos(&path))
+                    .then(|| process_nanos(&path))
                     .flatten()
             })
             .sum::<f64>()
             / 1e3,
+    )
+}
+
+/// The nanoseconds every thread of the process at `/proc/<pid>` has spent on a CPU. (The
+/// process's own `schedstat` counts its first thread only.)
+fn process_nanos(dir: &Path) -> Option<f64> {
+    let tasks = fs::read_dir(dir.join("task")).ok()?;
+    Some(
+        tasks
+            .filter_map(|task| on_cpu_nanos(&task.ok()?.path()))
+            .sum(),
     )
 }
 
@@ -70,11 +75,23 @@ mod tests {
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
+    /// The most CPU time anything on this machine can have used: every core since boot, in µs.
+    fn machine_micros_since_boot() -> f64 {
+        let uptime: f64 = fs::read_to_string("/proc/uptime")
+            .expect("/proc/uptime")
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("seconds since boot");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        uptime * 1e6 * cores as f64
+    }
+
     #[test]
+    #[cfg(target_os = "linux")]
     fn this_process_counts_its_own_work() {
-        let (Some(before), Some(ticks)) = (this_process_micros(), thread_ticks()) else {
-            return; // not Linux
-        };
+        let before = this_process_micros().expect("/proc/self/task is readable on Linux");
+        let ticks = thread_ticks().expect("/proc/thread-self/stat is readable on Linux");
         // Spin until the kernel's tick counter says this thread ran at least 5 ticks (50 ms at
         // the usual 100 Hz; at least 40 ms whatever the phase of the tick): CPU time, however
         // busy the machine is.
@@ -90,20 +107,45 @@ mod tests {
             );
         }
         std::hint::black_box(x);
-        let spent = this_process_micros().expect("read once, readable again") - before;
+        let after = this_process_micros().expect("read once, readable again");
+        let spent = after - before;
         assert!(
             spent >= 30_000.0,
             "5 ticks of spinning counted as {spent} µs"
         );
+        // Microseconds, not nanoseconds or worse: no more than the machine has had.
+        assert!(
+            after <= machine_micros_since_boot(),
+            "{after} µs is more than every core since boot"
+        );
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn processes_are_found_by_name() {
-        let Ok(own) = fs::read_to_string("/proc/self/comm") else {
-            return; // not Linux
-        };
+        let own = fs::read_to_string("/proc/self/comm").expect("/proc/self/comm on Linux");
+        // Spin until this process has used 20 ms, so that a reading off by a factor shows.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while this_process_micros().expect("readable") < 20_000.0 {
+            for _ in 0..10_000 {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            assert!(start.elapsed().as_secs() < 60, "never scheduled for 20 ms");
+        }
+        std::hint::black_box(x);
+        let mine = this_process_micros().expect("readable");
         let ours = processes_named_micros(own.trim_end()).expect("/proc is readable");
-        assert!(ours > 0.0, "this process ({}) used no CPU?", own.trim_end());
+        // This process is one of those so named, read after it.
+        assert!(
+            ours >= mine,
+            "the processes named {} used {ours} µs, this one alone {mine} µs",
+            own.trim_end()
+        );
+        assert!(
+            ours <= machine_micros_since_boot(),
+            "{ours} µs is more than every core since boot"
+        );
         assert_eq!(
             processes_named_micros("no process has this name"),
             Some(0.0)

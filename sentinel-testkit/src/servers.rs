@@ -518,10 +518,7 @@ pub fn spawn_redis(options: RedisOptions) -> Result<LocalRedis, ServerError> {
 /// unset). A shared server outlives the run, so the run's keys stay behind unless something
 /// removes them: `scripts/test.sh` deletes `sentinel-test/<run>/*` when it ends.
 pub fn redis_test_prefix(label: &str) -> String {
-    let run = std::env::var(TEST_RUN_VAR)
-        .ok()
-        .filter(|run| !run.is_empty())
-        .unwrap_or_else(|| "local".to_owned());
+    let run = run_name(std::env::var(TEST_RUN_VAR).ok());
     format!(
         "sentinel-test/{run}/{label}-{:016x}",
         sentinel_core::RequestId::random().as_u128() as u64
@@ -558,6 +555,12 @@ pub fn require_with<T>(required: bool, name: &str, found: Result<T, ServerError>
     }
 }
 
+/// The run's name in test key prefixes: the value of [`TEST_RUN_VAR`], `local` when unset or empty.
+fn run_name(var: Option<String>) -> String {
+    var.filter(|run| !run.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
+}
+
 /// The line [`require`] prints when it skips: `SKIPPED: <name> suite: <error>`.
 pub fn skipped_message(name: &str, error: &ServerError) -> String {
     format!(
@@ -568,6 +571,13 @@ pub fn skipped_message(name: &str, error: &ServerError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_is_named_by_its_variable_else_local() {
+        assert_eq!(run_name(Some("ci-42".to_owned())), "ci-42");
+        assert_eq!(run_name(Some(String::new())), "local");
+        assert_eq!(run_name(None), "local");
+    }
 
     #[test]
     fn redis_test_prefixes_are_distinct_short_and_under_the_run() {

@@ -94,8 +94,8 @@ impl fmt::Display for ServerError {
             Self::Unavailable { server, attempts } => {
                 write!(f, "no {server} server available; tried, in order:")?;
                 for (i, attempt) in attempts.iter().enumerate() {
-                    let reason = attempt.reason.replace('\n', "\n       ");
-                    write!(f, "\n  {}. {}: {reason}", i + 1, attempt.source)?;
+                    let shown = attempt.to_string().replace('\n', "\n       ");
+                    write!(f, "\n  {}. {shown}", i + 1)?;
                 }
                 Ok(())
             }
@@ -109,3 +109,21 @@ impl fmt::Display for ServerError {
 }
 
 impl std::error::Error for ServerError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_shows_where_it_looked_and_why_it_failed() {
+        let attempt = Attempt::new(AttemptSource::Environment("SENTINEL_X_URL"), "not set");
+        assert_eq!(
+            attempt.to_string(),
+            "environment variable SENTINEL_X_URL: not set"
+        );
+        assert_eq!(
+            Attempt::new(AttemptSource::LocalBinaries, "initdb not found").to_string(),
+            "local binaries: initdb not found"
+        );
+    }
+}

@@ -98,17 +98,26 @@ pub(crate) fn current_uid() -> Option<u32> {
 
 /// The uid and gid of the OS user `name`, from /etc/passwd or else `id`.
 pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
-    if let Ok(passwd) = fs::read_to_string("/etc/passwd") {
-        for line in passwd.lines() {
-            let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() > 3
-                && fields[0] == name
-                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
-            {
-                return Some((uid, gid));
-            }
+    fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| passwd_ids(&passwd, name))
+        .or_else(|| id_command_ids(name))
+}
+
+/// The uid and gid of `name` in the text of a passwd file.
+fn passwd_ids(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() > 3 && fields[0] == name {
+            Some((fields[2].parse().ok()?, fields[3].parse().ok()?))
+        } else {
+            None
         }
-    }
+    })
+}
+
+/// The uid and gid of `name` as `id -u` and `id -g` print them.
+fn id_command_ids(name: &str) -> Option<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
         let out = Command::new("id")
             .args([flag, name])
@@ -353,5 +362,189 @@ pub(crate) fn remove_dir(dir: &Path) {
         // A server still writing into it can make the first pass fail; try once more.
         thread::sleep(Duration::from_millis(100));
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(kind: &str) -> PathBuf {
+        make_scratch_dir(&std::env::temp_dir(), kind).expect("a scratch directory")
+    }
+
+    #[test]
+    fn a_port_answers_while_something_listens_on_it() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        assert!(port_answers(port));
+        drop(listener);
+        assert!(!port_answers(port));
+    }
+
+    #[test]
+    fn shell_quoting_survives_the_shell() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        for text in ["plain", "it's", "$HOME `id` \"x\" \\ ;|&", "", "'''"] {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(text)))
+                .output()
+                .expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+        }
+    }
+
+    #[test]
+    fn a_log_tail_quotes_the_last_lines() {
+        let dir = scratch("log-tail");
+        let log = dir.join("server.log");
+        assert!(log_tail(&log, 3).contains("unreadable"), "a missing log");
+        fs::write(&log, "").expect("write");
+        assert_eq!(
+            log_tail(&log, 3),
+            format!("(log {} is empty)", log.display())
+        );
+        // More than the 64 KiB it reads: the last lines are still whole and in order.
+        let lines: Vec<String> = (0..10_000).map(|i| format!("line {i:05}")).collect();
+        fs::write(&log, lines.join("\n")).expect("write");
+        assert_eq!(
+            log_tail(&log, 3),
+            format!(
+                "last lines of {}:\n    line 09997\n    line 09998\n    line 09999",
+                log.display()
+            )
+        );
+        remove_dir(&dir);
+        assert!(!dir.exists());
+        remove_dir(&dir); // already gone: nothing to do
+    }
+
+    #[test]
+    fn user_ids_match_the_system() {
+        let id = |args: &[&str]| -> u32 {
+            let out = Command::new("id").args(args).output().expect("id runs");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("a number")
+        };
+        assert_eq!(current_uid(), Some(id(&["-u"])));
+        assert_eq!(user_ids("root"), Some((0, 0)));
+        assert_eq!(user_ids("no-such-user-sentinel"), None);
+        assert_eq!(id_command_ids("root"), Some((0, 0)));
+        assert_eq!(id_command_ids("no-such-user-sentinel"), None);
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      short:x:7\n\
+                      pg:x:105:109::/var/lib/postgresql:/bin/sh\n\
+                      odd:x:none:1::/:/bin/sh\n";
+        assert_eq!(passwd_ids(passwd, "pg"), Some((105, 109)));
+        assert_eq!(passwd_ids(passwd, "root"), Some((0, 0)));
+        assert_eq!(passwd_ids(passwd, "short"), None, "too few fields");
+        assert_eq!(passwd_ids(passwd, "odd"), None, "not a number");
+        assert_eq!(passwd_ids(passwd, "p"), None, "names match whole");
+    }
+
+    #[test]
+    fn executables_and_traversable_directories_are_told_apart() {
+        let dir = scratch("modes");
+        let file = dir.join("tool");
+        fs::write(&file, "#!/bin/sh\n").expect("write");
+        for (mode, executable) in [(0o644, false), (0o744, true), (0o610, true), (0o601, true)] {
+            fs::set_permissions(&file, fs::Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(is_executable(&file), executable, "mode {mode:o}");
+        }
+        assert!(!is_executable(&dir), "a directory");
+        assert!(!is_executable(&dir.join("missing")));
+
+        // The scratch directory itself is 0700: nobody else can enter it.
+        assert_eq!(
+            fs::metadata(&dir).expect("stat").permissions().mode() & 0o777,
+            0o700
+        );
+        assert!(!traversable_by_all(&dir));
+        let inner = dir.join("inner");
+        fs::create_dir(&inner).expect("mkdir");
+        fs::set_permissions(&inner, fs::Permissions::from_mode(0o711)).expect("chmod");
+        assert!(!traversable_by_all(&inner), "its parent is closed");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o711)).expect("chmod");
+        if traversable_by_all(&std::env::temp_dir()) {
+            assert!(traversable_by_all(&inner));
+            fs::set_permissions(&inner, fs::Permissions::from_mode(0o710)).expect("chmod");
+            assert!(!traversable_by_all(&inner), "closed to others");
+            assert!(!traversable_by_all(&file), "a file is not a directory");
+        }
+        remove_dir(&dir);
+    }
+
+    #[test]
+    fn scratch_directories_are_fresh_and_private() {
+        let base = scratch("base").join("not-yet");
+        let a = make_scratch_dir(&base, "x").expect("made with its base");
+        let b = make_scratch_dir(&base, "x").expect("made");
+        assert_ne!(a, b);
+        assert!(a.is_dir() && b.is_dir());
+        remove_dir(base.parent().expect("the outer scratch directory"));
+    }
+
+    #[test]
+    fn commands_run_with_their_output_in_the_log() {
+        let dir = scratch("run");
+        let log = dir.join("run.log");
+        let mut ok = Command::new("sh");
+        ok.args(["-c", "echo fine"]);
+        assert_eq!(describe(&ok), "sh -c echo fine");
+        run_logged(ok, &log).expect("a command that succeeds");
+        let mut failing = Command::new("sh");
+        failing.args(["-c", "echo boom; exit 3"]);
+        let error = run_logged(failing, &log).expect_err("a command that fails");
+        assert!(
+            error.starts_with("`sh -c echo boom; exit 3` failed"),
+            "{error}"
+        );
+        assert!(error.contains("    boom"), "{error}");
+        let text = fs::read_to_string(&log).expect("the log");
+        assert!(
+            text.starts_with("$ sh -c echo fine\nfine\n$ sh -c echo boom; exit 3\nboom\n"),
+            "{text}"
+        );
+        assert!(run_logged(Command::new(dir.join("missing")), &log).is_err());
+        remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_child_is_waited_for_or_killed() {
+        let mut quick = Command::new("sh")
+            .args(["-c", "sleep 0.2"])
+            .spawn()
+            .expect("spawn");
+        wait_or_kill(&mut quick, Duration::from_secs(30)).expect("waited");
+        let status = quick.try_wait().expect("status").expect("exited");
+        assert!(status.success(), "ran to its end, not killed: {status}");
+
+        let mut slow = Command::new("sleep").arg("30").spawn().expect("spawn");
+        let start = Instant::now();
+        wait_or_kill(&mut slow, Duration::from_millis(100)).expect("killed");
+        let status = slow.try_wait().expect("status").expect("gone");
+        assert!(!status.success(), "killed: {status}");
+        assert!(start.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_watchdog_acts_when_its_pipe_closes() {
+        let dir = scratch("watchdog");
+        let script =
+            "trap '' HUP INT QUIT TERM PIPE\nwhile IFS= read -r _l; do :; done\ntouch \"$1\"";
+        let finished = dir.join("finished");
+        let mut watchdog =
+            Watchdog::spawn_script(script, &[finished.clone().into()]).expect("spawn");
+        assert!(!finished.exists(), "waits while the pipe is open");
+        watchdog.finish();
+        assert!(finished.exists(), "finish closes the pipe and waits");
+
+        let dropped = dir.join("dropped");
+        drop(Watchdog::spawn_script(script, &[dropped.clone().into()]).expect("spawn"));
+        assert!(dropped.exists(), "dropping it does the same");
+        remove_dir(&dir);
     }
 }
