@@ -415,6 +415,17 @@ mod tests {
                 log.display()
             )
         );
+        // A full tail of long lines (4 KiB here) is all there.
+        let long: Vec<String> = (0..1_000)
+            .map(|i| format!("{i:04} {}", "x".repeat(160)))
+            .collect();
+        fs::write(&log, long.join("\n")).expect("write");
+        let tail = log_tail(&log, LOG_TAIL_LINES);
+        assert_eq!(tail.lines().count(), LOG_TAIL_LINES + 1, "{tail}");
+        assert!(
+            tail.contains(&format!("\n    0975 {}\n", "x".repeat(160))),
+            "{tail}"
+        );
         remove_dir(&dir);
         assert!(!dir.exists());
         remove_dir(&dir); // already gone: nothing to do
