@@ -102,8 +102,8 @@ mod tests {
                 x = x.wrapping_add(std::hint::black_box(1));
             }
             assert!(
-                start.elapsed().as_secs() < 60,
-                "never scheduled for 50 ms in a minute"
+                start.elapsed().as_secs() < 20,
+                "never scheduled for 50 ms in 20 s"
             );
         }
         std::hint::black_box(x);
@@ -131,7 +131,10 @@ mod tests {
             for _ in 0..10_000 {
                 x = x.wrapping_add(std::hint::black_box(1));
             }
-            assert!(start.elapsed().as_secs() < 60, "never scheduled for 20 ms");
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "never scheduled for 20 ms in 20 s"
+            );
         }
         std::hint::black_box(x);
         let mine = this_process_micros().expect("readable");
