@@ -75,6 +75,22 @@ mod tests {
         Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
     }
 
+    /// Keeps a CPU busy until `done`, failing after 20 s (a reading that never grows).
+    fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while !done() {
+            for _ in 0..10_000 {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "never scheduled for {what} in 20 s"
+            );
+        }
+        std::hint::black_box(x);
+    }
+
     /// The most CPU time anything on this machine can have used: every core since boot, in µs.
     fn machine_micros_since_boot() -> f64 {
         let uptime: f64 = fs::read_to_string("/proc/uptime")
@@ -95,18 +111,7 @@ mod tests {
         // Spin until the kernel's tick counter says this thread ran at least 5 ticks (50 ms at
         // the usual 100 Hz; at least 40 ms whatever the phase of the tick): CPU time, however
         // busy the machine is.
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while thread_ticks().expect("readable") < ticks + 5 {
-            for _ in 0..10_000 {
-                x = x.wrapping_add(std::hint::black_box(1));
-            }
-            assert!(
-                start.elapsed().as_secs() < 20,
-                "never scheduled for 50 ms in 20 s"
-            );
-        }
-        std::hint::black_box(x);
+        spin_until("5 ticks", || thread_ticks().expect("readable") >= ticks + 5);
         let after = this_process_micros().expect("read once, readable again");
         let spent = after - before;
         assert!(
@@ -125,18 +130,9 @@ mod tests {
     fn processes_are_found_by_name() {
         let own = fs::read_to_string("/proc/self/comm").expect("/proc/self/comm on Linux");
         // Spin until this process has used 20 ms, so that a reading off by a factor shows.
-        let start = std::time::Instant::now();
-        let mut x = 0u64;
-        while this_process_micros().expect("readable") < 20_000.0 {
-            for _ in 0..10_000 {
-                x = x.wrapping_add(std::hint::black_box(1));
-            }
-            assert!(
-                start.elapsed().as_secs() < 20,
-                "never scheduled for 20 ms in 20 s"
-            );
-        }
-        std::hint::black_box(x);
+        spin_until("20 ms", || {
+            this_process_micros().expect("readable") >= 20_000.0
+        });
         let mine = this_process_micros().expect("readable");
         let ours = processes_named_micros(own.trim_end()).expect("/proc is readable");
         // This process is one of those so named, read after it.

@@ -473,7 +473,10 @@ mod tests {
             fs::metadata(&dir).expect("stat").permissions().mode() & 0o777,
             0o700
         );
-        assert!(traversable_by_all(Path::new("/")), "the root is open to all");
+        assert!(
+            traversable_by_all(Path::new("/")),
+            "the root is open to all"
+        );
         assert!(!traversable_by_all(&dir));
         let inner = dir.join("inner");
         fs::create_dir(&inner).expect("mkdir");
