@@ -256,36 +256,68 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_claim_abandoned_before_its_answer_has_its_retry_journaled() {
-        let dir = std::env::temp_dir().join(format!("chaos-lossy-{}", crate::unix_micros()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let journal = Arc::new(Journal::create(&dir.join("w0.0.jsonl")).unwrap());
-        let stalling: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
-            Arc::new(sentinel_memory::MemoryStore::new()),
-            StallFirstClaim::default(),
-        ));
-        let lossy = Lossy::wrap(stalling, 0.0, 7, Arc::clone(&journal));
-        let id = RecordId::parse("ns", "k").unwrap();
-        let request = ClaimRequest {
+    /// A journal in a scratch directory, and what it holds once the test is done.
+    struct Scratch {
+        dir: std::path::PathBuf,
+        journal: Arc<Journal>,
+    }
+
+    impl Scratch {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "chaos-lossy-{}-{}",
+                std::process::id(),
+                RequestId::random()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let journal = Arc::new(Journal::create(&dir.join("w0.0.jsonl")).unwrap());
+            Scratch { dir, journal }
+        }
+
+        fn entries(self) -> Vec<Entry> {
+            let (journals, torn) = crate::journal::read_all(&self.dir).unwrap();
+            std::fs::remove_dir_all(&self.dir).unwrap();
+            assert_eq!(torn, 0);
+            journals.into_iter().flat_map(|(_, e)| e).collect()
+        }
+    }
+
+    fn claim_request() -> ClaimRequest {
+        ClaimRequest {
             owner: OwnerId::new("w").unwrap(),
             ttl: Ttl::new(Duration::from_secs(30)).unwrap(),
             start: true,
             request_id: RequestId::random(),
             fingerprint: None,
-        };
+        }
+    }
+
+    fn granted_token(outcome: &ClaimOutcome) -> FencingToken {
+        match outcome {
+            ClaimOutcome::Acquired(grant) => grant.token,
+            other => panic!("a grant, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_abandoned_before_its_answer_has_its_retry_journaled() {
+        let scratch = Scratch::new();
+        let stalling: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
+            Arc::new(sentinel_memory::MemoryStore::new()),
+            StallFirstClaim::default(),
+        ));
+        let lossy = Lossy::wrap(stalling, 0.0, 7, Arc::clone(&scratch.journal));
+        let id = RecordId::parse("ns", "k").unwrap();
+        let request = claim_request();
         // The client's call timeout gives up on the first attempt; the retry is answered.
         let first = tokio::time::timeout(Duration::from_millis(20), lossy.claim(&id, &request));
         assert!(first.await.is_err(), "the first attempt never answers");
         let retry = lossy.claim(&id, &request).await.unwrap();
         assert!(matches!(retry, ClaimOutcome::Acquired(_)));
 
-        let (journals, torn) = crate::journal::read_all(&dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(torn, 0);
-        let retried: Vec<&Entry> = journals
+        let entries = scratch.entries();
+        let retried = entries
             .iter()
-            .flat_map(|(_, entries)| entries)
             .filter(|e| {
                 matches!(
                     e,
@@ -295,7 +327,197 @@ mod tests {
                     }
                 )
             })
+            .count();
+        assert_eq!(retried, 1, "{entries:?}");
+    }
+
+    #[tokio::test]
+    async fn at_rate_zero_every_reply_arrives() {
+        let scratch = Scratch::new();
+        let memory = Arc::new(sentinel_memory::MemoryStore::new());
+        let lossy = Lossy::wrap(memory, 0.0, 7, Arc::clone(&scratch.journal));
+        for k in 0..20 {
+            let id = RecordId::parse("ns", &format!("k{k}")).unwrap();
+            let token = granted_token(&lossy.claim(&id, &claim_request()).await.unwrap());
+            lossy.complete(&id, token, &Value::from(k)).await.unwrap();
+        }
+        let entries = scratch.entries();
+        assert!(
+            entries.is_empty(),
+            "nothing lost, nothing retried: {entries:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn at_rate_one_every_reply_is_lost_once_and_its_retry_checked() {
+        let scratch = Scratch::new();
+        let memory = Arc::new(sentinel_memory::MemoryStore::new());
+        let lossy = Lossy::wrap(memory, 1.0, 7, Arc::clone(&scratch.journal));
+        let id = RecordId::parse("ns", "k").unwrap();
+        let request = claim_request();
+        let lost = lossy.claim(&id, &request).await.unwrap_err();
+        assert!(lost.is_transient(), "{lost}");
+        let token = granted_token(&lossy.claim(&id, &request).await.unwrap());
+        let result = Value::from("done");
+        let lost = lossy.complete(&id, token, &result).await.unwrap_err();
+        assert!(lost.is_transient(), "{lost}");
+        lossy.complete(&id, token, &result).await.unwrap();
+
+        let t = token.get();
+        let key = "k".to_owned();
+        let request = format!("{:x}", request.request_id.as_u128());
+        assert_eq!(
+            scratch.entries(),
+            [
+                Entry::LostClaim {
+                    key: key.clone(),
+                    request: request.clone(),
+                    granted: Some(t),
+                },
+                Entry::ClaimRetried {
+                    key: key.clone(),
+                    request,
+                    granted: Some(t),
+                    answer: "acquired".to_owned(),
+                    token: Some(t),
+                    adopted: true,
+                    in_transit: false,
+                },
+                Entry::LostComplete {
+                    key: key.clone(),
+                    token: t,
+                },
+                Entry::CompleteRetried {
+                    key,
+                    token: t,
+                    ok: true,
+                    detail: None,
+                },
+            ]
+        );
+    }
+
+    /// A store that forgets request ids (every claim is new to it), and fails the completions
+    /// it is told to before they reach the store.
+    #[derive(Debug, Default)]
+    struct Flawed {
+        complete_errors: Mutex<std::collections::VecDeque<Option<Error>>>,
+    }
+
+    #[async_trait]
+    impl Decorator for Flawed {
+        async fn claim(
+            &self,
+            store: &dyn CoordinationStore,
+            id: &RecordId,
+            request: &ClaimRequest,
+        ) -> Result<ClaimOutcome> {
+            let mut forgotten = request.clone();
+            forgotten.request_id = RequestId::random();
+            store.claim(id, &forgotten).await
+        }
+
+        async fn complete(
+            &self,
+            store: &dyn CoordinationStore,
+            id: &RecordId,
+            token: FencingToken,
+            result: &Value,
+        ) -> Result<()> {
+            let next = self.complete_errors.lock().unwrap().pop_front().flatten();
+            match next {
+                Some(error) => Err(error),
+                None => store.complete(id, token, result).await,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_the_store_does_not_recognise_is_journaled_as_not_adopted() {
+        let scratch = Scratch::new();
+        let flawed: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
+            Arc::new(sentinel_memory::MemoryStore::new()),
+            Flawed::default(),
+        ));
+        let lossy = Lossy::wrap(flawed, 1.0, 7, Arc::clone(&scratch.journal));
+        let id = RecordId::parse("ns", "k").unwrap();
+        let request = claim_request();
+        lossy.claim(&id, &request).await.unwrap_err();
+        let retry = lossy.claim(&id, &request).await.unwrap();
+        assert!(matches!(retry, ClaimOutcome::Busy { .. }), "{retry:?}");
+        let entries = scratch.entries();
+        let retried: Vec<(&str, bool)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::ClaimRetried {
+                    answer, adopted, ..
+                } => Some((answer.as_str(), *adopted)),
+                _ => None,
+            })
             .collect();
-        assert_eq!(retried.len(), 1, "{journals:?}");
+        assert_eq!(retried, [("busy", false)], "{entries:?}");
+    }
+
+    #[tokio::test]
+    async fn a_completion_retry_is_judged_by_the_first_answer_that_arrives() {
+        let scratch = Scratch::new();
+        let unavailable = || Error::Unavailable {
+            store: "memory",
+            source: "connection reset".into(),
+        };
+        let corrupt = Error::CorruptRecord {
+            store: "memory",
+            detail: "a field is missing".to_owned(),
+        };
+        // First key: the lost completion's retry fails in transit, the next one arrives.
+        // Second key: its retry is refused for good.
+        let flawed = Flawed {
+            complete_errors: Mutex::new(
+                [None, Some(unavailable()), None, None, Some(corrupt)].into(),
+            ),
+        };
+        let flawed: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
+            Arc::new(sentinel_memory::MemoryStore::new()),
+            flawed,
+        ));
+        let lossy = Lossy::wrap(flawed, 1.0, 7, Arc::clone(&scratch.journal));
+        let result = Value::from(1);
+        let mut tokens = Vec::new();
+        for key in ["a", "b"] {
+            let id = RecordId::parse("ns", key).unwrap();
+            // Claimed past the decorator: only the completion's reply is lost here.
+            let token = granted_token(&lossy.inner().claim(&id, &claim_request()).await.unwrap());
+            tokens.push(token.get());
+            lossy.complete(&id, token, &result).await.unwrap_err();
+            let retried = lossy.complete(&id, token, &result).await;
+            if key == "a" {
+                assert!(retried.unwrap_err().is_transient());
+                lossy.complete(&id, token, &result).await.unwrap();
+            } else {
+                assert!(!retried.unwrap_err().is_transient());
+            }
+        }
+        let completions: Vec<Entry> = scratch
+            .entries()
+            .into_iter()
+            .filter(|e| matches!(e, Entry::CompleteRetried { .. }))
+            .collect();
+        assert_eq!(
+            completions,
+            [
+                Entry::CompleteRetried {
+                    key: "a".to_owned(),
+                    token: tokens[0],
+                    ok: true,
+                    detail: None,
+                },
+                Entry::CompleteRetried {
+                    key: "b".to_owned(),
+                    token: tokens[1],
+                    ok: false,
+                    detail: Some("memory holds a corrupt record: a field is missing".to_owned()),
+                },
+            ]
+        );
     }
 }
