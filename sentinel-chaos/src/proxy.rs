@@ -161,22 +161,44 @@ mod tests {
         let proxy = Proxy::start(upstream, Duration::from_secs(3600), 1)
             .await
             .unwrap();
-        proxy.set_dropping(false);
-        let mut c = TcpStream::connect(("127.0.0.1", proxy.port()))
-            .await
-            .unwrap();
-        c.write_all(b"ping").await.unwrap();
-        let mut buf = [0u8; 4];
-        c.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
+        let port = proxy.port();
+        assert_eq!(format!("{proxy:?}"), format!("Proxy {{ port: {port} }}"));
+        // Dropping is on, and the first gap (an hour) has not passed: replies flow.
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        round_trip(&mut c, b"ping").await;
 
-        // Dropping on, and the next gap already due: the reply is lost, the connection closed.
+        // The next gap due, and dropping off: replies still flow.
         proxy.dropper.next.lock().await.0 = Instant::now();
+        proxy.set_dropping(false);
+        round_trip(&mut c, b"pong").await;
+
+        // Dropping on: the reply is lost, the connection closed.
         proxy.set_dropping(true);
-        c.write_all(b"pong").await.unwrap();
+        c.write_all(b"lost").await.unwrap();
         let mut rest = Vec::new();
         let read = c.read_to_end(&mut rest).await;
         assert!(read.is_err() || rest.is_empty(), "{rest:?}");
         assert_eq!(proxy.stats().drops.load(Ordering::Relaxed), 1);
+
+        // A drop starts a new gap: the next reply, on a new connection, flows.
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        round_trip(&mut c, b"next").await;
+        assert_eq!(proxy.stats().drops.load(Ordering::Relaxed), 1);
+        assert_eq!(proxy.stats().connections.load(Ordering::Relaxed), 2);
+
+        // Dropped, the proxy stops accepting.
+        drop(proxy);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            assert!(Instant::now() < deadline, "still accepting after the drop");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn round_trip(c: &mut TcpStream, message: &[u8; 4]) {
+        c.write_all(message).await.unwrap();
+        let mut buf = [0u8; 4];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, message);
     }
 }
