@@ -232,6 +232,7 @@ mod tests {
     use std::time::Duration;
 
     use sentinel_core::{OwnerId, RequestId, Ttl};
+    use sentinel_testkit::CallCounter;
 
     use super::*;
 
@@ -292,6 +293,13 @@ mod tests {
         }
     }
 
+    /// A reply-losing store at `rate`, journaling to `scratch`, over a memory store seen
+    /// through `flaw`.
+    fn lossy_over(flaw: impl Decorator, rate: f64, scratch: &Scratch) -> Decorated<Lossy> {
+        let flawed = Decorated::around(Arc::new(sentinel_memory::MemoryStore::new()), flaw);
+        Lossy::wrap(Arc::new(flawed), rate, 7, Arc::clone(&scratch.journal))
+    }
+
     fn granted_token(outcome: &ClaimOutcome) -> FencingToken {
         match outcome {
             ClaimOutcome::Acquired(grant) => grant.token,
@@ -302,11 +310,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_abandoned_before_its_answer_has_its_retry_journaled() {
         let scratch = Scratch::new();
-        let stalling: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
-            Arc::new(sentinel_memory::MemoryStore::new()),
-            StallFirstClaim::default(),
-        ));
-        let lossy = Lossy::wrap(stalling, 0.0, 7, Arc::clone(&scratch.journal));
+        let lossy = lossy_over(StallFirstClaim::default(), 0.0, &scratch);
         let id = RecordId::parse("ns", "k").unwrap();
         let request = claim_request();
         // The client's call timeout gives up on the first attempt; the retry is answered.
@@ -334,8 +338,7 @@ mod tests {
     #[tokio::test]
     async fn at_rate_zero_every_reply_arrives() {
         let scratch = Scratch::new();
-        let memory = Arc::new(sentinel_memory::MemoryStore::new());
-        let lossy = Lossy::wrap(memory, 0.0, 7, Arc::clone(&scratch.journal));
+        let lossy = lossy_over(CallCounter::default(), 0.0, &scratch);
         for k in 0..20 {
             let id = RecordId::parse("ns", &format!("k{k}")).unwrap();
             let token = granted_token(&lossy.claim(&id, &claim_request()).await.unwrap());
@@ -351,8 +354,7 @@ mod tests {
     #[tokio::test]
     async fn at_rate_one_every_reply_is_lost_once_and_its_retry_checked() {
         let scratch = Scratch::new();
-        let memory = Arc::new(sentinel_memory::MemoryStore::new());
-        let lossy = Lossy::wrap(memory, 1.0, 7, Arc::clone(&scratch.journal));
+        let lossy = lossy_over(CallCounter::default(), 1.0, &scratch);
         let id = RecordId::parse("ns", "k").unwrap();
         let request = claim_request();
         let lost = lossy.claim(&id, &request).await.unwrap_err();
@@ -435,11 +437,7 @@ mod tests {
     #[tokio::test]
     async fn a_retry_the_store_does_not_recognise_is_journaled_as_not_adopted() {
         let scratch = Scratch::new();
-        let flawed: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
-            Arc::new(sentinel_memory::MemoryStore::new()),
-            Flawed::default(),
-        ));
-        let lossy = Lossy::wrap(flawed, 1.0, 7, Arc::clone(&scratch.journal));
+        let lossy = lossy_over(Flawed::default(), 1.0, &scratch);
         let id = RecordId::parse("ns", "k").unwrap();
         let request = claim_request();
         lossy.claim(&id, &request).await.unwrap_err();
@@ -476,11 +474,7 @@ mod tests {
                 [None, Some(unavailable()), None, None, Some(corrupt)].into(),
             ),
         };
-        let flawed: Arc<dyn CoordinationStore> = Arc::new(Decorated::around(
-            Arc::new(sentinel_memory::MemoryStore::new()),
-            flawed,
-        ));
-        let lossy = Lossy::wrap(flawed, 1.0, 7, Arc::clone(&scratch.journal));
+        let lossy = lossy_over(flawed, 1.0, &scratch);
         let result = Value::from(1);
         let mut tokens = Vec::new();
         for key in ["a", "b"] {
