@@ -13,9 +13,11 @@
 -- with '%d', never with tostring (which rounds to 14 digits).
 --
 -- A script reads and checks everything it needs before it writes. Its first write is the XADD of
--- its event, done with pcall: if that fails (out of memory, a foreign key in the way) nothing has
--- been written and the script returns the error. Redis never runs half a script for anyone else,
--- and AOF and replicas receive a script's writes as one MULTI/EXEC.
+-- its event, done with pcall: if that fails nothing has been written and the script returns the
+-- error (see `append`). Redis refuses writes to a script only at its first write (READONLY on a
+-- replica, NOREPLICAS, OOM, MISCONF), so that is the only place a refusal can come. Redis never
+-- runs half a script for anyone else, and AOF and replicas receive a script's writes as one
+-- MULTI/EXEC.
 
 local BASE = 1000000000
 local ONE = {0, 1}
@@ -204,7 +206,13 @@ local function append(f, now, kind, token, owner, state, detail)
   end
   local reply = redis.pcall(unpack(cmd))
   if type(reply) == 'table' and reply.err then
-    error({err = 'SENTINEL_CORRUPT the history stream refused the event: ' .. reply.err})
+    -- A foreign key at the stream's name, or a stream whose ids run ahead of the record's: data
+    -- the store cannot trust. Anything else is the server refusing writes for now (a replica's
+    -- READONLY, NOREPLICAS, OOM, MISCONF), passed on as it came, for the client to classify.
+    if string.find(reply.err, '^WRONGTYPE') or string.find(reply.err, 'XADD', 1, true) then
+      error({err = 'SENTINEL_CORRUPT the history stream refused the event: ' .. reply.err})
+    end
+    error(reply)
   end
   return id
 end

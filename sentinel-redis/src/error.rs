@@ -3,6 +3,7 @@
 //! | what Redis said | Sentinel error | may the command have been applied? |
 //! |---|---|---|
 //! | I/O error, connection refused or dropped, cluster down / moved / try again, `LOADING`, `READONLY`, `MASTERDOWN`, no connection to the slot's node | [`Error::Unavailable`] | yes, if the connection broke after sending: every command is safe to send again |
+//! | the server takes no writes for now: `NOREPLICAS` (`min-replicas-to-write`), `MISCONF` (its last save failed), `OOM` (over `maxmemory`) | [`Error::Unavailable`] | no: a script is refused at its first write, before anything is written |
 //! | no answer within the response timeout | [`Error::Timeout`] | yes, as above |
 //! | a script reports a record it cannot read (`SENTINEL_CORRUPT`), a reply of the wrong shape | [`Error::CorruptRecord`] | no |
 //! | anything else (`WRONGTYPE` on a foreign key under the prefix, a script error, `NOPERM`, …) | [`Error::Backend`] | no |
@@ -41,6 +42,7 @@ pub(crate) fn map(error: RedisError, operation: &'static str, timeout: Duration)
     // `is_connection_refusal` and `is_connection_dropped` only ever hold for I/O errors).
     let unavailable = error.is_io_error()
         || error.is_cluster_error()
+        || matches!(error.code(), Some("NOREPLICAS" | "MISCONF" | "OOM"))
         || matches!(
             error.kind(),
             ErrorKind::ClusterConnectionNotFound
@@ -145,6 +147,9 @@ mod tests {
             replied("CLUSTERDOWN The cluster is down"),
             replied("TRYAGAIN Multiple keys request during rehashing of slot"),
             replied("MOVED 3999 127.0.0.1:6381"),
+            replied("NOREPLICAS Not enough good replicas to write."),
+            replied("MISCONF Errors writing to the AOF file: No space left on device"),
+            replied("OOM command not allowed when used memory > 'maxmemory'."),
             RedisError::from((ErrorKind::ClusterConnectionNotFound, "no connection")),
         ];
         for error in unavailable {

@@ -693,6 +693,116 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
 }
 
 #[tokio::test]
+async fn a_server_refusing_writes_is_unavailable_and_nothing_is_written() {
+    // Redis refuses a script at its first write when it takes no writes for now: a replica
+    // (READONLY), too few replicas (NOREPLICAS), over maxmemory (OOM). Each script's first write
+    // is its XADD, so nothing is written, and the client must be told to try again (transient),
+    // not that the record is corrupt: a completion refused this way after the side effect ran is
+    // retried, and recorded once the server takes writes again.
+    let server = private_redis(RedisOptions::default());
+    let mut admin = raw(server.url()).await;
+    let store = RedisStore::builder()
+        .prefix("refusing")
+        .connect(server.url())
+        .await
+        .unwrap();
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    load_scripts(&store, ttl).await;
+    let refusals: [(&str, &[&str], &[&str]); 3] = [
+        (
+            "NOREPLICAS",
+            &["CONFIG", "SET", "min-replicas-to-write", "1"],
+            &["CONFIG", "SET", "min-replicas-to-write", "0"],
+        ),
+        (
+            "OOM",
+            &["CONFIG", "SET", "maxmemory", "1"],
+            &["CONFIG", "SET", "maxmemory", "0"],
+        ),
+        (
+            // A replica of a port nobody listens on: it never syncs, so it keeps its data.
+            "READONLY",
+            &["REPLICAOF", "127.0.0.1", "1"],
+            &["REPLICAOF", "NO", "ONE"],
+        ),
+    ];
+    for (code, refuse, accept) in refusals {
+        let held = id(&format!("held-{code}"));
+        let g = grant(store.claim(&held, &claim("a", ttl, true)).await.unwrap());
+        let aborted = id(&format!("aborted-{code}"));
+        let ga = grant(store.claim(&aborted, &claim("a", ttl, true)).await.unwrap());
+        let fresh = id(&format!("fresh-{code}"));
+        let before: std::collections::HashMap<String, String> = admin
+            .hgetall(store.key_names(Keyspace::Execution, &held).0)
+            .await
+            .unwrap();
+        let _: () = redis::cmd(refuse[0])
+            .arg(&refuse[1..])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let refused = [
+            (
+                "first claim",
+                store.claim(&fresh, &claim("b", ttl, true)).await.map(drop),
+            ),
+            (
+                "completion",
+                store.complete(&held, g.token, &json!("paid")).await,
+            ),
+            (
+                "abort",
+                store
+                    .abort(&aborted, ga.token, sentinel_core::Disposition::NotApplied)
+                    .await,
+            ),
+        ];
+        for (what, answer) in refused {
+            match answer {
+                Err(error @ Error::Unavailable { .. }) => {
+                    let said = error.to_string().to_lowercase();
+                    assert!(
+                        said.contains(&code.to_lowercase()),
+                        "{code} {what}: {error}"
+                    )
+                }
+                other => panic!("{code} {what}: expected Unavailable, got {other:?}"),
+            }
+        }
+        let after: std::collections::HashMap<String, String> = admin
+            .hgetall(store.key_names(Keyspace::Execution, &held).0)
+            .await
+            .unwrap();
+        assert_eq!(before, after, "{code}: the held record was not written");
+        let written: bool = admin
+            .exists(store.key_names(Keyspace::Execution, &fresh).0)
+            .await
+            .unwrap();
+        assert!(!written, "{code}: the first claim wrote nothing");
+        let _: () = redis::cmd(accept[0])
+            .arg(&accept[1..])
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        store
+            .complete(&held, g.token, &json!("paid"))
+            .await
+            .unwrap();
+        let record = store.inspect(&held).await.unwrap().unwrap();
+        assert_eq!(record.result, Some(json!("paid")), "{code}");
+        let history = store
+            .history(Keyspace::Execution, &held, &HistoryQuery::default())
+            .await
+            .unwrap();
+        let completed = history
+            .iter()
+            .filter(|e| e.kind == EventKind::Completed)
+            .count();
+        assert_eq!(completed, 1, "{code}: one completion event");
+    }
+}
+
+#[tokio::test]
 async fn a_script_that_failed_is_not_sent_again() {
     // Redis does not roll back a script that fails halfway: only NOSCRIPT (it did not run at all)
     // may be answered by loading the script and sending the call again.

@@ -59,25 +59,24 @@ elseif not c and fast_now and redis.call('EXISTS', KEYS[1]) == 0 then
     if ARGV[6] == '1' then
       state, kind = 'executing', 'E'
     end
-    -- The event first: if the history refuses it, nothing has been written.
+    -- The event first: if the history refuses it, nothing has been written, and the full
+    -- section (whose XADD meets the same refusal) says why.
     local added = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], now .. '-0', 'kind', 'claimed',
       'token', now, 'at', now, 'owner', owner, 'state', state)
-    if type(added) == 'table' and added.err then
-      return redis.error_reply('SENTINEL_CORRUPT the history stream refused the event: '
-        .. added.err)
+    if not (type(added) == 'table' and added.err) then
+      local cfield = fp .. '\0' .. kind .. lease .. '\0' .. now .. '\0' .. now .. '\0'
+        .. string.sub(rid, 1, 8)
+      if fp == '' then
+        redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', now, 'rid', rid,
+          'lease', lease, 'hard', hard, 'ttl', ttl, 'hard_ttl', hard_ttl, 'created', now,
+          'updated', now, 'last', now, 'seq', now, 'c', cfield)
+      else
+        redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', now, 'rid', rid,
+          'lease', lease, 'hard', hard, 'ttl', ttl, 'hard_ttl', hard_ttl, 'created', now,
+          'updated', now, 'last', now, 'seq', now, 'c', cfield, 'fp', fp)
+      end
+      redis.pcall('SPUBLISH', KEYS[1], now)
+      return {'acquired', now, lease, hard}
     end
-    local cfield = fp .. '\0' .. kind .. lease .. '\0' .. now .. '\0' .. now .. '\0'
-      .. string.sub(rid, 1, 8)
-    if fp == '' then
-      redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', now, 'rid', rid,
-        'lease', lease, 'hard', hard, 'ttl', ttl, 'hard_ttl', hard_ttl, 'created', now,
-        'updated', now, 'last', now, 'seq', now, 'c', cfield)
-    else
-      redis.call('HSET', KEYS[1], 'state', state, 'owner', owner, 'token', now, 'rid', rid,
-        'lease', lease, 'hard', hard, 'ttl', ttl, 'hard_ttl', hard_ttl, 'created', now,
-        'updated', now, 'last', now, 'seq', now, 'c', cfield, 'fp', fp)
-    end
-    redis.pcall('SPUBLISH', KEYS[1], now)
-    return {'acquired', now, lease, hard}
   end
 end
