@@ -70,6 +70,47 @@ pub trait Decorator: Send + Sync + fmt::Debug + 'static {
         store.complete(id, token, result).await
     }
 
+    /// Intercepts [`CoordinationStore::abort`].
+    async fn abort(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+        disposition: Disposition,
+    ) -> Result<()> {
+        store.abort(id, token, disposition).await
+    }
+
+    /// Intercepts [`CoordinationStore::reconcile`].
+    async fn reconcile(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        owner: &OwnerId,
+    ) -> Result<FencingToken> {
+        store.reconcile(id, owner).await
+    }
+
+    /// Intercepts [`CoordinationStore::reset_to_claimed`].
+    async fn reset_to_claimed(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        owner: &OwnerId,
+    ) -> Result<()> {
+        store.reset_to_claimed(id, owner).await
+    }
+
+    /// Intercepts [`CoordinationStore::release_lease`].
+    async fn release_lease(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+    ) -> Result<()> {
+        store.release_lease(id, token).await
+    }
+
     /// Intercepts [`CoordinationStore::heartbeat`].
     async fn heartbeat(
         &self,
@@ -172,11 +213,15 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
         disposition: Disposition,
     ) -> Result<()> {
         self.decorator.before("abort");
-        self.store.abort(id, token, disposition).await
+        self.decorator
+            .abort(self.store.as_ref(), id, token, disposition)
+            .await
     }
     async fn reconcile(&self, id: &RecordId, owner: &OwnerId) -> Result<FencingToken> {
         self.decorator.before("reconcile");
-        self.store.reconcile(id, owner).await
+        self.decorator
+            .reconcile(self.store.as_ref(), id, owner)
+            .await
     }
     async fn force_complete(&self, id: &RecordId, owner: &OwnerId, result: &Value) -> Result<()> {
         self.decorator.before("force_complete");
@@ -184,7 +229,9 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
     }
     async fn reset_to_claimed(&self, id: &RecordId, owner: &OwnerId) -> Result<()> {
         self.decorator.before("reset_to_claimed");
-        self.store.reset_to_claimed(id, owner).await
+        self.decorator
+            .reset_to_claimed(self.store.as_ref(), id, owner)
+            .await
     }
     async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
         self.decorator.before("purge");
@@ -213,7 +260,9 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
     }
     async fn release_lease(&self, id: &RecordId, token: FencingToken) -> Result<()> {
         self.decorator.before("release_lease");
-        self.store.release_lease(id, token).await
+        self.decorator
+            .release_lease(self.store.as_ref(), id, token)
+            .await
     }
     async fn inspect_lease(&self, id: &RecordId) -> Result<Option<LeaseRecord>> {
         self.decorator.before("inspect_lease");

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 
 use sentinel_core::store::{Renewal, RenewalResult, Wait};
 use sentinel_core::{
-    ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Error, ManualClock, RecordId,
-    RejectReason, Rejection, Result, Timestamp,
+    ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, FencingToken,
+    ManualClock, OwnerId, RecordId, RejectReason, Rejection, Result, Timestamp,
 };
 use sentinel_memory::MemoryStore;
 use sentinel_testkit::{Decorated, Decorator};
@@ -117,6 +117,14 @@ pub struct Faults {
     pub lost_claim_replies: AtomicUsize,
     /// The next this-many claims fail as if the store were unreachable, applying nothing.
     pub failed_claims: AtomicUsize,
+    /// The next this-many aborts fail as if the store were unreachable, applying nothing.
+    pub failed_aborts: AtomicUsize,
+    /// The next this-many reconciliations are applied, then answered as if the connection broke.
+    pub lost_reconcile_replies: AtomicUsize,
+    /// The next this-many resets are applied, then answered as if the connection broke.
+    pub lost_reset_replies: AtomicUsize,
+    /// The next this-many lease releases are applied, then answered as if the connection broke.
+    pub lost_release_replies: AtomicUsize,
 }
 
 impl Faults {
@@ -138,10 +146,50 @@ impl Decorator for Faults {
             return Err(unavailable("connection refused"));
         }
         let answer = store.claim(id, request).await;
-        if take_one(&self.lost_claim_replies) {
-            return Err(unavailable("connection reset after the claim was applied"));
+        lose_reply(&self.lost_claim_replies, answer)
+    }
+
+    async fn abort(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+        disposition: Disposition,
+    ) -> Result<()> {
+        if take_one(&self.failed_aborts) {
+            return Err(unavailable("connection refused"));
         }
-        answer
+        store.abort(id, token, disposition).await
+    }
+
+    async fn reconcile(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        owner: &OwnerId,
+    ) -> Result<FencingToken> {
+        let answer = store.reconcile(id, owner).await;
+        lose_reply(&self.lost_reconcile_replies, answer)
+    }
+
+    async fn reset_to_claimed(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        owner: &OwnerId,
+    ) -> Result<()> {
+        let answer = store.reset_to_claimed(id, owner).await;
+        lose_reply(&self.lost_reset_replies, answer)
+    }
+
+    async fn release_lease(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+    ) -> Result<()> {
+        let answer = store.release_lease(id, token).await;
+        lose_reply(&self.lost_release_replies, answer)
     }
 
     async fn heartbeat(
@@ -187,6 +235,17 @@ fn unavailable(why: &str) -> Error {
         store: "faulty-memory",
         source: why.into(),
     }
+}
+
+/// `answer`, or, if `counter` says so, the error of a connection that broke after the command
+/// was applied.
+fn lose_reply<T>(counter: &AtomicUsize, answer: Result<T>) -> Result<T> {
+    if take_one(counter) {
+        return Err(unavailable(
+            "connection reset after the command was applied",
+        ));
+    }
+    answer
 }
 
 /// Takes one from `counter` unless it is zero; whether it did.
