@@ -712,6 +712,110 @@ async fn a_claim_whose_every_reply_was_lost_is_given_up_not_left_uncertain() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_once_dropped_while_its_claim_is_unanswered_gives_the_claim_up() {
+    // The claim is applied, its reply lost, and the caller's timeout drops `once` during the
+    // retry's pause: no code will run under that claim, so it must not turn uncertain.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.lost_claim_replies.store(1, Ordering::SeqCst);
+    let runs = AtomicUsize::new(0);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(10),
+        sentinel.once("pay-3", |_| async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Failure>(1u8)
+        }),
+    )
+    .await;
+    assert!(dropped.is_err(), "dropped while the claim was unanswered");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        sentinel.inspect("pay-3").await.unwrap().unwrap().state,
+        ExecutionState::Executing,
+        "the claim was applied"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        sentinel.inspect("pay-3").await.unwrap().unwrap().state,
+        ExecutionState::Claimed,
+        "given up as not applied, in the background"
+    );
+    let retried = sentinel
+        .once("pay-3", |_| async { Ok::<_, Failure>(2u8) })
+        .await
+        .unwrap();
+    assert!(retried.is_executed(), "{retried:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_not_applied_failure_whose_abort_failed_is_given_up_in_the_background() {
+    // The work says nothing was applied, and the store cannot be reached to record the abort
+    // (three tries, then the first background try): the client keeps trying, and the key becomes
+    // claimable instead of turning uncertain.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.failed_aborts.store(4, Ordering::SeqCst);
+    let failed: Once<u8> = sentinel
+        .once("pay-4", |_| async {
+            Err(Failure::not_applied("card declined"))
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(failed, Once::Failed { .. }) && !failed.is_uncertain(),
+        "{failed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.failed_aborts.load(Ordering::SeqCst), 0);
+    let record = sentinel.inspect("pay-4").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Claimed);
+    let retried = sentinel
+        .once("pay-4", |_| async { Ok::<_, Failure>(2u8) })
+        .await
+        .unwrap();
+    assert!(retried.is_executed(), "{retried:?}");
+}
+
+#[tokio::test]
+async fn a_wait_without_end_is_a_wait_without_deadline() {
+    // `Duration::MAX` cannot be added to the clock: it means no deadline, not a panic (which,
+    // after the claim was applied, would leave a phantom execution behind).
+    let (sentinel, _clock) = manual();
+    let forever = OnceOptions::new().wait(Duration::MAX);
+    let fresh: Once<u8> = sentinel
+        .once_with("order-10", &forever, |_| async { Ok(1) })
+        .await
+        .unwrap();
+    assert!(fresh.is_executed(), "{fresh:?}");
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = sentinel.clone();
+    let held = tokio::spawn(async move {
+        holder
+            .once("order-11", |_| async move {
+                started_tx.send(()).unwrap();
+                finish_rx.await.unwrap();
+                Ok::<_, Failure>(7u8)
+            })
+            .await
+    });
+    started_rx.await.unwrap();
+    let waiter = sentinel.clone();
+    let waited = tokio::spawn(async move {
+        waiter
+            .once_with("order-11", &forever, |_| async { Ok::<_, Failure>(8u8) })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    finish_tx.send(()).unwrap();
+    assert!(held.await.unwrap().unwrap().is_executed());
+    let waited = waited.await.unwrap().unwrap();
+    assert_eq!(waited.value(), Some(&7), "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
     // Every claim attempt of `a` failed before reaching the store: nothing of `a`'s was applied,
     // but `a` cannot know that and looks for its claim in the background. Meanwhile `b` claims

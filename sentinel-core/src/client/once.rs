@@ -503,15 +503,17 @@ impl Sentinel {
         let Some(wait) = wait else {
             return Ok((claimed, sent));
         };
-        let deadline = sent + wait;
+        // A wait too long to add to the clock (`Duration::MAX`, say) has no deadline.
+        let deadline = sent.checked_add(wait);
         let mut pause = POLL_START;
         let mut poll = false;
         while let ClaimOutcome::Busy { token, .. } = claimed {
             let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            let remaining = deadline - now;
+            let remaining = match deadline {
+                Some(deadline) if now >= deadline => break,
+                Some(deadline) => deadline - now,
+                None => Duration::MAX,
+            };
             if poll {
                 tokio::time::sleep(pause.min(remaining)).await;
                 pause = (pause * 2).min(POLL_MAX);
@@ -539,21 +541,21 @@ impl Sentinel {
     }
 
     /// One claim, retried on transient failures with the same request id (a retry adopts the
-    /// grant of an attempt whose reply was lost). When every attempt failed, an attempt may still
-    /// have been applied — a claim no code will run under. A background task then looks for it and
-    /// gives it up as not applied, so it never shows up as a phantom uncertain execution.
+    /// grant of an attempt whose reply was lost). When every attempt failed, or when the caller
+    /// drops the `once` future while a claim is on its way, an attempt may still have been
+    /// applied — a claim no code will run under. A background task then looks for it and gives
+    /// it up as not applied, so it never shows up as a phantom uncertain execution.
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         let store = &self.inner.store;
+        let mut unheard = UnheardClaim {
+            store,
+            id,
+            request_id: Some(request.request_id),
+        };
         let claimed = self.call("claim", || store.claim(id, request)).await;
-        if let Err(error) = &claimed
-            && error.is_transient()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(forget_claim(
-                Arc::clone(store),
-                id.clone(),
-                request.request_id,
-            ));
+        if !matches!(&claimed, Err(error) if error.is_transient()) {
+            // The answer arrived: a grant is now the caller's to run (or give up).
+            unheard.request_id = None;
         }
         claimed
     }
@@ -671,8 +673,9 @@ impl Sentinel {
         Ok(())
     }
 
-    /// Aborts an execution; a failure is logged, since the record becomes uncertain (or, before
-    /// the boundary, claimable) on its own once the lease expires.
+    /// Aborts an execution. If the store cannot be reached, a background task keeps trying for
+    /// about a minute: until it gets through, the record is in progress to others, then uncertain
+    /// once the lease expires (never claimable before the abort is recorded).
     async fn give_up(&self, id: &RecordId, token: FencingToken, disposition: Disposition) {
         let store = &self.inner.store;
         match self
@@ -685,9 +688,37 @@ impl Sentinel {
                 TransitionKind::Aborted(disposition),
                 Some(token),
             ),
-            Err(error) => {
-                tracing::warn!(%error, disposition = disposition.as_str(), "abort not recorded")
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, disposition = disposition.as_str(), "abort not recorded yet; trying again in the background");
+                abort_in_background(Arc::clone(store), id.clone(), token, disposition);
             }
+            Err(error) => {
+                tracing::warn!(%error, disposition = disposition.as_str(), "abort refused")
+            }
+        }
+    }
+}
+
+/// Guards a claim on its way to the store: if it is dropped armed (the call failed transiently,
+/// or the `once` future was dropped mid-call), the claim may have been applied unheard, and
+/// [`forget_claim`] looks for it in the background.
+struct UnheardClaim<'a> {
+    store: &'a Arc<dyn CoordinationStore>,
+    id: &'a RecordId,
+    /// `None` once the claim's answer arrived.
+    request_id: Option<RequestId>,
+}
+
+impl Drop for UnheardClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(request_id) = self.request_id
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(forget_claim(
+                Arc::clone(self.store),
+                self.id.clone(),
+                request_id,
+            ));
         }
     }
 }
@@ -695,10 +726,8 @@ impl Sentinel {
 /// Looks, for a while, for a claim made by `request_id` whose reply never arrived, and aborts it
 /// as not applied: nothing ran under it.
 async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
-    let mut pause = Duration::from_millis(100);
-    for _ in 0..FORGET_ATTEMPTS {
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+    tokio::time::sleep(FIRST_PAUSE).await;
+    let forgotten = keep_trying(|| async {
         match store.inspect(&id).await {
             Ok(Some(record))
                 if record.request_id == Some(request_id)
@@ -713,22 +742,89 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
                 {
                     Ok(()) => {
                         tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
-                        return;
+                        Attempt::Done
                     }
-                    Err(error) if error.is_transient() => continue,
-                    Err(_) => return,
+                    Err(error) if error.is_transient() => Attempt::Again,
+                    Err(_) => Attempt::Done,
                 }
             }
             // Never applied, or someone else's record now: nothing to give up.
-            Ok(_) => return,
-            Err(_) => continue,
+            Ok(_) => Attempt::Done,
+            Err(_) => Attempt::Again,
         }
+    })
+    .await;
+    if !forgotten {
+        tracing::warn!(%id, "could not check for a claim whose reply was lost; it may turn uncertain");
     }
-    tracing::warn!(%id, "could not check for a claim whose reply was lost; it may turn uncertain");
 }
 
-/// How many times [`forget_claim`] looks before giving up (about a minute in all).
-const FORGET_ATTEMPTS: u32 = 15;
+/// Spawns a task that aborts `token`'s execution, trying again while the store cannot be reached
+/// (about a minute in all). Without a runtime, nothing: the lease simply expires.
+pub(crate) fn abort_in_background(
+    store: Arc<dyn CoordinationStore>,
+    id: RecordId,
+    token: FencingToken,
+    disposition: Disposition,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let recorded = keep_trying(|| async {
+            match store.abort(&id, token, disposition).await {
+                Ok(()) => Attempt::Done,
+                Err(error) if error.is_transient() => Attempt::Again,
+                Err(error) => {
+                    tracing::warn!(%error, %id, %token, "abort refused");
+                    Attempt::Done
+                }
+            }
+        })
+        .await;
+        if recorded {
+            tracing::info!(%id, %token, disposition = disposition.as_str(), "abort recorded");
+        } else {
+            tracing::warn!(%id, %token, "abort not recorded; the lease expires on its own");
+        }
+    });
+}
+
+/// What one background attempt came to.
+enum Attempt {
+    /// Nothing left to do.
+    Done,
+    /// The store could not be reached: try again later.
+    Again,
+}
+
+/// Runs `attempt`, and again after a pause while it answers [`Attempt::Again`], up to
+/// [`BACKGROUND_ATTEMPTS`] times in all; pauses start at [`FIRST_PAUSE`] and double up to 5 s.
+/// Whether it got through.
+async fn keep_trying<F, Fut>(mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut pause = FIRST_PAUSE;
+    for tried in 1..=BACKGROUND_ATTEMPTS {
+        if let Attempt::Done = attempt().await {
+            return true;
+        }
+        if tried < BACKGROUND_ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+    false
+}
+
+/// The first pause of a background task: before it looks for a lost claim (which may still be on
+/// its way), and between its first two attempts.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// How many times a background task tries before giving up (about a minute in all).
+const BACKGROUND_ATTEMPTS: u32 = 15;
 
 /// The first pause between claims when the store cannot notify.
 const POLL_START: Duration = Duration::from_millis(20);
@@ -832,16 +928,7 @@ impl Drop for InFlight {
         };
         let disposition = self.boundary.disposition();
         tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while its work ran");
-        // Best effort: without a runtime the lease simply expires, with the same result.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.store);
-            let token = self.token;
-            runtime.spawn(async move {
-                if let Err(error) = store.abort(&id, token, disposition).await {
-                    tracing::warn!(%error, %id, "abort after cancellation not recorded");
-                }
-            });
-        }
+        abort_in_background(Arc::clone(&self.store), id, self.token, disposition);
     }
 }
 
