@@ -511,3 +511,136 @@ fn a_client_and_its_builder_show_what_they_were_given() {
         assert!(shown.contains(part), "{part} in {shown}");
     }
 }
+
+/// An observer that, when told of lost authority, asks the client how much it holds: a call back
+/// into the client from inside its heartbeat task.
+#[derive(Default)]
+struct CallsBack {
+    client: std::sync::OnceLock<Sentinel>,
+    answered: AtomicUsize,
+}
+
+impl Observer for CallsBack {
+    fn on_transition(&self, transition: &Transition<'_>) {
+        if transition.kind == TransitionKind::AuthorityLost
+            && let Some(client) = self.client.get()
+        {
+            let _ = client.held();
+            self.answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn an_observer_may_call_back_into_the_client() {
+    // Run on a thread of its own: if the heartbeat task called the observer with its lock held,
+    // the call back would hang that thread for good, and this test reports it instead of hanging.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let answered = runtime.block_on(async {
+            let observer = Arc::new(CallsBack::default());
+            let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
+            let sentinel = Sentinel::builder(store.clone())
+                .ttl(Duration::from_secs(3))
+                .hard_ttl(Duration::from_secs(60))
+                .observer(observer.clone())
+                .build()
+                .unwrap();
+            let _ = observer.client.set(sentinel.clone());
+            // The heartbeat task learns of the loss: its renewal is refused.
+            store.set(support::Renewals::Refused);
+            let started = tokio::time::Instant::now();
+            let outcome = sentinel
+                .once("k", |ctx| async move {
+                    ctx.authority_lost().await;
+                    Ok::<_, Failure>(started.elapsed())
+                })
+                .await
+                .unwrap();
+            let after = outcome.into_value().unwrap();
+            assert!(
+                after < Duration::from_secs(3),
+                "lost at a refused renewal: {after:?}"
+            );
+            observer.answered.load(Ordering::SeqCst)
+        });
+        tx.send(answered).unwrap();
+    });
+    let answered = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the observer's call back into the client never returned");
+    assert_eq!(answered, 1);
+}
+
+/// An observer that panics at every transition.
+struct Panics;
+
+impl Observer for Panics {
+    fn on_transition(&self, transition: &Transition<'_>) {
+        panic!("observer bug at {:?}", transition.kind);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_observer_neither_abandons_the_work_nor_stops_the_heartbeat() {
+    let store = support::faulty(MemoryStore::with_clock(TokioClock::new()));
+    let sentinel = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(3))
+        .hard_ttl(Duration::from_secs(60))
+        .observer(Arc::new(Panics))
+        .build()
+        .unwrap();
+    // The observer panics right after the claim, and again when the heartbeat task reports the
+    // refused renewal.
+    store.set(support::Renewals::Refused);
+    let lost = sentinel
+        .once("first", |ctx| async move {
+            ctx.authority_lost().await;
+            Ok::<_, Failure>(1u8)
+        })
+        .await
+        .unwrap();
+    assert!(lost.is_executed(), "{lost:?}");
+    // The heartbeat task still runs: work three times the ttl keeps its authority.
+    store.set(support::Renewals::Work);
+    let long = sentinel
+        .once("second", |ctx| async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            Ok::<_, Failure>(ctx.is_authoritative())
+        })
+        .await
+        .unwrap();
+    assert_eq!(long.value(), Some(&true), "{long:?}");
+}
+
+#[test]
+fn a_client_used_again_on_a_new_runtime_still_renews() {
+    // The heartbeat task lives on the runtime that first needed it; when that runtime is gone,
+    // the next execution or lease starts it again on its own runtime.
+    let sentinel = Sentinel::builder(MemoryStore::new())
+        .ttl(Duration::from_millis(300))
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    };
+    runtime().block_on(async {
+        let guard = sentinel.lease("first").await.unwrap().acquired().unwrap();
+        guard.release().await.unwrap();
+    });
+    runtime().block_on(async {
+        let guard = sentinel.lease("second").await.unwrap().acquired().unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(guard.is_held(), "renewed past three ttls");
+        guard.release().await.unwrap();
+    });
+}

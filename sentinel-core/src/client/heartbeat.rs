@@ -9,6 +9,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::authority::{Authority, AuthorityCell, LostReason};
+use super::background::Background;
 use super::observe::{Telemetry, TransitionKind};
 use crate::store::{CoordinationStore, Renewal};
 use crate::ttl::Ttl;
@@ -29,7 +30,7 @@ struct Shared {
     held: Mutex<Registry>,
     wake: Notify,
     closed: AtomicBool,
-    started: AtomicBool,
+    task: Background,
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +91,7 @@ impl Heartbeat {
                 held: Mutex::new(Registry::default()),
                 wake: Notify::new(),
                 closed: AtomicBool::new(false),
-                started: AtomicBool::new(false),
+                task: Background::default(),
             }),
         }
     }
@@ -156,11 +157,7 @@ impl Heartbeat {
     }
 
     fn ensure_task(&self) {
-        if self.shared.started.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let shared = Arc::clone(&self.shared);
-        tokio::spawn(run(shared));
+        self.shared.task.ensure(|| run(Arc::clone(&self.shared)));
     }
 
     /// Stops the task; held records lose authority at their deadlines.
@@ -195,6 +192,14 @@ impl Shared {
         due
     }
 
+    /// Signals each of `lost`, taken out of the registry, as lost. Call it without the registry's
+    /// lock held.
+    fn report(&self, lost: Vec<(Held, LostReason)>) {
+        for (held, reason) in lost {
+            self.lose(&held, reason);
+        }
+    }
+
     /// Signals that `held` lost its authority; the caller removes it from the registry.
     fn lose(&self, held: &Held, reason: LostReason) {
         let renewal = &held.renewal;
@@ -216,20 +221,20 @@ impl Shared {
     }
 
     /// Drops what has lost authority, then renews everything due soon in one store call.
+    ///
+    /// Losses are reported (to the observer, among others) only once the registry's lock is
+    /// released: an observer may call back into the client.
     async fn tick(&self) {
         let now = Instant::now();
-        let batch: Vec<(u64, Renewal, Duration)> = {
+        let (batch, lost): (Vec<(u64, Renewal, Duration)>, _) = {
             let mut registry = self.registry();
-            registry
+            let expired: Vec<(u64, LostReason)> = registry
                 .entries
-                .retain(|_, held| match held.cell.state().lost_at(now) {
-                    None => true,
-                    Some(reason) => {
-                        self.lose(held, reason);
-                        false
-                    }
-                });
-            registry
+                .iter()
+                .filter_map(|(id, held)| held.cell.state().lost_at(now).map(|reason| (*id, reason)))
+                .collect();
+            let lost = take(&mut registry, expired);
+            let batch = registry
                 .entries
                 .iter_mut()
                 .filter_map(|(id, held)| {
@@ -242,8 +247,10 @@ impl Shared {
                     (held.due <= now + held.period() / 2)
                         .then(|| (*id, held.renewal.clone(), held.ttl))
                 })
-                .collect()
+                .collect();
+            (batch, lost)
         };
+        self.report(lost);
         if batch.is_empty() {
             return;
         }
@@ -263,6 +270,7 @@ impl Shared {
         let mut registry = self.registry();
         match answer {
             Ok(Ok(results)) if results.len() == batch.len() => {
+                let mut refused = Vec::new();
                 for ((id, _, ttl), result) in batch.into_iter().zip(results) {
                     let Some(held) = registry.entries.get_mut(&id) else {
                         continue;
@@ -272,13 +280,12 @@ impl Shared {
                             held.cell.extend(sent + ttl);
                             held.due = sent + held.period();
                         }
-                        Err(rejection) => {
-                            if let Some(held) = registry.entries.remove(&id) {
-                                self.lose(&held, LostReason::Rejected(rejection));
-                            }
-                        }
+                        Err(rejection) => refused.push((id, LostReason::Rejected(rejection))),
                     }
                 }
+                let lost = take(&mut registry, refused);
+                drop(registry);
+                self.report(lost);
             }
             failed => {
                 self.telemetry.heartbeat_failed();
@@ -299,6 +306,13 @@ impl Shared {
             }
         }
     }
+}
+
+/// Takes the entries named in `ids` out of the registry, with their reasons.
+fn take(registry: &mut Registry, ids: Vec<(u64, LostReason)>) -> Vec<(Held, LostReason)> {
+    ids.into_iter()
+        .filter_map(|(id, reason)| registry.entries.remove(&id).map(|held| (held, reason)))
+        .collect()
 }
 
 async fn run(shared: Arc<Shared>) {

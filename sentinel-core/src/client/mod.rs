@@ -1,6 +1,7 @@
 //! The `Sentinel` client: `once`, leases, heartbeats and the reconcile API over any store.
 
 mod authority;
+mod background;
 mod failure;
 mod heartbeat;
 mod lease;
@@ -10,7 +11,6 @@ mod reconcile;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ struct Inner {
     heartbeat: Heartbeat,
     telemetry: Telemetry,
     retention: Option<Duration>,
-    retention_started: AtomicBool,
+    retention_task: background::Background,
 }
 
 impl Drop for Inner {
@@ -195,7 +195,7 @@ impl SentinelBuilder {
                 heartbeat,
                 telemetry,
                 retention: self.retention,
-                retention_started: AtomicBool::new(false),
+                retention_task: background::Background::default(),
             }),
         })
     }
@@ -279,20 +279,16 @@ impl Sentinel {
         Ok(())
     }
 
-    /// Starts the retention task once, if retention is configured and a runtime is running.
+    /// Starts the retention task, if retention is configured and it is not running (a runtime
+    /// must be).
     fn ensure_retention(&self) {
         let Some(retention) = self.inner.retention else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self.inner.retention_started.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
-        let weak = Arc::downgrade(&self.inner);
-        runtime.spawn(retain(weak, retention, every));
+        self.inner.retention_task.ensure(|| {
+            let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            retain(Arc::downgrade(&self.inner), retention, every)
+        });
     }
 
     /// Runs one store call with the client's timeout, trying again on transient failures.

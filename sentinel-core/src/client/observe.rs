@@ -14,6 +14,7 @@
 //! | `sentinel_authority_lost_total` | counter | `keyspace` |
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,7 +80,8 @@ pub struct Transition<'a> {
 }
 
 /// A callback the client calls for every transition it causes or observes. Keep it quick: it runs
-/// inline.
+/// inline. It may call back into the client (the client holds no lock while calling it), and a
+/// panic in it is caught and logged, never carried into the client's work.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -136,12 +138,25 @@ impl Telemetry {
         token: Option<FencingToken>,
     ) {
         if let Some(observer) = &self.observer {
-            observer.on_transition(&Transition {
+            let transition = Transition {
                 keyspace,
                 id,
                 kind,
                 token,
-            });
+            };
+            // The observer is the caller's code, called from the middle of the client's own
+            // work (right after a claim, inside the heartbeat task): a panic there must not
+            // abandon that work.
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                observer.on_transition(&transition);
+            }));
+            if let Err(payload) = called {
+                tracing::error!(
+                    panic = %super::panic_message(payload.as_ref()),
+                    ?kind,
+                    "the observer panicked; the client carries on"
+                );
+            }
         }
         if kind == TransitionKind::AuthorityLost {
             self.authority_lost(keyspace);
