@@ -191,3 +191,66 @@ async fn a_release_sent_again_after_it_applied_succeeds() {
     guard.release().await.unwrap();
     assert!(b.lease("k").await.unwrap().acquired().is_some());
 }
+
+/// Two clients of the lease namespace over one faulty memory store (manual clock).
+fn faulty_clients() -> (support::Faulty, Sentinel, Sentinel) {
+    let store = support::faulty(MemoryStore::with_manual_clock().0);
+    let build = |store: support::Faulty| {
+        Sentinel::builder(store)
+            .namespace("jobs")
+            .ttl(Duration::from_secs(1))
+            .hard_ttl(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    (store.clone(), build(store.clone()), build(store))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_reply_was_lost_is_not_reported_as_fenced_when_another_took_the_lease() {
+    // The release is applied and its reply lost; during the retry's pause another worker takes
+    // the free lease, so the retry is refused as fenced. The lease was released in time: that
+    // is success, not "work done after it expired was not protected".
+    let (store, a, b) = faulty_clients();
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store
+        .lost_release_replies
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let releasing = tokio::spawn(guard.release());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let taken = b
+        .lease("k")
+        .await
+        .unwrap()
+        .acquired()
+        .expect("the lease was free");
+    releasing.await.unwrap().unwrap();
+    assert!(taken.is_held());
+    // A release that really came too late is still reported as fenced.
+    let (_, c, d) = faulty_clients();
+    let late = c.lease("k").await.unwrap().acquired().unwrap();
+    let id = RecordId::parse("jobs", "k").unwrap();
+    c.store().release_lease(&id, late.token()).await.unwrap();
+    let _other = d.lease("k").await.unwrap().acquired().unwrap();
+    let refused = late.release().await.unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.reason.clone()),
+        Some(RejectReason::Fenced)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_dropped_before_the_store_answered_still_frees_the_lease() {
+    let (store, a, b) = faulty_clients();
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store
+        .failed_releases
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let dropped = tokio::time::timeout(Duration::from_millis(10), guard.release()).await;
+    assert!(dropped.is_err(), "dropped during the retry's pause");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        b.lease("k").await.unwrap().acquired().is_some(),
+        "freed by the guard's drop"
+    );
+}

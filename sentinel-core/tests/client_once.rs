@@ -431,6 +431,66 @@ async fn reconcile_then_reset_runs_the_work_again() {
     assert_eq!(rerun.into_value(), Some(9));
 }
 
+#[tokio::test(start_paused = true)]
+async fn reconcile_and_reset_whose_replies_were_lost_succeed_on_their_retry() {
+    // Each is applied and its reply lost; the client's retry finds the record already moved on
+    // (reconciling, then claimed) by this client: that is success, not a wrong-state refusal.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    let died: Once<u8> = sentinel
+        .once("pay-5", |_| async {
+            Err(std::io::Error::other("connection reset").into())
+        })
+        .await
+        .unwrap();
+    assert!(died.is_uncertain());
+    store.lost_reconcile_replies.store(1, Ordering::SeqCst);
+    let token = sentinel.reconcile("pay-5").await.unwrap();
+    let record = sentinel.inspect("pay-5").await.unwrap().unwrap();
+    assert_eq!(
+        (record.state, record.token),
+        (ExecutionState::Reconciling, token)
+    );
+    store.lost_reset_replies.store(1, Ordering::SeqCst);
+    sentinel.reset_to_claimed("pay-5").await.unwrap();
+    assert_eq!(
+        kinds(&sentinel, "pay-5").await,
+        [
+            EventKind::Claimed,
+            EventKind::Aborted,
+            EventKind::Reconciling,
+            EventKind::Reset
+        ],
+        "each applied once"
+    );
+    // Refusals that are not this client's own earlier attempt are still reported.
+    let other = Sentinel::builder(store.clone()).build().unwrap();
+    let again: Once<u8> = other
+        .once("pay-5", |_| async {
+            Err(std::io::Error::other("reset").into())
+        })
+        .await
+        .unwrap();
+    assert!(again.is_uncertain());
+    other.reconcile("pay-5").await.unwrap();
+    store.lost_reconcile_replies.store(1, Ordering::SeqCst);
+    let refused = sentinel.reconcile("pay-5").await.unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.reason.clone()),
+        Some(RejectReason::WrongState),
+        "reconciling, but by another client"
+    );
+    other.reset_to_claimed("pay-5").await.unwrap();
+    store.lost_reset_replies.store(1, Ordering::SeqCst);
+    let refused = sentinel.reset_to_claimed("pay-5").await.unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.reason.clone()),
+        Some(RejectReason::WrongState),
+        "reset, but by another client"
+    );
+}
+
 #[tokio::test]
 async fn reconcile_of_a_live_execution_is_refused() {
     let (sentinel, _clock) = manual();

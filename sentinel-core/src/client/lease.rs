@@ -12,11 +12,12 @@ use super::authority::{Authority, LostReason};
 use super::heartbeat::Registration;
 use super::observe::TransitionKind;
 use crate::error::{Error, Result};
+use crate::event::EventKind;
 use crate::key::{Keyspace, RecordId};
 use crate::lease::{Acquisition, LeaseRequest};
 use crate::owner::{OwnerId, RequestId};
 use crate::rejection::RejectReason;
-use crate::store::Renewal;
+use crate::store::{HistoryQuery, Renewal};
 use crate::time::Timestamp;
 use crate::token::FencingToken;
 
@@ -97,6 +98,8 @@ pub struct LeaseGuard {
     id: RecordId,
     authority: Authority,
     registration: Option<Registration>,
+    /// Set once the store has answered a release: the guard's drop has nothing left to do.
+    released: bool,
     sentinel: Sentinel,
 }
 
@@ -129,21 +132,33 @@ impl LeaseGuard {
     /// Stops renewing and frees the lease in the store.
     ///
     /// A lease that expired and was taken by someone else is reported as
-    /// [`crate::RejectReason::Fenced`]: work done after it expired was not protected.
+    /// [`crate::RejectReason::Fenced`]: work done after it expired was not protected. If this
+    /// future is dropped before the store answers, the guard's drop fallback still frees the
+    /// lease.
     pub async fn release(mut self) -> Result<()> {
         drop(self.registration.take());
         let token = self.authority.token();
         let store = &self.sentinel.inner.store;
         let id = &self.id;
-        let released = match self
+        let (answer, retried) = self
             .sentinel
-            .call("release", || store.release_lease(id, token))
-            .await
-        {
+            .call_retried("release", || store.release_lease(id, token))
+            .await;
+        let released = match answer {
             // Already free: an earlier attempt of this release was applied.
             Err(Error::Rejected(r)) if r.reason == RejectReason::NotFound => Ok(()),
+            // An earlier attempt may have been applied, and someone took the free lease before
+            // the retry: the history says whether this token was released.
+            Err(Error::Rejected(r)) if retried && r.reason == RejectReason::Fenced => {
+                if self.sentinel.lease_released(id, token).await? {
+                    Ok(())
+                } else {
+                    Err(Error::Rejected(r))
+                }
+            }
             other => other,
         };
+        self.released = !matches!(&released, Err(error) if error.is_transient());
         if released.is_ok() {
             self.sentinel.inner.telemetry.transition(
                 Keyspace::Lease,
@@ -158,10 +173,10 @@ impl LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        let Some(registration) = self.registration.take() else {
+        if self.released {
             return;
-        };
-        drop(registration);
+        }
+        drop(self.registration.take());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = Arc::clone(&self.sentinel.inner.store);
             let id = self.id.clone();
@@ -247,6 +262,7 @@ impl Sentinel {
                     id,
                     authority,
                     registration: Some(registration),
+                    released: false,
                     sentinel: self.clone(),
                 })
             }
@@ -260,6 +276,28 @@ impl Sentinel {
                 lease_expires_at,
             },
         })
+    }
+
+    /// Whether `token`'s lease on `id` was released: a `lease_released` event with that token
+    /// in the lease's history (each token is granted once and released at most once).
+    async fn lease_released(&self, id: &RecordId, token: FencingToken) -> Result<bool> {
+        let store = &self.inner.store;
+        let mut query = HistoryQuery::default();
+        loop {
+            let page = self
+                .call("history", || store.history(Keyspace::Lease, id, &query))
+                .await?;
+            if page
+                .iter()
+                .any(|e| e.kind == EventKind::LeaseReleased && e.token == token)
+            {
+                return Ok(true);
+            }
+            match page.last() {
+                Some(last) if page.len() >= query.limit as usize => query.after = Some(last.id),
+                _ => return Ok(false),
+            }
+        }
     }
 
     /// Takes the lease `key`, runs `work` with its authority, and releases it.

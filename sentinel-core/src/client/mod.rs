@@ -292,7 +292,21 @@ impl Sentinel {
     }
 
     /// Runs one store call with the client's timeout, trying again on transient failures.
-    async fn call<T, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        self.call_retried(operation, attempt).await.0
+    }
+
+    /// [`Self::call`], and whether an attempt before the last one failed transiently: it may
+    /// have been applied, and a refusal of the last one may then be the store having done it.
+    async fn call_retried<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> (Result<T>, bool)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
@@ -322,7 +336,7 @@ impl Sentinel {
                     pause = pause.saturating_mul(2);
                     tries += 1;
                 }
-                answer => return answer,
+                answer => return (answer, tries > 1),
             }
         }
     }

@@ -11,11 +11,13 @@ use tracing::Instrument;
 use super::Sentinel;
 use super::observe::TransitionKind;
 use super::outcome_of;
-use crate::error::{InvalidInput, Result};
+use crate::error::{Error, InvalidInput, Result};
 use crate::event::Event;
 use crate::execution::ExecutionRecord;
+use crate::execution::ExecutionState;
 use crate::key::{Key, Keyspace, RecordId};
 use crate::lease::LeaseRecord;
+use crate::rejection::RejectReason;
 use crate::store::{HistoryQuery, LeaseListQuery, ListFilter, ListQuery, Page};
 use crate::token::FencingToken;
 
@@ -51,9 +53,12 @@ impl Sentinel {
 
     /// The execution record of `key`, if any.
     pub async fn inspect(&self, key: &str) -> Result<Option<ExecutionRecord>> {
-        let id = self.record_id(key)?;
+        self.inspect_id(&self.record_id(key)?).await
+    }
+
+    async fn inspect_id(&self, id: &RecordId) -> Result<Option<ExecutionRecord>> {
         let store = &self.inner.store;
-        self.call("inspect", || store.inspect(&id)).await
+        self.call("inspect", || store.inspect(id)).await
     }
 
     /// Starts resolving an uncertain execution: fences out its worker with a new token (a late
@@ -62,6 +67,9 @@ impl Sentinel {
     /// Refused while the execution is alive, or when it is not `executing`. Then check the
     /// downstream system and finish with [`Sentinel::force_complete`] (it happened) or
     /// [`Sentinel::reset_to_claimed`] (it did not: run it again).
+    ///
+    /// Safe to retry: when an attempt's reply is lost, the client's retry recognises the
+    /// reconciliation as this client's own and returns its token.
     ///
     /// ```
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -91,13 +99,32 @@ impl Sentinel {
         let id = self.record_id(key)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        let token = self
-            .operate(
-                "reconcile",
-                &id,
-                self.call("reconcile", || store.reconcile(&id, owner)),
-            )
-            .await?;
+        let call = async {
+            match self
+                .call_retried("reconcile", || store.reconcile(&id, owner))
+                .await
+            {
+                // An earlier attempt may have been applied and its reply lost: the retry then
+                // finds the record reconciling. If this client is the one reconciling it, that
+                // is the reconciliation asked for.
+                (Err(Error::Rejected(refused)), true)
+                    if refused.reason == RejectReason::WrongState
+                        && refused.state == Some(ExecutionState::Reconciling) =>
+                {
+                    match self.inspect_id(&id).await? {
+                        Some(record)
+                            if record.state == ExecutionState::Reconciling
+                                && record.owner == *owner =>
+                        {
+                            Ok(record.token)
+                        }
+                        _ => Err(Error::Rejected(refused)),
+                    }
+                }
+                (answer, _) => answer,
+            }
+        };
+        let token = self.operate("reconcile", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, %token, "reconciling");
         self.observed(&id, TransitionKind::Reconciled, Some(token));
         Ok(token)
@@ -120,11 +147,39 @@ impl Sentinel {
     }
 
     /// Resolves a reconciling execution by returning it to `claimed`: the next `once` runs it again.
+    ///
+    /// Safe to retry: when an attempt's reply is lost, the client's retry recognises the record
+    /// this client reset. (If a worker claimed the key between the two attempts, the retry is
+    /// reported as refused although the reset happened: the key is running again either way.)
     pub async fn reset_to_claimed(&self, key: &str) -> Result<()> {
         let id = self.record_id(key)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        let call = self.call("reset_to_claimed", || store.reset_to_claimed(&id, owner));
+        let call = async {
+            match self
+                .call_retried("reset_to_claimed", || store.reset_to_claimed(&id, owner))
+                .await
+            {
+                // An earlier attempt may have been applied and its reply lost: the retry then
+                // finds the record claimed. If the claim is this client's reset (its owner, and
+                // no claim call's request id), that is the reset asked for.
+                (Err(Error::Rejected(refused)), true)
+                    if refused.reason == RejectReason::WrongState =>
+                {
+                    match self.inspect_id(&id).await? {
+                        Some(record)
+                            if record.state == ExecutionState::Claimed
+                                && record.owner == *owner
+                                && record.request_id.is_none() =>
+                        {
+                            Ok(())
+                        }
+                        _ => Err(Error::Rejected(refused)),
+                    }
+                }
+                (answer, _) => answer,
+            }
+        };
         self.operate("reset_to_claimed", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "reset to claimed");
         self.observed(&id, TransitionKind::Reset, None);

@@ -125,6 +125,8 @@ pub struct Faults {
     pub lost_reset_replies: AtomicUsize,
     /// The next this-many lease releases are applied, then answered as if the connection broke.
     pub lost_release_replies: AtomicUsize,
+    /// The next this-many lease releases fail as if the store were unreachable, applying nothing.
+    pub failed_releases: AtomicUsize,
 }
 
 impl Faults {
@@ -188,6 +190,9 @@ impl Decorator for Faults {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
+        if take_one(&self.failed_releases) {
+            return Err(unavailable("connection refused"));
+        }
         let answer = store.release_lease(id, token).await;
         lose_reply(&self.lost_release_replies, answer)
     }
