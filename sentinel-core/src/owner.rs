@@ -57,17 +57,26 @@ fn hostname() -> String {
     )
 }
 
-/// The host part of a generated owner id from the machine's name as read: trimmed, at most 200
-/// characters (room for ":pid:random" inside the owner id limit), and `localhost` when there is
-/// none or it could not be part of an owner id (empty, or holding U+0000).
+/// The host part of a generated owner id from the machine's name as read: trimmed, cut to at most
+/// [`MAX_HOST_BYTES`] bytes at a character boundary (room for ":pid:random" inside the owner id
+/// limit), and `localhost` when there is none or it could not be part of an owner id (empty, or
+/// holding U+0000).
 fn host_part(name: Option<String>) -> String {
-    name.map(|h| h.trim().to_owned())
+    let mut host = name
+        .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty() && !h.contains('\0'))
-        .unwrap_or_else(|| "localhost".to_owned())
-        .chars()
-        .take(200)
-        .collect()
+        .unwrap_or_else(|| "localhost".to_owned());
+    let mut end = host.len().min(MAX_HOST_BYTES);
+    while !host.is_char_boundary(end) {
+        end -= 1;
+    }
+    host.truncate(end);
+    host
 }
+
+/// The longest host part of a generated owner id, in bytes: with ":<pid>:<8 hex digits>" (at
+/// most 20 bytes) it stays under [`MAX_OWNER_BYTES`].
+const MAX_HOST_BYTES: usize = 200;
 
 impl TryFrom<String> for OwnerId {
     type Error = InvalidInput;
@@ -202,7 +211,19 @@ mod tests {
         assert_eq!(host_part(None), "localhost");
         assert_eq!(host_part(Some("  \n".to_owned())), "localhost");
         assert_eq!(host_part(Some("we\0b".to_owned())), "localhost");
-        assert_eq!(host_part(Some("é".repeat(300))), "é".repeat(200));
+        // Cut in bytes, at a character boundary: "é" is two bytes, "€" three.
+        assert_eq!(host_part(Some("é".repeat(300))), "é".repeat(100));
+        assert_eq!(host_part(Some("€".repeat(100))), "€".repeat(66));
+        let long = format!(
+            "{}:{}:{:08x}",
+            host_part(Some("€".repeat(100))),
+            u32::MAX,
+            u32::MAX
+        );
+        assert!(
+            OwnerId::new(long).is_ok(),
+            "a generated id within the limit"
+        );
     }
 
     #[test]

@@ -644,3 +644,30 @@ fn a_client_used_again_on_a_new_runtime_still_renews() {
         guard.release().await.unwrap();
     });
 }
+
+#[test]
+fn the_builder_refuses_a_zero_call_timeout_and_a_zero_retention() {
+    let refused = |builder: sentinel_core::SentinelBuilder| match builder.build() {
+        Err(Error::InvalidInput(sentinel_core::InvalidInput::Malformed { what, .. })) => what,
+        other => panic!("expected a malformed setting, got {other:?}"),
+    };
+    let store = MemoryStore::new;
+    assert_eq!(
+        refused(
+            Sentinel::builder(store())
+                .retries(3, Duration::from_millis(1))
+                .call_timeout(Duration::ZERO)
+        ),
+        "call timeout"
+    );
+    assert_eq!(
+        refused(Sentinel::builder(store()).retention(Duration::ZERO)),
+        "retention"
+    );
+    assert!(
+        Sentinel::builder(store())
+            .retention(Duration::from_secs(1))
+            .build()
+            .is_ok()
+    );
+}

@@ -163,7 +163,9 @@ impl SentinelBuilder {
     /// Keeps completed records for `retention`, then purges them: once the client is in use, a
     /// background task removes completed records older than `retention` from the namespace, in
     /// bounded batches, every quarter of `retention` (at most hourly, at least every second).
-    /// Uncertain and reconciling records are never purged. Off by default.
+    /// Uncertain and reconciling records are never purged. Off by default; zero is refused by
+    /// [`Self::build`]. Keep it longer than any redelivery of your messages can come: a message
+    /// delivered again after its result was purged runs the work again.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
         self
@@ -177,6 +179,16 @@ impl SentinelBuilder {
             return Err(InvalidInput::Malformed {
                 what: "call timeout",
                 detail: "must be above zero".to_owned(),
+            }
+            .into());
+        }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            // Every completed result would be purged as it is written, and replays would run
+            // the work again.
+            return Err(InvalidInput::Malformed {
+                what: "retention",
+                detail: "must be above zero: it is how long completed results are replayed"
+                    .to_owned(),
             }
             .into());
         }

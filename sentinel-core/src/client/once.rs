@@ -165,7 +165,9 @@ pub enum Once<T> {
         token: FencingToken,
     },
     /// The work ran here and failed. If it said nothing was applied the key is claimable again;
-    /// otherwise the execution is uncertain.
+    /// otherwise the execution is uncertain. (If the store cannot be reached to record that,
+    /// the client keeps trying in the background for about a minute; until it gets through, the
+    /// key shows as in progress, then uncertain, and never as claimable.)
     Failed {
         /// The work's error and disposition.
         failure: Failure,
