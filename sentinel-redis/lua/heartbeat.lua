@@ -5,7 +5,9 @@
 -- rejection. Mirrors ExecutionCommand::Heartbeat and LeaseCommand::Renew.
 -- On Redis Cluster the store sends one call per hash slot, so every key here is in one slot.
 local now = clock(ARGV[1])
-local out = {}
+-- Every record is read and judged before the first write: a record that cannot be decoded fails
+-- the whole call with nothing renewed, never after renewing the ones before it.
+local out, writes = {}, {}
 for i = 1, #KEYS do
   local kind = ARGV[1 + 2 * i]
   local token = arg_token(2 + 2 * i)
@@ -28,13 +30,16 @@ for i = 1, #KEYS do
     local lease = str(renewed(r, now))
     if lease ~= r.lease then
       if kind == 'e' then
-        redis.call('HSET', KEYS[i], 'lease', lease,
-          'c', compact(r.state, r.fp, r.token, lease, r.seq, r.rid, nil, nil))
+        writes[#writes + 1] = {KEYS[i], 'lease', lease,
+          'c', compact(r.state, r.fp, r.token, lease, r.seq, r.rid, nil, nil)}
       else
-        redis.call('HSET', KEYS[i], 'lease', lease)
+        writes[#writes + 1] = {KEYS[i], 'lease', lease}
       end
     end
     out[i] = {'renewed', lease}
   end
+end
+for _, w in ipairs(writes) do
+  redis.call('HSET', unpack(w))
 end
 return out

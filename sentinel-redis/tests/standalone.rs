@@ -657,6 +657,43 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     )
     .await;
 
+    // A heartbeat carrying a corrupt record among good ones fails as a whole, and renews none of
+    // them: every record is judged before the first write.
+    let good = id("renewed-before-the-corrupt-one");
+    let renewable = Ttl::with_hard(Duration::from_secs(30), Duration::from_secs(600)).unwrap();
+    let gg = grant(
+        store
+            .claim(&good, &claim("a", renewable, true))
+            .await
+            .unwrap(),
+    );
+    let (good_hash, _) = store.key_names(Keyspace::Execution, &good);
+    let before: std::collections::HashMap<String, String> = conn.hgetall(&good_hash).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let renewals = [
+        Renewal {
+            keyspace: Keyspace::Execution,
+            id: good.clone(),
+            token: gg.token,
+        },
+        Renewal {
+            keyspace: Keyspace::Execution,
+            id: id("unknown-state"),
+            token: g.token,
+        },
+    ];
+    let failed = store.heartbeat(&renewals).await;
+    assert!(
+        matches!(failed, Err(Error::CorruptRecord { .. })),
+        "{failed:?}"
+    );
+    let after: std::collections::HashMap<String, String> = conn.hgetall(&good_hash).await.unwrap();
+    assert_eq!(before, after, "the good record was not renewed either");
+    assert!(store.heartbeat(&renewals[..1]).await.unwrap()[0].is_ok());
+    let renewed: std::collections::HashMap<String, String> =
+        conn.hgetall(&good_hash).await.unwrap();
+    assert_ne!(before["lease"], renewed["lease"], "renewed alone");
+
     // A foreign key in place of the history stream: the XADD fails first, nothing is written.
     let k = id("foreign-stream");
     let (hash, stream) = store.key_names(Keyspace::Execution, &k);
