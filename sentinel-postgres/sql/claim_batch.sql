@@ -1,5 +1,6 @@
 -- claim_batch: several concurrent claims in one statement (src/batch.rs), each by the same
--- function as sql/claim.sql, so THE RULE STILL LIVES IN migrations/0005_lean_functions.sql.
+-- function as sql/claim.sql, so THE RULE STILL LIVES IN
+-- migrations/0006_claim_reads_the_clock_first.sql.
 --
 -- $1 namespaces, $2 keys, $3 owners, $4 ttls µs, $5 hard ttls µs, $6 starts, $7 request ids,
 -- $8 fingerprints (parallel arrays, one element per claim, sorted by namespace and key), $9

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[EmbeddedMigration] = &[
         description: "lean functions",
         sql: include_str!("../migrations/0005_lean_functions.sql"),
     },
+    EmbeddedMigration {
+        version: 6,
+        description: "claim reads the clock first",
+        sql: include_str!("../migrations/0006_claim_reads_the_clock_first.sql"),
+    },
 ];
 
 /// A sqlx [`Migrator`] that creates or upgrades Sentinel's tables in `schema`, for applications
@@ -165,8 +170,29 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            [(3, "claim"), (4, "claim"), (5, "claim"), (5, "complete")],
+            [
+                (3, "claim"),
+                (4, "claim"),
+                (5, "claim"),
+                (5, "complete"),
+                (6, "claim")
+            ],
             "the functions that log events"
+        );
+        // The claim in force (the last version's) reads the clock before the record, so an
+        // answer of its plain read is never judged at a time later than the read
+        // (migrations/0006_claim_reads_the_clock_first.sql).
+        let claim = functions
+            .iter()
+            .rev()
+            .find(|(_, f)| f.starts_with("claim("))
+            .map(|(_, f)| *f)
+            .unwrap_or_default();
+        let clock = claim.find("now_us := coalesce(p_now,");
+        let read = claim.find("FROM %1$I.executions AS e\n     WHERE");
+        assert!(
+            matches!((clock, read), (Some(c), Some(r)) if c < r),
+            "the claim in force reads the record before the clock"
         );
         for (version, function) in functions {
             assert!(
