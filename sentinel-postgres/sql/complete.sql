@@ -9,6 +9,7 @@
 -- written), 'not_found', 'fenced', 'wrong_state' (the last two logged as 'completion_rejected'),
 -- 'retry' (the record changed under the update: send again).
 --
--- Also run inside the caller's own transaction by PostgresStore::complete_in.
+-- Run inside the caller's own transaction by PostgresStore::complete_in through
+-- sql/complete_in.sql, which calls the same function under READ COMMITTED only.
 SELECT c.verdict, c.state, c.token
 FROM {schema}.complete($1, $2, $3, $4, $5, '{channel}') AS c

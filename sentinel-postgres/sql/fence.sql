@@ -9,11 +9,21 @@
 -- fence can never land after a takeover. Heartbeats, start and a complete that applies (only the
 -- fenced token can complete; completing hands the key to nobody) lock FOR NO KEY UPDATE, which
 -- does not conflict: the holder keeps renewing meanwhile.
+--
+-- Only under READ COMMITTED (PostgreSQL runs READ UNCOMMITTED as READ COMMITTED), where the
+-- statement judges the latest committed version of the row. Under REPEATABLE READ or
+-- SERIALIZABLE it would judge the version of the transaction's snapshot, which the heartbeats
+-- it lets through keep replacing: a lease renewed since then looks expired, a start since then
+-- looks claimed, and complete_in later fails to serialize. Such a transaction gets the verdict
+-- 'not_read_committed' (with its level in `isolation`): the row is not locked, nothing else is
+-- read and nothing is written. The level is checked in this statement, so the check costs no
+-- round trip.
 WITH
 locked AS MATERIALIZED (
     SELECT e.state, e.token, e.lease_expires_at
     FROM {schema}.executions AS e
     WHERE e.namespace = $1 AND e.key = $2
+      AND current_setting('transaction_isolation') IN ('read committed', 'read uncommitted')
     FOR KEY SHARE
 ),
 timed AS MATERIALIZED (
@@ -21,11 +31,14 @@ timed AS MATERIALIZED (
     FROM locked AS l
 )
 SELECT CASE
+           WHEN i.isolation NOT IN ('read committed', 'read uncommitted')
+               THEN 'not_read_committed'
            WHEN t.state IS NULL THEN 'not_found'
            WHEN t.token <> $4 THEN 'fenced'
            WHEN t.state <> 'executing' THEN 'wrong_state'
            WHEN NOT ({schema}.at_micros(t.now_us) < t.lease_expires_at) THEN 'expired'
            ELSE 'held'
        END AS verdict,
-       t.state, t.token
-FROM timed AS t
+       t.state, t.token, i.isolation
+FROM (SELECT current_setting('transaction_isolation') AS isolation) AS i
+LEFT JOIN timed AS t ON true

@@ -7,7 +7,7 @@
 //!   record and appends its event (data-modifying CTEs), in one atomic step. A fresh `once()`
 //!   costs two statements (claim-and-start, complete), a cached one a single read that takes no
 //!   lock and writes nothing, a heartbeat tick one statement for everything the client holds.
-//!   The claim and complete statements call PL/pgSQL functions (migration 5), where their
+//!   The claim and complete statements call PL/pgSQL functions (migrations 5 and 6), where their
 //!   rules live: a cached or busy answer is one plain read, only a grant runs the writes, and a
 //!   completion that applies is one update and its event.
 //! - **Concurrent calls share statements.** Under load, claims waiting for one of the store's
@@ -22,7 +22,8 @@
 //!   a [`sentinel_core::ManualClock`] (tests), whose time the same SQL takes as a parameter.
 //! - **Fencing downstream**: [`PostgresStore::fence`] checks a token inside your own transaction
 //!   and holds the record until you commit; [`PostgresStore::complete_in`] commits the result with
-//!   your own writes (see [`fence`]).
+//!   your own writes. The transaction must be READ COMMITTED (any other level is refused), and
+//!   must be committed inside the work, before it returns `Ok` (see [`fence`]).
 //! - **Embedded migrations** in a schema of their own (`sentinel` by default), with their own
 //!   history table, safe when several processes start at once ([`migrate`], [`migrator`]).
 //!

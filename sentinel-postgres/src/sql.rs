@@ -44,6 +44,7 @@ statements!(
     heartbeat,
     complete,
     complete_batch,
+    complete_in,
     abort,
     reconcile,
     force_complete,
@@ -67,7 +68,7 @@ statements!(
 /// inserted, if it is watched (`w.watched`), when the transaction commits; its payload is
 /// [`crate::notify::digest`] of the record's namespace and key. Every statement that logs an
 /// execution event returns it (`RETURNING (SELECT {notify} FROM … AS w …)`); the claim and
-/// complete functions (migrations/0005_lean_functions.sql) call the same `pg_notify` themselves.
+/// complete functions (migrations 5 and 6) call the same `pg_notify` themselves.
 const NOTIFY: &str = "CASE WHEN w.watched
                            THEN pg_notify('{channel}',
                                           md5(convert_to(ev.namespace, 'UTF8') || decode('00', 'hex')
@@ -111,6 +112,8 @@ mod tests {
         assert!(statements.claim.contains("'sentinel_tenant_7'"));
         assert!(statements.complete.contains("\"tenant_7\".complete("));
         assert!(statements.complete.contains("'sentinel_tenant_7'"));
+        assert!(statements.complete_in.contains("\"tenant_7\".complete("));
+        assert!(statements.complete_in.contains("'sentinel_tenant_7'"));
         assert!(statements.abort.contains("\"tenant_7\".executions"));
         assert!(statements.abort.contains("pg_notify('sentinel_tenant_7'"));
         let channel = notify::channel(&schema);

@@ -393,8 +393,9 @@ impl PostgresStore {
     }
 
     /// Sends the complete statement through `via` (the store's pool, in a batch under load, or
-    /// the caller's transaction for [`PostgresStore::complete_in`]), again while the verdict is
-    /// `retry`: the record changed after the update's snapshot, and the next statement sees it.
+    /// the caller's transaction for [`PostgresStore::complete_in`], where `sql/complete_in.sql`
+    /// refuses a transaction that is not READ COMMITTED), again while the verdict is `retry`: the
+    /// record changed after the update's snapshot, and the next statement sees it.
     pub(crate) async fn send_complete(
         &self,
         mut via: Via<'_>,
@@ -405,8 +406,12 @@ impl PostgresStore {
     ) -> Result<()> {
         let result = json_text(result)?;
         for _ in 0..RACE_ATTEMPTS {
+            let sql = match via {
+                Via::Pool => &self.statements().complete,
+                Via::Transaction(_) => &self.statements().complete_in,
+            };
             let statement = || {
-                query(&self.statements().complete)
+                query(sql)
                     .bind(id.namespace.as_str())
                     .bind(id.key.as_str())
                     .bind(self.manual_now())
@@ -432,6 +437,7 @@ impl PostgresStore {
                     .await?
                 }
             };
+            crate::fence::check_isolation(row.as_ref(), operation)?;
             if let Some(row) = &row
                 && required::<String>(row, "verdict")? == "retry"
             {

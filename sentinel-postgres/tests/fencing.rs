@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{PgFactory, claim, granted, id, lease, manual_store};
 use sentinel_core::{
     Acquisition, CoordinationStore, Error, EventKind, ExecutionState, Failure, HistoryQuery,
-    Keyspace, Once, OwnerId, RejectReason, Sentinel,
+    InvalidInput, Keyspace, Once, OwnerId, RejectReason, Renewal, Sentinel,
 };
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
@@ -594,4 +594,289 @@ async fn the_readme_pattern_charges_exactly_once() {
         kinds(&store, &id("payments", "order-8")).await,
         [EventKind::Claimed, EventKind::Completed]
     );
+}
+
+/// Opens a transaction on `store`'s pool at isolation `level` (`SET TRANSACTION`, as its first
+/// statement).
+async fn begin_at(store: &PostgresStore, level: &str) -> sqlx::PgTransaction<'static> {
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "SET TRANSACTION ISOLATION LEVEL {level}"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx
+}
+
+/// Asserts that `error` is the refusal of a transaction at `level` (lower case, as PostgreSQL
+/// names it) by `operation`.
+fn assert_not_read_committed(error: Error, operation: &str, level: &str) {
+    match &error {
+        Error::InvalidInput(InvalidInput::Malformed { what, detail }) => {
+            assert_eq!(*what, "transaction isolation");
+            assert!(
+                detail.contains(operation) && detail.contains(level),
+                "the refusal names the helper and the level: {detail}"
+            );
+        }
+        other => panic!("expected the refusal of a {level} transaction, got {other:?}"),
+    }
+}
+
+/// Whether the row of `id` in `table` can be locked FOR UPDATE right now by another transaction
+/// (a takeover would not wait).
+async fn lockable(store: &PostgresStore, table: &str, id: &sentinel_core::RecordId) -> bool {
+    let statement = format!(
+        "SELECT 1 FROM \"{}\".{table} WHERE namespace = $1 AND key = $2 FOR UPDATE NOWAIT",
+        store.schema()
+    );
+    sqlx::query(AssertSqlSafe(statement))
+        .bind(id.namespace.as_str())
+        .bind(id.key.as_str())
+        .execute(store.pool())
+        .await
+        .is_ok()
+}
+
+/// Under REPEATABLE READ or SERIALIZABLE a statement judges the transaction's snapshot, which the
+/// heartbeats keep replacing: the fence would see a stale lease and complete_in would fail to
+/// serialize after any heartbeat. The three helpers refuse such a transaction in their own
+/// statement, before they lock or write anything; the transaction itself stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_and_complete_in_refuse_a_transaction_that_is_not_read_committed() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let table = payments(&store).await;
+    let order = id("pay", "order-10");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let job = id("jobs", "hourly");
+    let Acquisition::Acquired(held) = store
+        .acquire_lease(&job, &lease("a", 60_000))
+        .await
+        .unwrap()
+    else {
+        panic!("a free lease is granted");
+    };
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    let held_lease = store.inspect_lease(&job).await.unwrap().unwrap();
+
+    for (level, named) in [
+        ("REPEATABLE READ", "repeatable read"),
+        ("SERIALIZABLE", "serializable"),
+    ] {
+        let mut tx = begin_at(&store, level).await;
+        let error = store.fence(&mut tx, &order, token).await.unwrap_err();
+        assert_not_read_committed(error, "fence", named);
+        assert!(
+            lockable(&store, "executions", &order).await,
+            "{level}: a refused fence locks nothing"
+        );
+        let error = store
+            .fence_lease(&mut tx, &job, held.token)
+            .await
+            .unwrap_err();
+        assert_not_read_committed(error, "fence_lease", named);
+        assert!(
+            lockable(&store, "leases", &job).await,
+            "{level}: a refused lease fence locks nothing"
+        );
+        let error = store
+            .complete_in(&mut tx, &order, token, &json!("r"))
+            .await
+            .unwrap_err();
+        assert_not_read_committed(error, "complete_in", named);
+        assert!(
+            lockable(&store, "executions", &order).await,
+            "{level}: a refused complete_in locks nothing"
+        );
+        // The refusals did not abort the transaction: it runs on and commits, with nothing of
+        // Sentinel's in it.
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} VALUES ($1, 1, $2)"
+        )))
+        .bind(named)
+        .bind(token.get())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.inspect(&order).await.unwrap().unwrap(), record);
+        assert_eq!(
+            store.inspect_lease(&job).await.unwrap().unwrap(),
+            held_lease
+        );
+        assert_eq!(kinds(&store, &order).await, [EventKind::Claimed]);
+    }
+    assert_eq!(count(&store, &table).await, 2);
+
+    // READ UNCOMMITTED is READ COMMITTED in PostgreSQL: accepted.
+    let mut tx = begin_at(&store, "READ UNCOMMITTED").await;
+    store.fence(&mut tx, &order, token).await.unwrap();
+    store.fence_lease(&mut tx, &job, held.token).await.unwrap();
+    tx.rollback().await.unwrap();
+    // And READ COMMITTED, said explicitly, works as before.
+    let mut tx = begin_at(&store, "READ COMMITTED").await;
+    store.fence(&mut tx, &order, token).await.unwrap();
+    store.fence_lease(&mut tx, &job, held.token).await.unwrap();
+    assert!(
+        !lockable(&store, "executions", &order).await,
+        "the fence holds the record"
+    );
+    store
+        .complete_in(&mut tx, &order, token, &json!("r"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Completed);
+    assert_eq!(record.result, Some(json!("r")));
+    assert_eq!(
+        kinds(&store, &order).await,
+        [EventKind::Claimed, EventKind::Completed]
+    );
+}
+
+/// The review's scenario on the server clock: a heartbeat renews the record between the fence
+/// and complete_in. Under READ COMMITTED that is harmless (the completion judges the latest
+/// version); a SERIALIZABLE transaction, which would fail to serialize there, is refused at the
+/// fence, before the side effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_between_fence_and_complete_in_is_harmless_under_read_committed() {
+    let factory = factory!();
+    let store = factory.store(sentinel_core::TimeSource::Server).await;
+    let order = id("pay", "order-11");
+    let token = granted(
+        store
+            .claim(&order, &claim("worker-a", 60_000, true))
+            .await
+            .unwrap(),
+    );
+    let renewals = [Renewal {
+        keyspace: Keyspace::Execution,
+        id: order.clone(),
+        token,
+    }];
+
+    let mut tx = begin_at(&store, "SERIALIZABLE").await;
+    let error = store.fence(&mut tx, &order, token).await.unwrap_err();
+    assert_not_read_committed(error, "fence", "serializable");
+    tx.rollback().await.unwrap();
+
+    let mut tx = store.pool().begin().await.unwrap();
+    store.fence(&mut tx, &order, token).await.unwrap();
+    let before = store
+        .inspect(&order)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at;
+    let renewed = tokio::time::timeout(Duration::from_secs(5), store.heartbeat(&renewals))
+        .await
+        .expect("a heartbeat does not wait for a fence")
+        .unwrap();
+    assert!(
+        matches!(renewed[0], Ok(expiry) if expiry > before),
+        "{renewed:?}"
+    );
+    store
+        .complete_in(&mut tx, &order, token, &json!("r"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let record = store.inspect(&order).await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Completed);
+    assert_eq!(record.result, Some(json!("r")));
+}
+
+/// The README pattern in a SERIALIZABLE transaction, with a heartbeat renewing the record between
+/// the fence and complete_in. Unchecked, complete_in failed to serialize there and the key was
+/// left uncertain although nothing was charged. Now the fence refuses the transaction before the
+/// side effect, the work fails saying nothing was applied, and the key is claimable again; the
+/// same work in a READ COMMITTED transaction then charges once, through the same heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_pattern_in_a_serializable_transaction_fails_cleanly() {
+    let factory = factory!();
+    let store = factory.store(sentinel_core::TimeSource::Server).await;
+    let table = payments(&store).await;
+    let sentinel = Sentinel::builder(store.clone())
+        .namespace("payments")
+        .hard_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+
+    let charge = |level: &'static str| {
+        let store = store.clone();
+        let table = table.clone();
+        move |ctx: sentinel_core::ExecutionContext| async move {
+            let id = sentinel_core::RecordId::new(ctx.namespace().clone(), ctx.key().clone());
+            let mut tx = store.pool().begin().await.map_err(Failure::not_applied)?;
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "SET TRANSACTION ISOLATION LEVEL {level}"
+            )))
+            .execute(&mut *tx)
+            .await
+            .map_err(Failure::not_applied)?;
+            store
+                .fence(&mut tx, &id, ctx.token())
+                .await
+                .map_err(Failure::not_applied)?;
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO {table} (order_id, amount, fence) VALUES ($1, 1200, $2)"
+            )))
+            .bind(ctx.key().as_str())
+            .bind(ctx.token().get())
+            .execute(&mut *tx)
+            .await
+            .map_err(Failure::not_applied)?;
+            // A heartbeat tick lands here and renews the record.
+            let renewals = [Renewal {
+                keyspace: Keyspace::Execution,
+                id: id.clone(),
+                token: ctx.token(),
+            }];
+            let renewed = store
+                .heartbeat(&renewals)
+                .await
+                .map_err(Failure::not_applied)?;
+            assert!(renewed[0].is_ok(), "{renewed:?}");
+            let receipt = format!("ch_{}", ctx.token());
+            store
+                .complete_in(&mut tx, &id, ctx.token(), &json!(receipt))
+                .await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(receipt)
+        }
+    };
+
+    let refused: Once<String> = sentinel
+        .once("order-12", charge("SERIALIZABLE"))
+        .await
+        .unwrap();
+    match &refused {
+        Once::Failed { failure, .. } => {
+            assert!(failure.is_not_applied(), "{failure}");
+            assert!(failure.to_string().contains("READ COMMITTED"), "{failure}");
+        }
+        other => panic!("expected a clean failure, got {}", other.kind()),
+    }
+    assert_eq!(count(&store, &table).await, 0);
+    let order = id("payments", "order-12");
+    assert_ne!(
+        store.inspect(&order).await.unwrap().unwrap().state,
+        ExecutionState::Executing,
+        "the key is not left uncertain"
+    );
+
+    let charged: Once<String> = sentinel
+        .once("order-12", charge("READ COMMITTED"))
+        .await
+        .unwrap();
+    assert!(charged.is_executed(), "{}", charged.kind());
+    assert_eq!(count(&store, &table).await, 1);
 }
