@@ -8,14 +8,14 @@ mod support;
 use std::time::Duration;
 
 use sentinel_core::{
-    Error, EventKind, Keyspace, LeaseAttempt, LeaseOptions, Leased, LostReason, RecordId,
-    RejectReason, Sentinel,
+    CoordinationStore, Error, EventKind, Keyspace, LeaseAttempt, LeaseOptions, Leased, LostReason,
+    RecordId, RejectReason, Sentinel,
 };
 use sentinel_memory::MemoryStore;
 use support::{Renewals, TokioClock};
 
-fn clients(store: MemoryStore) -> (Sentinel, Sentinel) {
-    let build = |store: MemoryStore| {
+fn clients<S: CoordinationStore + Clone>(store: S) -> (Sentinel, Sentinel) {
+    let build = |store: S| {
         Sentinel::builder(store)
             .namespace("jobs")
             .ttl(Duration::from_secs(1))
@@ -195,15 +195,8 @@ async fn a_release_sent_again_after_it_applied_succeeds() {
 /// Two clients of the lease namespace over one faulty memory store (manual clock).
 fn faulty_clients() -> (support::Faulty, Sentinel, Sentinel) {
     let store = support::faulty(MemoryStore::with_manual_clock().0);
-    let build = |store: support::Faulty| {
-        Sentinel::builder(store)
-            .namespace("jobs")
-            .ttl(Duration::from_secs(1))
-            .hard_ttl(Duration::from_secs(10))
-            .build()
-            .unwrap()
-    };
-    (store.clone(), build(store.clone()), build(store))
+    let (a, b) = clients(store.clone());
+    (store, a, b)
 }
 
 #[tokio::test(start_paused = true)]

@@ -73,11 +73,19 @@ async fn a_completion_that_meets_an_uncommitted_start_is_sent_again_and_applies(
 }
 
 /// How long the rival's backend is held just before it reads the clock.
-const PAUSE: Duration = Duration::from_millis(400);
+const PAUSE: Duration = Duration::from_millis(800);
 
-/// The holder's ttl: the rival claims 200 ms before the lease ends and the holder acts 100 ms
-/// before, while the rival is held; renewed then, the lease outlasts the rival's pause.
-const TTL_MS: u64 = 600;
+/// The holder's ttl: the rival claims [`RIVAL_BEFORE`] the lease ends and the holder acts
+/// [`ACT_BEFORE`] it, while the rival is held; renewed then, the lease outlasts the rival's pause.
+/// The margins (300 ms for the holder to act before its lease ends, 500 ms to finish before the
+/// rival answers) leave room for a loaded machine.
+const TTL_MS: u64 = 1500;
+
+/// How long before the holder's lease ends the rival claims.
+const RIVAL_BEFORE: Duration = Duration::from_millis(600);
+
+/// How long before the holder's lease ends the holder acts.
+const ACT_BEFORE: Duration = Duration::from_millis(300);
 
 /// A store on `time`, in a fresh schema whose `micros(timestamptz)` is replaced by one that, on
 /// a connection where the setting `sentinel_test.slow` is `on`, when it is given the current time
@@ -150,8 +158,8 @@ async fn sleep_until(store: &PostgresStore, at: Timestamp) {
 }
 
 /// The race at the end of a lease. The holder claims `key` and starts it (server clock, ttl
-/// [`TTL_MS`]); 200 ms before its lease ends a rival claims the key, on a connection held for
-/// [`PAUSE`] just before it reads the clock; 100 ms before the end, while the rival is held, the
+/// [`TTL_MS`]); [`RIVAL_BEFORE`] its lease ends a rival claims the key, on a connection held for
+/// [`PAUSE`] just before it reads the clock; [`ACT_BEFORE`] the end, while the rival is held, the
 /// holder runs `act` (a renewal, a completion), which must finish before the rival answers.
 /// Returns the holder's grant, the store and the rival's answer.
 ///
@@ -179,7 +187,7 @@ where
     };
     let end = grant.lease_expires_at;
 
-    sleep_until(&holder, end.saturating_sub(Duration::from_millis(200))).await;
+    sleep_until(&holder, end.saturating_sub(RIVAL_BEFORE)).await;
     slow_down(&rival).await;
     let started = Instant::now();
     let claiming = {
@@ -189,7 +197,7 @@ where
             (outcome, Instant::now())
         })
     };
-    sleep_until(&holder, end.saturating_sub(Duration::from_millis(100))).await;
+    sleep_until(&holder, end.saturating_sub(ACT_BEFORE)).await;
     act(holder.clone(), grant.token).await;
     let acted = Instant::now();
     let (outcome, answered) = claiming.await.unwrap();
