@@ -772,12 +772,17 @@ async fn a_claim_whose_every_reply_was_lost_is_given_up_not_left_uncertain() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_once_dropped_while_its_claim_is_unanswered_gives_the_claim_up() {
+async fn a_once_dropped_while_its_claim_is_unanswered_leaves_it_to_expire_uncertain() {
     // The claim is applied, its reply lost, and the caller's timeout drops `once` during the
-    // retry's pause: no code will run under that claim, so it must not turn uncertain.
-    let (memory, _clock) = MemoryStore::with_manual_clock();
+    // retry's pause. Meanwhile others are told the key is in progress and may let their
+    // deliveries go: the claim must not be made claimable behind their backs. It expires as
+    // uncertain, as a worker that died would, for the reconciler.
+    let (memory, clock) = MemoryStore::with_manual_clock();
     let store = support::faulty(memory);
-    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    let sentinel = Sentinel::builder(store.clone())
+        .ttl(Duration::from_secs(5))
+        .build()
+        .unwrap();
     store.lost_claim_replies.store(1, Ordering::SeqCst);
     let runs = AtomicUsize::new(0);
     let dropped = tokio::time::timeout(
@@ -789,23 +794,18 @@ async fn a_once_dropped_while_its_claim_is_unanswered_gives_the_claim_up() {
     )
     .await;
     assert!(dropped.is_err(), "dropped while the claim was unanswered");
+    let other: Once<u8> = sentinel.once("pay-3", |_| async { Ok(2) }).await.unwrap();
+    assert!(matches!(other, Once::InProgress { .. }), "{other:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(runs.load(Ordering::SeqCst), 0);
     assert_eq!(
         sentinel.inspect("pay-3").await.unwrap().unwrap().state,
         ExecutionState::Executing,
-        "the claim was applied"
+        "never given up behind the back of whoever was told it was in progress"
     );
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(
-        sentinel.inspect("pay-3").await.unwrap().unwrap().state,
-        ExecutionState::Claimed,
-        "given up as not applied, in the background"
-    );
-    let retried = sentinel
-        .once("pay-3", |_| async { Ok::<_, Failure>(2u8) })
-        .await
-        .unwrap();
-    assert!(retried.is_executed(), "{retried:?}");
+    clock.advance(Duration::from_secs(6));
+    let later: Once<u8> = sentinel.once("pay-3", |_| async { Ok(3) }).await.unwrap();
+    assert!(matches!(later, Once::Uncertain { .. }), "{later:?}");
 }
 
 #[tokio::test(start_paused = true)]

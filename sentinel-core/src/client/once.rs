@@ -543,21 +543,27 @@ impl Sentinel {
     }
 
     /// One claim, retried on transient failures with the same request id (a retry adopts the
-    /// grant of an attempt whose reply was lost). When every attempt failed, or when the caller
-    /// drops the `once` future while a claim is on its way, an attempt may still have been
-    /// applied — a claim no code will run under. A background task then looks for it and gives
-    /// it up as not applied, so it never shows up as a phantom uncertain execution.
+    /// grant of an attempt whose reply was lost). When every attempt failed, an attempt may still
+    /// have been applied — a claim no code will run under. A background task then looks for it and
+    /// gives it up as not applied, so it never shows up as a phantom uncertain execution: the
+    /// caller, told the claim failed, delivers its message again.
+    ///
+    /// A claim whose `once` future is dropped before the answer arrives is left as the store has
+    /// it: if it was applied, it expires as uncertain, as a worker that died would. Others may
+    /// have been told the key was in progress and let their deliveries go, so it is never made
+    /// claimable behind their backs.
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         let store = &self.inner.store;
-        let mut unheard = UnheardClaim {
-            store,
-            id,
-            request_id: Some(request.request_id),
-        };
         let claimed = self.call("claim", || store.claim(id, request)).await;
-        if !matches!(&claimed, Err(error) if error.is_transient()) {
-            // The answer arrived: a grant is now the caller's to run (or give up).
-            unheard.request_id = None;
+        if let Err(error) = &claimed
+            && error.is_transient()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(forget_claim(
+                Arc::clone(store),
+                id.clone(),
+                request.request_id,
+            ));
         }
         claimed
     }
@@ -697,30 +703,6 @@ impl Sentinel {
             Err(error) => {
                 tracing::warn!(%error, disposition = disposition.as_str(), "abort refused")
             }
-        }
-    }
-}
-
-/// Guards a claim on its way to the store: if it is dropped armed (the call failed transiently,
-/// or the `once` future was dropped mid-call), the claim may have been applied unheard, and
-/// [`forget_claim`] looks for it in the background.
-struct UnheardClaim<'a> {
-    store: &'a Arc<dyn CoordinationStore>,
-    id: &'a RecordId,
-    /// `None` once the claim's answer arrived.
-    request_id: Option<RequestId>,
-}
-
-impl Drop for UnheardClaim<'_> {
-    fn drop(&mut self) {
-        if let Some(request_id) = self.request_id
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(forget_claim(
-                Arc::clone(self.store),
-                self.id.clone(),
-                request_id,
-            ));
         }
     }
 }
