@@ -623,7 +623,7 @@ fn a_client_used_again_on_a_new_runtime_still_renews() {
     // The heartbeat task lives on the runtime that first needed it; when that runtime is gone,
     // the next execution or lease starts it again on its own runtime.
     let sentinel = Sentinel::builder(MemoryStore::new())
-        .ttl(Duration::from_millis(300))
+        .ttl(Duration::from_secs(1))
         .hard_ttl(Duration::from_secs(60))
         .build()
         .unwrap();
@@ -639,7 +639,7 @@ fn a_client_used_again_on_a_new_runtime_still_renews() {
     });
     runtime().block_on(async {
         let guard = sentinel.lease("second").await.unwrap().acquired().unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(3500)).await;
         assert!(guard.is_held(), "renewed past three ttls");
         guard.release().await.unwrap();
     });
@@ -669,5 +669,43 @@ fn the_builder_refuses_a_zero_call_timeout_and_a_zero_retention() {
             .retention(Duration::from_secs(1))
             .build()
             .is_ok()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_stays_on_notifications_when_the_holder_crosses_its_boundary() {
+    // The holder's begin() (claimed to executing, same token) wakes the waiter at once: a real
+    // change, not a store waking it for nothing, so it keeps waiting on notifications and learns
+    // of the completion as it happens (4 s in), not at its next poll (4.26 s with the polling
+    // backoff).
+    let store = MemoryStore::with_clock(TokioClock::new());
+    let holder = client(store.clone(), "holder");
+    let waiter = client(store, "waiter");
+    let started = tokio::time::Instant::now();
+    let holding = tokio::spawn(async move {
+        holder
+            .once_prepared("k", &OnceOptions::new(), |prep| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ctx = prep.begin().await?;
+                tokio::time::sleep(Duration::from_millis(4000)).await;
+                Ok::<_, Failure>(1u8)
+            })
+            .await
+    });
+    tokio::task::yield_now().await;
+    let outcome: Once<u8> = waiter
+        .once_with(
+            "k",
+            &OnceOptions::new().wait(Duration::from_secs(30)),
+            |_| async { unreachable!("the holder completes") },
+        )
+        .await
+        .unwrap();
+    let answered = started.elapsed();
+    assert!(holding.await.unwrap().unwrap().is_executed());
+    assert!(outcome.is_cached(), "{outcome:?}");
+    assert!(
+        answered < Duration::from_millis(4055),
+        "woken by the completion at 4005 ms, not by a poll: answered at {answered:?}"
     );
 }

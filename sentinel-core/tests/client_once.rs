@@ -838,6 +838,71 @@ async fn a_not_applied_failure_whose_abort_failed_is_given_up_in_the_background(
     assert!(retried.is_executed(), "{retried:?}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_completion_the_store_could_not_take_is_sent_again_in_the_background() {
+    // The work charged the card; the store is unreachable for longer than the client's own
+    // retries. The outcome says the completion was not recorded (uncertain, honestly), but the
+    // result is known and safe to send again: once the store is back it is recorded, and the key
+    // replays it instead of turning uncertain.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.failed_completions.store(5, Ordering::SeqCst);
+    let charged = sentinel
+        .once("pay-6", |_| async { Ok::<_, Failure>("ch_6".to_owned()) })
+        .await
+        .unwrap();
+    assert!(
+        matches!(charged, Once::CompletionFailed { .. }) && charged.is_uncertain(),
+        "{charged:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(store.failed_completions.load(Ordering::SeqCst), 0);
+    let replay: Once<String> = sentinel
+        .once("pay-6", |_| async { unreachable!("completed") })
+        .await
+        .unwrap();
+    assert_eq!(
+        replay.value().map(String::as_str),
+        Some("ch_6"),
+        "{replay:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_once_dropped_while_recording_its_outcome_still_records_it() {
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    // Dropped during the completion's retry pause: the result is recorded in the background.
+    store.failed_completions.store(1, Ordering::SeqCst);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(10),
+        sentinel.once("pay-7", |_| async { Ok::<_, Failure>(7u8) }),
+    )
+    .await;
+    assert!(dropped.is_err());
+    // Dropped during the abort's retry pause of a not-applied failure: the abort is recorded in
+    // the background, and the key is claimable, not left to turn uncertain.
+    store.failed_aborts.store(1, Ordering::SeqCst);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(10),
+        sentinel.once("pay-8", |_| async {
+            Err::<u8, _>(Failure::not_applied("declined"))
+        }),
+    )
+    .await;
+    assert!(dropped.is_err());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let replay: Once<u8> = sentinel
+        .once("pay-7", |_| async { unreachable!("completed") })
+        .await
+        .unwrap();
+    assert_eq!(replay.value(), Some(&7), "{replay:?}");
+    let record = sentinel.inspect("pay-8").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Claimed);
+}
+
 #[tokio::test]
 async fn a_wait_without_end_is_a_wait_without_deadline() {
     // `Duration::MAX` cannot be added to the clock: it means no deadline, not a panic (which,

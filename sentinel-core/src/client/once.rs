@@ -186,7 +186,9 @@ pub enum Once<T> {
     },
     /// The work returned a value but its completion could not be recorded (fenced by a
     /// reconciliation, store unreachable, result too large). The side effect happened; the record
-    /// says otherwise until reconciled: uncertain.
+    /// says otherwise until reconciled: uncertain. When the store could not be reached, the
+    /// client goes on sending the completion in the background for about a minute, so the result
+    /// may yet be recorded (and replayed) without a reconciliation.
     CompletionFailed {
         /// What the work returned.
         value: T,
@@ -509,7 +511,7 @@ impl Sentinel {
         let deadline = sent.checked_add(wait);
         let mut pause = POLL_START;
         let mut poll = false;
-        while let ClaimOutcome::Busy { token, .. } = claimed {
+        while let ClaimOutcome::Busy { token, state, .. } = claimed {
             let now = Instant::now();
             let remaining = match deadline {
                 Some(deadline) if now >= deadline => break,
@@ -531,10 +533,12 @@ impl Sentinel {
             let waited = now.elapsed();
             sent = Instant::now();
             claimed = self.claim(id, request).await?;
-            // A store that keeps waking us at once with nothing changed is polled instead.
+            // A store that keeps waking us at once with nothing changed is polled instead (a
+            // holder crossing from claimed to executing is a change).
             if !poll
                 && waited < POLL_START
-                && matches!(&claimed, ClaimOutcome::Busy { token: again, .. } if *again == token)
+                && matches!(&claimed, ClaimOutcome::Busy { token: again, state: now_state, .. }
+                    if *again == token && *now_state == state)
             {
                 poll = true;
             }
@@ -594,6 +598,7 @@ impl Sentinel {
             id: Some(id.clone()),
             token,
             boundary: boundary.clone(),
+            then: Afterwards::GiveUp(None),
         };
         let ctx = ExecutionContext {
             id: id.clone(),
@@ -605,28 +610,53 @@ impl Sentinel {
         };
         // The work is over: stop renewing before recording the outcome.
         drop(registration);
-        in_flight.disarm();
         // Before the side-effect boundary nothing was applied, whatever the work says.
         let disposition = boundary.disposition();
-        match ran {
-            Ok(Ok(value)) => match self.record_completion(&id, token, &boundary, &value).await {
-                Ok(()) => Once::Executed { value, token },
-                Err(error) => {
-                    self.give_up(&id, token, boundary.disposition()).await;
-                    self.inner.telemetry.transition(
-                        Keyspace::Execution,
-                        Some(&id),
-                        TransitionKind::CompletionFailed,
-                        Some(token),
-                    );
-                    tracing::warn!(%error, "completion not recorded: execution uncertain");
-                    Once::CompletionFailed {
-                        value,
-                        token,
-                        error,
+        // From here until the outcome is recorded, `in_flight` still stands guard: if this future
+        // is dropped meanwhile, it finishes recording the outcome in the background.
+        let outcome = match ran {
+            Ok(Ok(value)) => {
+                let recorded = match serde_json::to_value(&value) {
+                    Ok(json) => {
+                        in_flight.then = Afterwards::Complete(json.clone());
+                        self.record_completion(&id, token, &boundary, &json).await
+                    }
+                    Err(e) => Err(InvalidInput::ResultNotJson(e.to_string()).into()),
+                };
+                match recorded {
+                    Ok(()) => Once::Executed { value, token },
+                    Err(error) => {
+                        if error.is_transient()
+                            && boundary.crossed()
+                            && let Afterwards::Complete(json) = &in_flight.then
+                        {
+                            // The store could not be reached: the result is known and the
+                            // completion is safe to send again, so keep sending it.
+                            complete_in_background(
+                                Arc::clone(&self.inner.store),
+                                id.clone(),
+                                token,
+                                json.clone(),
+                            );
+                        } else {
+                            in_flight.then = Afterwards::GiveUp(Some(boundary.disposition()));
+                            self.give_up(&id, token, boundary.disposition()).await;
+                        }
+                        self.inner.telemetry.transition(
+                            Keyspace::Execution,
+                            Some(&id),
+                            TransitionKind::CompletionFailed,
+                            Some(token),
+                        );
+                        tracing::warn!(%error, "completion not recorded: execution uncertain");
+                        Once::CompletionFailed {
+                            value,
+                            token,
+                            error,
+                        }
                     }
                 }
-            },
+            }
             Ok(Err(failure)) => {
                 let failure = match disposition {
                     Disposition::NotApplied if !failure.is_not_applied() => {
@@ -634,6 +664,7 @@ impl Sentinel {
                     }
                     _ => failure,
                 };
+                in_flight.then = Afterwards::GiveUp(Some(failure.disposition()));
                 self.give_up(&id, token, failure.disposition()).await;
                 if !failure.is_not_applied() {
                     tracing::warn!(%failure, "work failed: execution left uncertain");
@@ -642,6 +673,7 @@ impl Sentinel {
             }
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
+                in_flight.then = Afterwards::GiveUp(Some(disposition));
                 self.give_up(&id, token, disposition).await;
                 tracing::error!(panic = %message, "work panicked");
                 Once::Panicked {
@@ -650,27 +682,27 @@ impl Sentinel {
                     disposition,
                 }
             }
-        }
+        };
+        in_flight.disarm();
+        outcome
     }
 
     /// Records the work's value: crosses the boundary first if the work never did, then
     /// completes. A result that cannot be recorded is an error, never a panic.
-    async fn record_completion<T: Serialize>(
+    async fn record_completion(
         &self,
         id: &RecordId,
         token: FencingToken,
         boundary: &Boundary,
-        value: &T,
+        json: &serde_json::Value,
     ) -> Result<()> {
-        let json =
-            serde_json::to_value(value).map_err(|e| InvalidInput::ResultNotJson(e.to_string()))?;
-        self.check_result_size(&json)?;
+        self.check_result_size(json)?;
         let store = &self.inner.store;
         if !boundary.crossed() {
             self.call("start", || store.start(id, token)).await?;
             boundary.cross();
         }
-        self.call("complete", || store.complete(id, token, &json))
+        self.call("complete", || store.complete(id, token, json))
             .await?;
         self.inner.telemetry.transition(
             Keyspace::Execution,
@@ -732,15 +764,51 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
                     Err(_) => Attempt::Done,
                 }
             }
-            // Never applied, or someone else's record now: nothing to give up.
-            Ok(_) => Attempt::Done,
-            Err(_) => Attempt::Again,
+            // Completed: a claim landing late can only be told so. Nothing to give up.
+            Ok(Some(record)) if record.state == ExecutionState::Completed => Attempt::Done,
+            // Not (yet) applied, or someone else's record now: an attempt still on its way (a
+            // statement the server has not run yet) may land later, so keep looking.
+            Ok(_) | Err(_) => Attempt::Again,
         }
     })
     .await;
     if !forgotten {
-        tracing::warn!(%id, "could not check for a claim whose reply was lost; it may turn uncertain");
+        tracing::debug!(%id, "no lost claim found to give up");
     }
+}
+
+/// Spawns a task that completes `token`'s execution with `result`, trying again while the store
+/// cannot be reached (about a minute in all): the work's result is known and a completion with
+/// the same token and result is safe to send again. A completion refused meanwhile (a
+/// reconciliation fenced the token) is logged. Without a runtime, nothing: the execution turns
+/// uncertain when its lease expires.
+fn complete_in_background(
+    store: Arc<dyn CoordinationStore>,
+    id: RecordId,
+    token: FencingToken,
+    result: serde_json::Value,
+) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let recorded = keep_trying(|| async {
+            match store.complete(&id, token, &result).await {
+                Ok(()) => Attempt::Done,
+                Err(error) if error.is_transient() => Attempt::Again,
+                Err(error) => {
+                    tracing::warn!(%error, %id, %token, "completion refused");
+                    Attempt::Done
+                }
+            }
+        })
+        .await;
+        if recorded {
+            tracing::info!(%id, %token, "completion sent in the background");
+        } else {
+            tracing::warn!(%id, %token, "completion not recorded; the execution turns uncertain");
+        }
+    });
 }
 
 /// Spawns a task that aborts `token`'s execution, trying again while the store cannot be reached
@@ -889,14 +957,24 @@ impl Preparation {
     }
 }
 
-/// Guards an execution whose work is running: if the `once` future is dropped before the work
-/// finishes, the execution is given up — as uncertain after the side-effect boundary (its effects
-/// may be half done), as not applied before it.
+/// Guards an execution from its grant until its outcome is recorded: if the `once` future is
+/// dropped meanwhile, the execution is finished in the background as [`Afterwards`] says.
 struct InFlight {
     store: Arc<dyn CoordinationStore>,
     id: Option<RecordId>,
     token: FencingToken,
     boundary: Boundary,
+    then: Afterwards,
+}
+
+/// What a dropped [`InFlight`] does.
+enum Afterwards {
+    /// Give the execution up: with this disposition, or, while the work still runs, as the
+    /// boundary says (uncertain after it, its effects may be half done; not applied before it).
+    GiveUp(Option<Disposition>),
+    /// The work returned this result: complete with it (once past the boundary), or give up as
+    /// not applied before it.
+    Complete(serde_json::Value),
 }
 
 impl InFlight {
@@ -910,9 +988,22 @@ impl Drop for InFlight {
         let Some(id) = self.id.take() else {
             return;
         };
-        let disposition = self.boundary.disposition();
-        tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while its work ran");
-        abort_in_background(Arc::clone(&self.store), id, self.token, disposition);
+        let store = Arc::clone(&self.store);
+        match std::mem::replace(&mut self.then, Afterwards::GiveUp(None)) {
+            Afterwards::Complete(result) if self.boundary.crossed() => {
+                tracing::warn!(%id, token = %self.token, "once() dropped while recording its result; completing in the background");
+                complete_in_background(store, id, self.token, result);
+            }
+            Afterwards::GiveUp(Some(disposition)) => {
+                tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while giving its execution up");
+                abort_in_background(store, id, self.token, disposition);
+            }
+            _ => {
+                let disposition = self.boundary.disposition();
+                tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while its work ran");
+                abort_in_background(store, id, self.token, disposition);
+            }
+        }
     }
 }
 

@@ -119,6 +119,8 @@ pub struct Faults {
     pub failed_claims: AtomicUsize,
     /// The next this-many aborts fail as if the store were unreachable, applying nothing.
     pub failed_aborts: AtomicUsize,
+    /// The next this-many completions fail as if the store were unreachable, applying nothing.
+    pub failed_completions: AtomicUsize,
     /// The next this-many reconciliations are applied, then answered as if the connection broke.
     pub lost_reconcile_replies: AtomicUsize,
     /// The next this-many resets are applied, then answered as if the connection broke.
@@ -149,6 +151,19 @@ impl Decorator for Faults {
         }
         let answer = store.claim(id, request).await;
         lose_reply(&self.lost_claim_replies, answer)
+    }
+
+    async fn complete(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+        result: &serde_json::Value,
+    ) -> Result<()> {
+        if take_one(&self.failed_completions) {
+            return Err(unavailable("connection refused"));
+        }
+        store.complete(id, token, result).await
     }
 
     async fn abort(
