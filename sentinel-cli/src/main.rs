@@ -18,11 +18,14 @@ use serde_json::{Value, json};
 use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListFilter, ListQuery};
 use sentinel_core::{
     CoordinationStore, Error, Event, ExecutionRecord, ExecutionState, Key, Keyspace, Namespace,
-    OwnerId, RecordId, Sentinel,
+    OwnerId, RecordId, Sentinel, Timestamp,
 };
 
 use backend::{Target, redact};
-use output::{Output, liveness, relative, table};
+use output::{Output, liveness, printable, relative, shell_word, table};
+
+/// The page size of `list` and `lease list` when none is given.
+const DEFAULT_LIMIT: u32 = 100;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -115,11 +118,12 @@ enum Command {
         /// Only records whose lease has expired.
         #[arg(long)]
         expired: bool,
-        /// Only records whose last transition is at least this old (e.g. 10m, 4h, 2d).
+        /// Only records whose last transition is at least this old: a number and a unit, s, m or
+        /// min (minutes), h or d (e.g. 10m, 4h, 2d).
         #[arg(long, value_name = "DURATION")]
         older_than: Option<String>,
         /// At most this many records (1 to 1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = DEFAULT_LIMIT)]
         limit: u32,
         /// Start after this key (the `next` of the previous page).
         #[arg(long, value_name = "KEY")]
@@ -152,12 +156,15 @@ enum Command {
     /// Leases: inspect or list.
     #[command(subcommand)]
     Lease(LeaseCommand),
-    /// Remove completed records older than a duration (tokens stay increasing).
+    /// Remove completed records older than a duration (tokens stay increasing). A purged key runs
+    /// again on its next delivery: keep records longer than any redelivery can come.
     #[command(
         after_help = "Examples:\n  sentinel purge --completed-before 30d --dry-run\n  sentinel purge --completed-before 30d --yes"
     )]
     Purge {
-        /// Remove completed records whose completion is at least this old (e.g. 30d).
+        /// Remove completed records whose last change is at least this old, by the store's clock:
+        /// a number and a unit, s, m or min (minutes), h or d (e.g. 30d; a bare number is
+        /// refused). 0s removes every completed record.
         #[arg(long, value_name = "DURATION")]
         completed_before: String,
         /// Only count what would be removed.
@@ -183,7 +190,7 @@ enum LeaseCommand {
     #[command(after_help = "Example:\n  sentinel lease list")]
     List {
         /// At most this many leases (1 to 1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = DEFAULT_LIMIT)]
         limit: u32,
         /// Start after this key.
         #[arg(long, value_name = "KEY")]
@@ -297,6 +304,14 @@ enum Failure {
     Declined,
     /// A store error.
     Store(Error),
+    /// Standard output could not be written (exit 4).
+    Output(std::io::Error),
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        Failure::Output(error)
+    }
 }
 
 impl From<Error> for Failure {
@@ -344,11 +359,18 @@ fn report(failure: Failure, out: Output) -> ExitCode {
             (3, "unreachable", error.to_string(), None)
         }
         Failure::Store(error) => (4, "failed", error.to_string(), None),
+        Failure::Output(error) => (
+            4,
+            "failed",
+            format!("cannot write the output: {error}"),
+            None,
+        ),
     };
-    if out.json {
-        out.json(&json!({ "error": { "kind": kind, "message": message, "detail": detail } }));
-    } else {
-        eprintln!("sentinel: {}", out.alarm(&message));
+    let error = json!({ "error": { "kind": kind, "message": message, "detail": detail } });
+    // In JSON mode the error is a JSON document on stdout; when stdout is what failed, the error
+    // goes to stderr.
+    if !(out.json && out.json(&error).is_ok()) {
+        eprintln!("sentinel: {}", out.alarm(&printable(&message)));
         if code == 3 {
             eprintln!(
                 "sentinel: check --url (or SENTINEL_URL / DATABASE_URL) and that the server is up"
@@ -371,6 +393,11 @@ impl Context {
         Ok(RecordId::new(self.namespace.clone(), Key::new(key)?))
     }
 
+    /// The client the changing commands go through, with the core's retries: a call whose reply
+    /// was lost is sent again, and the retry recognises the command's own effect (the same owner
+    /// id: this operator on this host) instead of reporting it as refused: the core recognises
+    /// its own reconcile and reset, and force-complete of a completed record with the same
+    /// result is accepted by the state machine.
     fn client(&self) -> Result<Sentinel, Failure> {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
@@ -380,8 +407,17 @@ impl Context {
         Ok(Sentinel::builder_shared(Arc::clone(&self.store))
             .namespace(self.namespace.as_str())
             .owner(owner)
-            .retries(1, Duration::ZERO)
             .build()?)
+    }
+
+    /// The store, as prompts name it (without its password).
+    fn store_shown(&self) -> String {
+        redact(&self.target.url)
+    }
+
+    /// `-n NAMESPACE` for a suggested command.
+    fn namespace_option(&self) -> String {
+        format!(" -n {}", shell_word(self.namespace.as_str()))
     }
 
     /// Asks before a change, on a terminal, unless `--yes`.
@@ -452,13 +488,13 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
     if let Action::Migrate = action {
         backend::migrate(&target).await?;
         if out.json {
-            out.json(&json!({ "migrated": true, "schema": target.schema }));
+            out.json(&json!({ "migrated": true, "schema": target.schema }))?;
         } else {
             out.print(&format!(
                 "schema {:?} is up to date on {}",
                 target.schema,
                 redact(&target.url)
-            ));
+            ))?;
         }
         return Ok(());
     }
@@ -480,16 +516,16 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
         Action::List(filter, after, limit) => list(&ctx, filter, limit, after).await,
         Action::Reconcile(key) => {
             let key = key.as_str();
-            let id = ctx.id(key)?;
             ctx.confirm(&format!(
                 "Reconcile {key:?} in namespace {:?} on {}? Its worker is fenced out for good.",
                 ctx.namespace.as_str(),
-                redact(&ctx.target.url)
+                ctx.store_shown()
             ))?;
-            let token = ctx.client()?.reconcile(key).await?;
+            let client = ctx.client()?;
+            let token = client.reconcile(key).await?;
             changed(
                 &ctx,
-                &id,
+                &client,
                 key,
                 json!({ "token": token }),
                 &format!("reconciling under token {token}"),
@@ -498,23 +534,28 @@ async fn run(cli: Cli, out: Output) -> Result<(), Failure> {
         }
         Action::ForceComplete(key, value) => {
             let key = key.as_str();
-            let id = ctx.id(key)?;
             ctx.confirm(&format!(
-                "Record {key:?} as completed with {value}? Later calls will replay it."
+                "Record {key:?} in namespace {:?} on {} as completed with {}? Later calls will replay it.",
+                ctx.namespace.as_str(),
+                ctx.store_shown(),
+                printable(&value.to_string())
             ))?;
-            ctx.client()?.force_complete(key, &value).await?;
-            changed(&ctx, &id, key, json!({}), "completed").await
+            let client = ctx.client()?;
+            client.force_complete(key, &value).await?;
+            changed(&ctx, &client, key, json!({}), "completed").await
         }
         Action::Reset(key) => {
             let key = key.as_str();
-            let id = ctx.id(key)?;
             ctx.confirm(&format!(
-                "Reset {key:?} to claimed? The next delivery runs it again."
+                "Reset {key:?} in namespace {:?} on {} to claimed? The next delivery runs it again.",
+                ctx.namespace.as_str(),
+                ctx.store_shown()
             ))?;
-            ctx.client()?.reset_to_claimed(key).await?;
+            let client = ctx.client()?;
+            client.reset_to_claimed(key).await?;
             changed(
                 &ctx,
-                &id,
+                &client,
                 key,
                 json!({}),
                 "claimed: the next once() runs it again",
@@ -534,11 +575,11 @@ async fn inspect(ctx: &Context, key: &str) -> Result<(), Failure> {
     let last = ctx.last_event(Keyspace::Execution, &record.id()).await?;
     if ctx.out.json {
         ctx.out
-            .json(&output::record_json(&record, now, last.as_ref()));
+            .json(&output::record_json(&record, now, last.as_ref()))?;
         return Ok(());
     }
     ctx.out
-        .print(&describe(ctx.out, &record, now, last.as_ref()));
+        .print(&describe(ctx.out, &record, now, last.as_ref()))?;
     Ok(())
 }
 
@@ -551,8 +592,11 @@ fn describe(
     let uncertain = record.is_uncertain(now);
     let show = |v: &Option<Value>| v.as_ref().map_or("-".to_owned(), Value::to_string);
     let mut rows = vec![
-        ("key", record.key.to_string()),
-        ("namespace", record.namespace.to_string()),
+        ("key", output::key(record.key.as_str()).into_owned()),
+        (
+            "namespace",
+            printable(record.namespace.as_str()).into_owned(),
+        ),
         ("state", out.state(record.state, uncertain)),
         (
             "lease",
@@ -570,7 +614,7 @@ fn describe(
                 record.hard_expires_at
             ),
         ),
-        ("owner", record.owner.to_string()),
+        ("owner", printable(record.owner.as_str()).into_owned()),
         ("token", record.token.to_string()),
         (
             "ttl",
@@ -601,9 +645,9 @@ fn describe(
             record
                 .fingerprint
                 .as_ref()
-                .map_or("-".to_owned(), ToString::to_string),
+                .map_or("-".to_owned(), |f| printable(&f.to_string()).into_owned()),
         ),
-        ("result", show(&record.result)),
+        ("result", printable(&show(&record.result)).into_owned()),
     ];
     if let Some(event) = last {
         rows.push(("last event", event_line(event, now)));
@@ -614,11 +658,9 @@ fn describe(
         .map(|(k, v)| format!("{k:<width$}  {v}"))
         .collect();
     let key = shell_word(record.key.as_str());
-    let ns = if record.namespace.as_str() == "default" {
-        String::new()
-    } else {
-        format!(" -n {}", shell_word(record.namespace.as_str()))
-    };
+    // Always `-n`, `default` too: without it, SENTINEL_NAMESPACE would pick the namespace of the
+    // pasted command.
+    let ns = format!(" -n {}", shell_word(record.namespace.as_str()));
     let hint = match record.state {
         ExecutionState::Executing if uncertain => Some(format!(
             "UNCERTAIN: the worker started and vanished. Check the downstream system, then:\n  sentinel reconcile {key}{ns}\n  then: sentinel force-complete {key}{ns} --result '<json>'   (it happened)\n    or: sentinel reset {key}{ns}                              (it did not)"
@@ -635,29 +677,16 @@ fn describe(
     text.join("\n")
 }
 
-/// `word` as one shell word: bare when it is plainly safe, single-quoted otherwise.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word.chars().all(|c| {
-            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '+' | ',')
-        });
-    if plain {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
 fn event_line(event: &Event, now: sentinel_core::Timestamp) -> String {
     let by = event
         .owner
         .as_ref()
-        .map(|o| format!(" by {o}"))
+        .map(|o| format!(" by {}", printable(o.as_str())))
         .unwrap_or_default();
     let detail = event
         .detail
         .as_ref()
-        .map(|d| format!(" {d}"))
+        .map(|d| format!(" {}", printable(&d.to_string())))
         .unwrap_or_default();
     format!("{}{by}, {}{detail}", event.kind, relative(event.at, now))
 }
@@ -670,11 +699,6 @@ async fn history(
 ) -> Result<(), Failure> {
     let id = ctx.id(key)?;
     let events = ctx.store.history(keyspace, &id, query).await?;
-    if ctx.out.json {
-        ctx.out
-            .json(&serde_json::to_value(&events).unwrap_or(Value::Null));
-        return Ok(());
-    }
     if events.is_empty() {
         return Err(Failure::Refused(
             format!(
@@ -683,6 +707,11 @@ async fn history(
             ),
             None,
         ));
+    }
+    if ctx.out.json {
+        ctx.out
+            .json(&serde_json::to_value(&events).unwrap_or(Value::Null))?;
+        return Ok(());
     }
     let now = ctx.store.now().await?;
     let rows: Vec<Vec<String>> = events
@@ -694,15 +723,19 @@ async fn history(
                 e.kind.to_string(),
                 e.state.map_or("-".to_owned(), |s| s.to_string()),
                 e.token.to_string(),
-                e.owner.as_ref().map_or("-".to_owned(), ToString::to_string),
-                e.detail.as_ref().map_or(String::new(), Value::to_string),
+                e.owner
+                    .as_ref()
+                    .map_or("-".to_owned(), |o| printable(o.as_str()).into_owned()),
+                e.detail
+                    .as_ref()
+                    .map_or(String::new(), |d| printable(&d.to_string()).into_owned()),
             ]
         })
         .collect();
     ctx.out.print(&table(
         &["TIME", "WHEN", "EVENT", "STATE", "TOKEN", "BY", "DETAIL"],
         &rows,
-    ));
+    ))?;
     Ok(())
 }
 
@@ -726,11 +759,12 @@ async fn list(
             .iter()
             .map(|r| output::record_json(r, now, None))
             .collect();
-        ctx.out.json(&json!({ "items": items, "next": page.next }));
+        ctx.out
+            .json(&json!({ "items": items, "next": page.next }))?;
         return Ok(());
     }
     if page.items.is_empty() {
-        ctx.out.print("nothing matches");
+        ctx.out.print("nothing matches")?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = page
@@ -738,10 +772,10 @@ async fn list(
         .iter()
         .map(|r| {
             vec![
-                r.key.to_string(),
+                output::key(r.key.as_str()).into_owned(),
                 ctx.out.state(r.state, r.is_uncertain(now)),
                 liveness(r.lease_expires_at, now),
-                r.owner.to_string(),
+                printable(r.owner.as_str()).into_owned(),
                 r.token.to_string(),
                 relative(r.updated_at, now),
             ]
@@ -750,39 +784,93 @@ async fn list(
     ctx.out.print(&table(
         &["KEY", "STATE", "LEASE", "OWNER", "TOKEN", "UPDATED"],
         &rows,
-    ));
+    ))?;
     if let Some(next) = page.next {
+        let filter = &query.filter;
+        let mut options = String::new();
+        if let Some(state) = filter.state {
+            options.push_str(&format!(" --state {state}"));
+        }
+        if filter.uncertain {
+            options.push_str(" --uncertain");
+        }
+        if filter.expired {
+            options.push_str(" --expired");
+        }
+        if let Some(age) = filter.older_than {
+            options.push_str(&format!(" --older-than {}", duration::exact(age)));
+        }
         ctx.out.print(&format!(
-            "\nmore: sentinel list ... --after {:?}",
-            next.as_str()
-        ));
+            "\nmore: sentinel list{}{options}{}",
+            ctx.namespace_option(),
+            page_options(limit, &next)
+        ))?;
     }
     Ok(())
 }
 
-/// Prints the record after a change.
+/// `--limit` (unless the default) and `--after=KEY` of the next page's command, the key quoted
+/// for the shell (`=`, so that a key starting with `-` is not taken for an option).
+fn page_options(limit: u32, next: &Key) -> String {
+    let limit = if limit == DEFAULT_LIMIT {
+        String::new()
+    } else {
+        format!(" --limit {limit}")
+    };
+    format!("{limit} --after={}", shell_word(next.as_str()))
+}
+
+/// Prints the record after a change. The change is applied by now: if the record cannot be read
+/// back, that is said (a warning on stderr, `"record": null` and `"warning"` in JSON), and the
+/// command still succeeds.
 async fn changed(
     ctx: &Context,
-    id: &RecordId,
+    client: &Sentinel,
     key: &str,
     mut extra: Value,
     summary: &str,
 ) -> Result<(), Failure> {
-    let record = ctx.record(key).await?;
-    let now = ctx.store.now().await?;
-    let last = ctx.last_event(Keyspace::Execution, id).await?;
+    let read = async {
+        let record = client.inspect(key).await?;
+        let now = ctx.store.now().await?;
+        let last = client.history(key).await?.pop();
+        Ok::<_, Error>((record, now, last))
+    };
+    let (record, warning) = match read.await {
+        Ok((Some(record), now, last)) => (Some((record, now, last)), None),
+        Ok((None, _, _)) => (None, Some("it is gone".to_owned())),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    let warning = warning.map(|reason| {
+        format!(
+            "the change is applied, but the record could not be read back: {reason}; see `sentinel inspect {}{}`",
+            shell_word(key),
+            ctx.namespace_option()
+        )
+    });
     if ctx.out.json {
         if let Value::Object(map) = &mut extra {
             map.insert(
                 "record".into(),
-                output::record_json(&record, now, last.as_ref()),
+                record.as_ref().map_or(Value::Null, |(r, now, last)| {
+                    output::record_json(r, *now, last.as_ref())
+                }),
             );
+            if let Some(warning) = &warning {
+                map.insert("warning".into(), json!(warning));
+            }
         }
-        ctx.out.json(&extra);
+        ctx.out.json(&extra)?;
     } else {
-        ctx.out.print(&format!("{key}: {summary}\n"));
         ctx.out
-            .print(&describe(ctx.out, &record, now, last.as_ref()));
+            .print(&format!("{}: {summary}\n", output::key(key)))?;
+        if let Some((record, now, last)) = &record {
+            ctx.out
+                .print(&describe(ctx.out, record, *now, last.as_ref()))?;
+        }
+    }
+    if let Some(warning) = warning {
+        eprintln!("sentinel: {}", printable(&warning));
     }
     Ok(())
 }
@@ -800,12 +888,15 @@ async fn lease_inspect(ctx: &Context, key: &str) -> Result<(), Failure> {
         ));
     };
     if ctx.out.json {
-        ctx.out.json(&output::lease_json(&lease, now));
+        ctx.out.json(&output::lease_json(&lease, now))?;
         return Ok(());
     }
     let rows = [
-        ("key", lease.key.to_string()),
-        ("namespace", lease.namespace.to_string()),
+        ("key", output::key(lease.key.as_str()).into_owned()),
+        (
+            "namespace",
+            printable(lease.namespace.as_str()).into_owned(),
+        ),
         (
             "lease",
             format!(
@@ -822,7 +913,7 @@ async fn lease_inspect(ctx: &Context, key: &str) -> Result<(), Failure> {
                 lease.hard_expires_at
             ),
         ),
-        ("owner", lease.owner.to_string()),
+        ("owner", printable(lease.owner.as_str()).into_owned()),
         ("token", lease.token.to_string()),
         (
             "acquired",
@@ -834,7 +925,7 @@ async fn lease_inspect(ctx: &Context, key: &str) -> Result<(), Failure> {
         ),
     ];
     for (k, v) in rows {
-        ctx.out.print(&format!("{k:<11}  {v}"));
+        ctx.out.print(&format!("{k:<11}  {v}"))?;
     }
     Ok(())
 }
@@ -853,11 +944,12 @@ async fn lease_list(ctx: &Context, limit: u32, after: Option<Key>) -> Result<(),
             .iter()
             .map(|l| output::lease_json(l, now))
             .collect();
-        ctx.out.json(&json!({ "items": items, "next": page.next }));
+        ctx.out
+            .json(&json!({ "items": items, "next": page.next }))?;
         return Ok(());
     }
     if page.items.is_empty() {
-        ctx.out.print("no leases");
+        ctx.out.print("no leases")?;
         return Ok(());
     }
     let rows: Vec<Vec<String>> = page
@@ -865,26 +957,45 @@ async fn lease_list(ctx: &Context, limit: u32, after: Option<Key>) -> Result<(),
         .iter()
         .map(|l| {
             vec![
-                l.key.to_string(),
+                output::key(l.key.as_str()).into_owned(),
                 liveness(l.lease_expires_at, now),
-                l.owner.to_string(),
+                printable(l.owner.as_str()).into_owned(),
                 l.token.to_string(),
             ]
         })
         .collect();
     ctx.out
-        .print(&table(&["KEY", "LEASE", "OWNER", "TOKEN"], &rows));
+        .print(&table(&["KEY", "LEASE", "OWNER", "TOKEN"], &rows))?;
     if let Some(next) = page.next {
         ctx.out.print(&format!(
-            "\nmore: sentinel lease list --after {:?}",
-            next.as_str()
-        ));
+            "\nmore: sentinel lease list{}{}",
+            ctx.namespace_option(),
+            page_options(limit, &next)
+        ))?;
     }
     Ok(())
 }
 
+/// Which completed records a purge of `age` removes, read at the store's `now`: "last changed at
+/// or before <instant> (<age> before the store's clock, <now>)", and the cutoff itself.
+fn purge_scope(age: Duration, now: Timestamp) -> (String, Timestamp) {
+    let cutoff = now.saturating_sub(age);
+    let every = if age.is_zero() {
+        ": every completed record"
+    } else {
+        ""
+    };
+    let scope = format!(
+        "last changed at or before {cutoff} ({} before the store's clock, {now}{every})",
+        duration::exact(age)
+    );
+    (scope, cutoff)
+}
+
 async fn purge(ctx: &Context, age: Duration, dry_run: bool) -> Result<(), Failure> {
-    let described = duration::format(age);
+    let older_than = duration::exact(age);
+    let now = ctx.store.now().await?;
+    let (scope, cutoff) = purge_scope(age, now);
     if dry_run {
         let filter = ListFilter {
             state: Some(ExecutionState::Completed),
@@ -910,39 +1021,42 @@ async fn purge(ctx: &Context, age: Duration, dry_run: bool) -> Result<(), Failur
             }
         }
         if ctx.out.json {
-            ctx.out
-                .json(&json!({ "would_purge": count, "older_than": described, "dry_run": true }));
+            ctx.out.json(&json!({
+                "would_purge": count,
+                "older_than": older_than,
+                "now": now,
+                "cutoff": cutoff,
+                "cutoff_utc": cutoff.to_string(),
+                "dry_run": true,
+            }))?;
         } else {
-            ctx.out.print(&format!("would purge {count} completed records older than {described} (dry run: nothing removed)"));
+            ctx.out.print(&format!(
+                "would purge {count} completed records {scope}; dry run: nothing removed"
+            ))?;
         }
         return Ok(());
     }
     ctx.confirm(&format!(
-        "Purge completed records older than {described} from namespace {:?}?",
-        ctx.namespace.as_str()
+        "Purge the completed records in namespace {:?} on {} {scope}? A purged key runs again on its next delivery (its token is kept).",
+        ctx.namespace.as_str(),
+        ctx.store_shown()
     ))?;
+    // The store judges ages by its clock when it purges: read it again after the question.
+    let now = ctx.store.now().await?;
+    let (scope, cutoff) = purge_scope(age, now);
     let purged = ctx.client()?.purge(age).await?;
     if ctx.out.json {
-        ctx.out
-            .json(&json!({ "purged": purged, "older_than": described }));
+        ctx.out.json(&json!({
+            "purged": purged,
+            "older_than": older_than,
+            "now": now,
+            "cutoff": cutoff,
+            "cutoff_utc": cutoff.to_string(),
+        }))?;
     } else {
         ctx.out.print(&format!(
-            "purged {purged} completed records older than {described}; their tokens are kept"
-        ));
+            "purged {purged} completed records {scope}; their tokens are kept"
+        ))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_word;
-
-    #[test]
-    fn hints_quote_keys_for_the_shell() {
-        assert_eq!(shell_word("payment-017"), "payment-017");
-        assert_eq!(shell_word("order 9"), "'order 9'");
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
-        assert_eq!(shell_word("$(rm -rf /)"), "'$(rm -rf /)'");
-        assert_eq!(shell_word(""), "''");
-    }
 }

@@ -1,6 +1,7 @@
 //! How results are shown: aligned tables with relative times for people (colour only on a
 //! terminal), or JSON for scripts.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
@@ -27,15 +28,17 @@ impl Output {
         Output { json, colour }
     }
 
-    /// Prints one line (or one JSON document).
-    pub fn print(&self, text: &str) {
+    /// Prints one line (or one JSON document). A failed write (a full disk, a closed pipe) is an
+    /// error: a script must not read an empty file as an empty answer.
+    pub fn print(&self, text: &str) -> std::io::Result<()> {
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{text}");
+        writeln!(out, "{text}")?;
+        out.flush()
     }
 
     /// Prints a JSON value, pretty.
-    pub fn json(&self, value: &Value) {
-        self.print(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
+    pub fn json(&self, value: &Value) -> std::io::Result<()> {
+        self.print(&serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()))
     }
 
     /// `text` in the colour of an execution state.
@@ -61,6 +64,81 @@ impl Output {
         } else {
             text.to_owned()
         }
+    }
+}
+
+/// Whether `c` must not reach a terminal as it is: control characters (C0, DEL, C1: ESC starts
+/// sequences that move the cursor or erase lines, CR returns to the line's start) and the
+/// bidirectional overrides and isolates, which reorder what is shown.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from the store (keys, owners, results, event details) as text output may show it: each
+/// character a terminal would act on written as an escape (`\x1b`, `\r`, `\u{202e}`).
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => shown.push_str("\\n"),
+            '\r' => shown.push_str("\\r"),
+            '\t' => shown.push_str("\\t"),
+            c if c.is_ascii() && hidden(c) => shown.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if hidden(c) => shown.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => shown.push(c),
+        }
+    }
+    Cow::Owned(shown)
+}
+
+/// A key as text output shows it: as it is, or, when it holds characters a terminal would act
+/// on, as the shell word that names it (`$'k\x1b[2K'`), so it is both visible and pasteable.
+pub fn key(key: &str) -> Cow<'_, str> {
+    if key.chars().any(hidden) {
+        Cow::Owned(shell_word(key))
+    } else {
+        Cow::Borrowed(key)
+    }
+}
+
+/// `word` as one shell word: bare when it is plainly safe, single-quoted otherwise, and in
+/// `$'...'` (bash, zsh, ksh; POSIX sh since 2024) when it holds characters a terminal would act
+/// on, which are written as escapes (non-ASCII ones as their UTF-8 bytes, which no locale
+/// setting changes).
+pub fn shell_word(word: &str) -> String {
+    if word.chars().any(hidden) {
+        let mut quoted = String::from("$'");
+        for c in word.chars() {
+            match c {
+                '\\' => quoted.push_str("\\\\"),
+                '\'' => quoted.push_str("\\'"),
+                '\n' => quoted.push_str("\\n"),
+                '\r' => quoted.push_str("\\r"),
+                '\t' => quoted.push_str("\\t"),
+                c if hidden(c) => {
+                    let mut bytes = [0; 4];
+                    for byte in c.encode_utf8(&mut bytes).bytes() {
+                        quoted.push_str(&format!("\\x{byte:02x}"));
+                    }
+                }
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('\'');
+        return quoted;
+    }
+    let plain = !word.is_empty()
+        && word.chars().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '/' | '@' | '+' | ',')
+        });
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -200,6 +278,17 @@ mod tests {
     }
 
     #[test]
+    fn text_from_the_store_is_shown_with_control_characters_escaped() {
+        assert_eq!(printable("payment-017"), "payment-017");
+        assert_eq!(printable("x\rpayment-017"), "x\\rpayment-017");
+        assert_eq!(printable("k\u{1b}[2K\u{7f}"), "k\\x1b[2K\\x7f");
+        assert_eq!(printable("c1\u{9b}bidi\u{202e}"), "c1\\u{9b}bidi\\u{202e}");
+        assert_eq!(printable("ünïcode ✓ \\x1b"), "ünïcode ✓ \\x1b");
+        assert_eq!(key("order 9"), "order 9");
+        assert_eq!(key("k\u{1b}[2K"), "$'k\\x1b[2K'");
+    }
+
+    #[test]
     fn tables_align_and_ignore_colour_codes() {
         let rows = vec![
             vec!["\u{1b}[32mok\u{1b}[0m".to_owned(), "x".to_owned()],
@@ -210,5 +299,49 @@ mod tests {
         assert_eq!(lines[0], "A          B");
         assert_eq!(lines[2], "long cell  y");
         assert!(lines[1].ends_with("  x"));
+    }
+
+    #[test]
+    fn hints_quote_keys_for_the_shell() {
+        assert_eq!(shell_word("payment-017"), "payment-017");
+        assert_eq!(shell_word("order 9"), "'order 9'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_word(""), "''");
+        // Control characters are written as escapes ($'...'), never sent raw to the terminal.
+        assert_eq!(shell_word("k\u{1b}[2Kpay"), "$'k\\x1b[2Kpay'");
+        assert_eq!(shell_word("x\rit's"), "$'x\\rit\\'s'");
+    }
+
+    /// What bash makes of each quoted word is the word itself.
+    #[test]
+    fn quoted_words_paste_back_as_the_same_key() {
+        for word in [
+            "payment-017",
+            "order 9",
+            "it's",
+            "$(touch /tmp/x)",
+            "k`id`",
+            "-dash",
+            "back\\slash",
+            "k\u{1b}[2Kpay",
+            "x\rpayment-017",
+            "tab\there\n",
+            "c1\u{9b}31m",
+            "del\u{7f}",
+            "bidi\u{202e}txt",
+            "ünïcode ✓",
+        ] {
+            let quoted = shell_word(word);
+            let out = std::process::Command::new("bash")
+                .args(["-c", &format!("printf %s {quoted}")])
+                .output()
+                .expect("bash runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word, "{quoted}");
+            assert!(
+                !quoted.chars().any(char::is_control),
+                "{quoted:?} holds a control character"
+            );
+        }
     }
 }
