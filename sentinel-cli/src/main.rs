@@ -977,7 +977,7 @@ async fn lease_list(ctx: &Context, limit: u32, after: Option<Key>) -> Result<(),
 }
 
 /// Which completed records a purge of `age` removes, read at the store's `now`: "last changed at
-/// or before <instant> (<age> before the store's clock, <now>)", and the cutoff itself.
+/// or before INSTANT (AGE before the store's clock, NOW)", and the cutoff itself.
 fn purge_scope(age: Duration, now: Timestamp) -> (String, Timestamp) {
     let cutoff = now.saturating_sub(age);
     let every = if age.is_zero() {
