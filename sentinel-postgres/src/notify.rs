@@ -14,9 +14,17 @@
 //! the same digest only wake each other's waiters spuriously, which the contract allows.
 //!
 //! **Receiving.** A store keeps one [`PgListener`] on a connection of its own, outside the pool
-//! (a waiting store never takes a pooled connection away from the calls), opened by the first
-//! wait and shared by every waiter of the store. A task reads its notifications and keeps, per
-//! digest, the instant the last one arrived and the waiters of this process.
+//! (a waiting store never takes a pooled connection away from the calls), opened by a task that
+//! the first wait starts and shared by every waiter of the store. The same task then reads its
+//! notifications and keeps, per digest, the instant the last one arrived and the waiters of this
+//! process.
+//!
+//! **Timeouts.** No wait takes much longer than its timeout: a wait waits for the listener to be
+//! opened only until its own timeout passes (answering `TimedOut`; the task keeps trying, and
+//! later waits find it listening), and the statement that marks a record watched (below) gives up
+//! waiting for the record's row lock before the wait's timeout passes (a transition of the record
+//! in a transaction still open: [`complete_in`](crate::PostgresStore::complete_in) in a caller's
+//! transaction, say), so its pooled connection is back at once, and the wait answers `TimedOut`.
 //!
 //! **The `since` rule** (a change after `since` that happened before the wait must not be
 //! missed). The store remembers what its busy claims saw ([`Notifier::observe`]): the record's
@@ -33,7 +41,8 @@
 //! - while the connection is lost, current waiters are woken and new waits answer `Changed` at
 //!   once, until the listener is back (it reconnects by itself, with a backoff);
 //! - a listener that cannot be opened answers `Unsupported` (the client polls), and is tried again
-//!   after [`RETRY_START_AFTER`].
+//!   after [`RETRY_START_AFTER`]; one still being opened when the wait's timeout passes answers
+//!   `TimedOut`.
 //!
 //! Memory is bounded: a digest nobody waits on is forgotten [`FORGET_AFTER`] after its last
 //! notification or busy claim; a wait whose `since` is older than a forgotten notification
@@ -42,6 +51,7 @@
 //! [`CoordinationStore::wait_for_change`]: sentinel_core::CoordinationStore::wait_for_change
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,7 +59,7 @@ use md5::{Digest, Md5};
 use sentinel_core::store::Wait;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -79,6 +89,36 @@ const MAX_VERSIONS: usize = 8;
 pub(crate) struct Seen {
     pub(crate) version: i64,
     pub(crate) watched: bool,
+}
+
+/// How the statement that marks a record watched (`watch.sql`) went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// The record is watched; its version.
+    Version(i64),
+    /// There is no record.
+    NoRecord,
+    /// The statement gave up waiting for the record's row lock (its lock timeout, see
+    /// [`lock_timeout`]).
+    LockTimedOut,
+    /// The statement failed otherwise.
+    Failed,
+}
+
+/// How long the statement that marks a record watched may wait for the record's row lock when
+/// the wait has `left` to go: a tenth less, so that the server gives up first and the pooled
+/// connection comes back in order (a statement dropped mid-flight costs its connection); at least
+/// 1 ms (0 would mean no limit).
+pub(crate) fn lock_timeout(left: Duration) -> Duration {
+    (left - left / 10).max(Duration::from_millis(1))
+}
+
+/// `future`'s output, or `None` if `deadline` (when there is one) passes first.
+async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
 }
 
 /// The notification channel of `schema`: `sentinel_<schema>` when that fits PostgreSQL's 63-byte
@@ -122,14 +162,25 @@ fn parse(payload: &str) -> Option<u128> {
 pub(crate) struct Notifier {
     channel: String,
     shared: Arc<Shared>,
-    control: tokio::sync::Mutex<Control>,
+    /// Held only to look at or replace the task, never across I/O.
+    control: Mutex<Control>,
 }
 
-/// Who starts the listener: one waiter at a time.
+/// The listener task (which opens the listener, then runs it), with what it reports.
 #[derive(Default)]
 struct Control {
-    task: Option<JoinHandle<()>>,
-    failed_at: Option<Instant>,
+    task: Option<(JoinHandle<()>, watch::Receiver<Start>)>,
+}
+
+/// How opening the listener went, as its task reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// Still trying.
+    Opening,
+    /// Listening: the task now runs the listener.
+    Listening,
+    /// It could not be opened, at this instant.
+    Failed(Instant),
 }
 
 /// What the listener task and the waiters share.
@@ -317,8 +368,15 @@ impl Notifier {
         Notifier {
             channel: channel(schema),
             shared: Arc::default(),
-            control: tokio::sync::Mutex::default(),
+            control: Mutex::default(),
         }
+    }
+
+    fn control(&self) -> MutexGuard<'_, Control> {
+        // Nothing panics while holding the lock; a poisoned one is safe to keep using.
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Remembers what a busy claim sent at `sent` saw of the record (see the module
@@ -350,8 +408,10 @@ impl Notifier {
 
     /// Waits until a notification for `digest` arrives, or `timeout` passes (see the module
     /// documentation for the `since` rule). `watch` marks the record watched and reads its
-    /// version (`Ok(None)`: no record). Never fails: a listener that cannot be opened answers
-    /// [`Wait::Unsupported`], a failed `watch` `Changed`.
+    /// version, waiting for the record's row lock no longer than [`lock_timeout`] of the time
+    /// it is given (`None`: no limit). Never fails: a listener that cannot be opened answers
+    /// [`Wait::Unsupported`], a failed `watch` `Changed`; one still being opened when `timeout`
+    /// passes, and a `watch` still waiting for the lock, `TimedOut`.
     pub(crate) async fn wait<W>(
         &self,
         pool: &PgPool,
@@ -361,10 +421,12 @@ impl Notifier {
         watch: W,
     ) -> Wait
     where
-        W: AsyncFnOnce() -> Option<Option<i64>>,
+        W: AsyncFnOnce(Option<Duration>) -> Watched,
     {
-        if !self.ensure_listening(pool).await {
-            return Wait::Unsupported;
+        // A timeout too long to add to the clock (`Duration::MAX`, say) has no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        if let Err(answer) = self.ensure_listening(pool, deadline).await {
+            return answer;
         }
         let next = {
             let state = self.shared.lock();
@@ -396,8 +458,14 @@ impl Notifier {
                 }
                 // Sent while listening: every change after `watch` commits is heard after this.
                 let watched_at = Instant::now();
-                let Some(Some(current)) = watch().await else {
-                    return Wait::Changed;
+                let left = deadline.map(|deadline| deadline.saturating_duration_since(watched_at));
+                if left.is_some_and(|left| left.is_zero()) {
+                    return Wait::TimedOut;
+                }
+                let current = match within(deadline, watch(left)).await {
+                    Some(Watched::Version(current)) => current,
+                    Some(Watched::NoRecord | Watched::Failed) => return Wait::Changed,
+                    Some(Watched::LockTimedOut) | None => return Wait::TimedOut,
                 };
                 let unchanged = self
                     .shared
@@ -433,68 +501,101 @@ impl Notifier {
             };
             (notified, registration)
         };
-        match tokio::time::timeout(timeout, notified).await {
-            Ok(()) => Wait::Changed,
-            Err(_) => Wait::TimedOut,
+        match within(deadline, notified).await {
+            Some(()) => Wait::Changed,
+            None => Wait::TimedOut,
         }
     }
 
-    /// Starts the listener task unless it runs; `false` when it cannot be started.
-    async fn ensure_listening(&self, pool: &PgPool) -> bool {
-        let mut control = self.control.lock().await;
-        if control
-            .task
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-        {
-            return true;
-        }
-        if control
-            .failed_at
-            .is_some_and(|at| at.elapsed() < RETRY_START_AFTER)
-        {
-            return false;
-        }
-        let options = pool.connect_options();
-        let timeout = pool.options().get_acquire_timeout();
-        match listen(&options, &self.channel, timeout).await {
-            Ok(listener) => {
-                self.shared.listening(Instant::now());
-                control.failed_at = None;
-                control.task = Some(tokio::spawn(run(
-                    Arc::clone(&self.shared),
-                    listener,
-                    options,
-                    self.channel.clone(),
-                    timeout,
-                )));
-                true
+    /// Starts the listener task unless it runs (or failed lately), and waits until it listens,
+    /// at most until `deadline`. `Err` is the wait's answer: `Unsupported` when the listener
+    /// cannot be opened, `TimedOut` when it is still being opened at `deadline` (the task goes
+    /// on; a later wait finds it listening), `Changed` when the task ended before it said (its
+    /// runtime stopped: the next wait starts another).
+    async fn ensure_listening(&self, pool: &PgPool, deadline: Option<Instant>) -> Result<(), Wait> {
+        let mut started = {
+            let mut control = self.control();
+            match &control.task {
+                Some((task, started)) if !task.is_finished() => started.clone(),
+                previous => {
+                    if let Some((_, started)) = previous
+                        && let Start::Failed(at) = *started.borrow()
+                        && at.elapsed() < RETRY_START_AFTER
+                    {
+                        return Err(Wait::Unsupported);
+                    }
+                    let (report, started) = watch::channel(Start::Opening);
+                    let task = tokio::spawn(start(
+                        Arc::clone(&self.shared),
+                        pool.connect_options(),
+                        self.channel.clone(),
+                        pool.options().get_acquire_timeout(),
+                        report,
+                    ));
+                    control.task = Some((task, started.clone()));
+                    started
+                }
             }
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    channel = %self.channel,
-                    "cannot listen for changes; waiting clients poll instead"
-                );
-                control.failed_at = Some(Instant::now());
-                false
-            }
+        };
+        let outcome = within(deadline, async {
+            started
+                .wait_for(|start| *start != Start::Opening)
+                .await
+                .map(|start| *start)
+        })
+        .await;
+        match outcome {
+            Some(Ok(Start::Listening)) => Ok(()),
+            Some(Ok(_)) => Err(Wait::Unsupported),
+            Some(Err(_)) => Err(Wait::Changed),
+            None => Err(Wait::TimedOut),
         }
     }
 
     /// Whether a listener task is running, for tests.
     #[cfg(test)]
     fn running(&self) -> bool {
-        self.control
-            .try_lock()
-            .is_ok_and(|c| c.task.as_ref().is_some_and(|t| !t.is_finished()))
+        self.control()
+            .task
+            .as_ref()
+            .is_some_and(|(task, _)| !task.is_finished())
     }
 }
 
 impl Drop for Notifier {
     fn drop(&mut self) {
-        if let Some(task) = self.control.get_mut().task.take() {
+        let control = self
+            .control
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((task, _)) = control.task.take() {
             task.abort();
+        }
+    }
+}
+
+/// The listener task: opens the listener and reports how that went to the waiters (through
+/// `report`), then runs it.
+async fn start(
+    shared: Arc<Shared>,
+    options: Arc<PgConnectOptions>,
+    channel: String,
+    timeout: Duration,
+    report: watch::Sender<Start>,
+) {
+    match listen(&options, &channel, timeout).await {
+        Ok(listener) => {
+            shared.listening(Instant::now());
+            report.send_replace(Start::Listening);
+            run(shared, listener, options, channel, timeout).await;
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                %channel,
+                "cannot listen for changes; waiting clients poll instead"
+            );
+            report.send_replace(Start::Failed(Instant::now()));
         }
     }
 }
@@ -535,7 +636,7 @@ impl Drop for LostOnExit {
     }
 }
 
-/// The listener task: hands notifications to the waiters; when the connection is lost, wakes
+/// Runs the listener: hands notifications to the waiters; when the connection is lost, wakes
 /// them all and reconnects, with a backoff.
 async fn run(
     shared: Arc<Shared>,
@@ -783,6 +884,24 @@ mod tests {
         let state = shared.lock();
         assert!(state.records[&heard].waiters.is_none());
         assert!(state.records[&heard].last.is_some());
+    }
+
+    #[test]
+    fn the_server_gives_up_on_the_lock_before_the_wait_ends() {
+        assert_eq!(
+            lock_timeout(Duration::from_millis(200)),
+            Duration::from_millis(180)
+        );
+        assert_eq!(
+            lock_timeout(Duration::from_secs(1)),
+            Duration::from_millis(900)
+        );
+        // Never 0, which would mean no limit.
+        assert_eq!(lock_timeout(Duration::ZERO), Duration::from_millis(1));
+        assert_eq!(
+            lock_timeout(Duration::from_micros(900)),
+            Duration::from_millis(1)
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tracing::Instrument;
 use crate::batch::{self, Coalescer};
 use crate::error::{self, BACKEND, corrupt};
 use crate::migrate;
-use crate::notify::{self, Notifier, Seen};
+use crate::notify::{self, Notifier, Seen, Watched};
 use crate::rows::{self, get, required};
 use crate::schema::Schema;
 use crate::sql::Statements;
@@ -34,6 +34,9 @@ use crate::sql::Statements;
 /// snapshot and its insert; a completion, when the record changed after the update's snapshot.
 /// The next attempt sees that change, so one retry is the rule.
 const RACE_ATTEMPTS: usize = 8;
+
+/// SQLSTATE `lock_not_available`: a statement gave up waiting for a lock (its `lock_timeout`).
+const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// How long a pooled connection may sit idle before [`PostgresStore::pool_options`] pings it.
 const IDLE_BEFORE_PING: Duration = Duration::from_millis(100);
@@ -205,9 +208,28 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Checks the schema name, runs the migrations (unless turned off) and returns the store.
+    /// Checks the schema name and the pool's transaction isolation, runs the migrations (unless
+    /// turned off) and returns the store.
+    ///
+    /// The store's statements need READ COMMITTED, PostgreSQL's default: the claim function, for
+    /// one, reads the clock and then the record in statements of their own, and only READ
+    /// COMMITTED gives the second a snapshot taken after the clock reading. Under REPEATABLE READ
+    /// or SERIALIZABLE it could judge a record older than the time it reads, and take a live
+    /// execution for an uncertain one. So `build` asks one pooled connection for its isolation
+    /// level (one query, here only) and refuses a pool whose connections default to another level
+    /// ([`InvalidInput::Malformed`], `what: "transaction isolation"`), before anything is created.
+    /// If your database or role sets `default_transaction_isolation`, set it back for Sentinel's
+    /// connections: `ALTER ROLE sentinel_app SET default_transaction_isolation = 'read committed'`
+    /// for a role of its own, or per connection with
+    /// `PgConnectOptions::options([("default_transaction_isolation", "read committed")])` (in a
+    /// URL: `?options=-c%20default_transaction_isolation%3Dread%5C%20committed`). Your own
+    /// transactions may use any level, except around [`PostgresStore::fence`] and
+    /// [`PostgresStore::complete_in`], which check their transaction themselves.
+    ///
+    /// [`InvalidInput::Malformed`]: sentinel_core::InvalidInput::Malformed
     pub async fn build(self) -> Result<PostgresStore> {
         let schema = Schema::new(self.schema)?;
+        check_read_committed(&self.pool).await?;
         if self.migrate {
             migrate::migrate(&self.pool, &schema).await?;
         }
@@ -226,7 +248,8 @@ impl PostgresStore {
     /// `sentinel` schema, and returns a store on the server's clock.
     ///
     /// Fails with [`Error::Unavailable`] when the server cannot be reached, and with
-    /// [`Error::InvalidInput`] when the URL does not parse.
+    /// [`Error::InvalidInput`] when the URL does not parse or the connections do not default to
+    /// READ COMMITTED (see [`PostgresStoreBuilder::build`]).
     ///
     /// TLS (`sslmode=verify-full` in the URL) needs one of sqlx's TLS features, which this crate
     /// leaves to the application: with `sqlx = { version = "0.9", features = ["tls-rustls"] }` in
@@ -279,7 +302,10 @@ impl PostgresStore {
     }
 
     /// A store over `pool` in the `sentinel` schema, on the server's clock, without running
-    /// migrations: the tables must exist (see [`crate::migrate`]). Does no I/O.
+    /// migrations: the tables must exist (see [`crate::migrate`]). Does no I/O, so it does not
+    /// check the pool's transaction isolation either: the pool's connections must default to
+    /// READ COMMITTED (see [`PostgresStoreBuilder::build`], which checks it; so does
+    /// `PostgresStore::builder(pool).migrate(false).build()`).
     pub fn new(pool: PgPool) -> Self {
         Self::assemble(
             pool,
@@ -982,16 +1008,31 @@ impl CoordinationStore for PostgresStore {
             return Ok(Wait::Unsupported);
         }
         let digest = notify::digest(id.namespace.as_str(), id.key.as_str());
-        let watch = async || {
+        let watch = async |left: Option<Duration>| {
+            // The record's row lock may be held by a transition in a transaction still open (a
+            // caller's `complete_in`): give up waiting for it before the wait ends, on the server.
+            let lock_timeout = left.map(|left| {
+                let ms = notify::lock_timeout(left).as_millis();
+                i32::try_from(ms).unwrap_or(i32::MAX).to_string()
+            });
             let statement = query(&self.statements().watch)
                 .bind(id.namespace.as_str())
-                .bind(id.key.as_str());
-            match self.fetch_optional(statement, "wait_for_change").await {
-                Ok(Some(row)) => required::<i64>(&row, "version").ok().map(Some),
-                Ok(None) => Some(None),
+                .bind(id.key.as_str())
+                .bind(lock_timeout);
+            match statement.fetch_optional(&self.inner.pool).await {
+                Ok(Some(row)) => {
+                    required::<i64>(&row, "version").map_or(Watched::Failed, Watched::Version)
+                }
+                Ok(None) => Watched::NoRecord,
+                Err(sqlx::Error::Database(error))
+                    if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+                {
+                    Watched::LockTimedOut
+                }
                 Err(error) => {
+                    let error = self.error(error, "wait_for_change");
                     tracing::debug!(%error, "cannot watch the record; answering Changed");
-                    None
+                    Watched::Failed
                 }
             }
         };
@@ -1002,6 +1043,31 @@ impl CoordinationStore for PostgresStore {
             .instrument(span("wait_for_change", id))
             .await)
     }
+}
+
+/// `Err` unless the connections of `pool` default to READ COMMITTED (see
+/// [`PostgresStoreBuilder::build`]): one query, on one pooled connection.
+async fn check_read_committed(pool: &PgPool) -> Result<()> {
+    let level: String = sqlx::query_scalar("SELECT current_setting('transaction_isolation')")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| error::from_sqlx(e, "build", pool.options().get_acquire_timeout()))?;
+    if level == "read committed" {
+        return Ok(());
+    }
+    Err(sentinel_core::InvalidInput::Malformed {
+        what: "transaction isolation",
+        detail: format!(
+            "the pool's connections default to {level}, and Sentinel's statements need read \
+             committed (the claim function reads the clock, then the record: under snapshot \
+             isolation it could judge a record older than that time, and take a live execution \
+             for an uncertain one); set default_transaction_isolation to 'read committed' for \
+             Sentinel's connections (ALTER ROLE <role> SET default_transaction_isolation = 'read \
+             committed', or the connect option -c default_transaction_isolation=read\\ committed); \
+             nothing was created or changed"
+        ),
+    }
+    .into())
 }
 
 /// A claim, acquire or completion answered `retry` on every attempt.

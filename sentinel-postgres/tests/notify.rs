@@ -3,7 +3,9 @@
 //! connection wakes its waiters and comes back (backing off while the server refuses it), a wait
 //! whose claim saw the record watched sends no statement, and a store that cannot listen says so
 //! (and does not try again before its retry delay); the listener closes with its store, and its
-//! waiters are woken if its runtime stops.
+//! waiters are woken if its runtime stops. No wait takes much longer than its timeout, neither
+//! while the listener cannot connect nor while the record's row lock is held by an open
+//! transaction.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -563,6 +565,255 @@ async fn a_listener_that_failed_is_not_tried_again_at_once() {
         accepted.load(Ordering::SeqCst),
         1,
         "one attempt; the next is due after 5 s"
+    );
+}
+
+/// A login role whose CONNECTION LIMIT can be reached (superusers are exempt, so the test uses a
+/// role of its own), allowed to use the store's schema; dropped with its privileges, and its
+/// connections ended, when the guard is dropped.
+struct LimitedRole {
+    url: String,
+    name: String,
+}
+
+impl LimitedRole {
+    async fn create(url: &str, schema: &str, limit: i32) -> Self {
+        let name = common::unique_schema("sentinel_limited");
+        let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+        for statement in [
+            format!("CREATE ROLE \"{name}\" LOGIN CONNECTION LIMIT {limit}"),
+            format!("GRANT USAGE ON SCHEMA \"{schema}\" TO \"{name}\""),
+            format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{name}\""
+            ),
+            format!("GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{name}\""),
+            format!("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA \"{schema}\" TO \"{name}\""),
+        ] {
+            sqlx::raw_sql(AssertSqlSafe(statement))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+        let _ = admin.close().await;
+        LimitedRole {
+            url: url.to_owned(),
+            name,
+        }
+    }
+
+    fn options(&self) -> PgConnectOptions {
+        let options: PgConnectOptions = self.url.parse().unwrap();
+        options.username(&self.name)
+    }
+
+    async fn set_limit(&self, limit: i32) {
+        let mut admin = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "ALTER ROLE \"{}\" CONNECTION LIMIT {limit}",
+            self.name
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        let _ = admin.close().await;
+    }
+}
+
+impl Drop for LimitedRole {
+    fn drop(&mut self) {
+        let (url, name) = (self.url.clone(), self.name.clone());
+        // Dropped inside a test's runtime: clean up on a thread of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let Ok(mut admin) = sqlx::PgConnection::connect(&url).await else {
+                    return;
+                };
+                let _ = sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+                )
+                .bind(&name)
+                .execute(&mut admin)
+                .await;
+                for statement in [
+                    format!("DROP OWNED BY \"{name}\""),
+                    format!("DROP ROLE IF EXISTS \"{name}\""),
+                ] {
+                    let _ = sqlx::raw_sql(AssertSqlSafe(statement))
+                        .execute(&mut admin)
+                        .await;
+                }
+                let _ = admin.close().await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The listener's connection cannot be opened quickly: the store's role is at its CONNECTION
+/// LIMIT (its one pooled connection takes the only slot), so PostgreSQL refuses the listener
+/// with SQLSTATE 53300, which sqlx retries until the pool's acquire timeout (5 s). A wait of
+/// 200 ms still returns after about 200 ms, and so do waits that start meanwhile (none queues
+/// behind the attempt); once the server accepts the listener, the attempt still running in the
+/// background succeeds and waits are woken by notifications.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_is_not_held_up_by_a_listener_that_cannot_connect() {
+    let factory = factory!();
+    let admin = factory.store(TimeSource::Server).await;
+    let role = LimitedRole::create(factory.url(), admin.schema().as_str(), 1).await;
+    let pool = PostgresStore::pool_options()
+        .max_connections(1)
+        .min_connections(1)
+        .connect_with(role.options())
+        .await
+        .unwrap();
+    let store = PostgresStore::builder(pool)
+        .schema(admin.schema().as_str())
+        .migrate(false)
+        .build()
+        .await
+        .unwrap();
+    let key = id("limited", "k");
+    let token = held(&admin, &key).await;
+
+    let since = claim_busy(&store, &key).await;
+    let started = Instant::now();
+    let answer = store
+        .wait_for_change(&key, since, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a 200 ms wait took {took:?} while the listener could not connect"
+    );
+    assert_eq!(
+        answer,
+        Wait::TimedOut,
+        "the timeout passed; the listener may still come"
+    );
+    // Waits that start while the listener is still being opened do not queue behind it.
+    let started = Instant::now();
+    let waits: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, key) = (store.clone(), key.clone());
+            tokio::spawn(async move {
+                store
+                    .wait_for_change(&key, since, Duration::from_millis(200))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for wait in waits {
+        assert_eq!(wait.await.unwrap(), Wait::TimedOut);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "four 200 ms waits took {took:?}"
+    );
+    assert!(listener_pids(factory.url(), &admin).await.is_empty());
+
+    // The server accepts the listener now: nothing left of the slow attempt breaks the waits
+    // that follow (they wait for a short while, or answer Unsupported until the next attempt).
+    role.set_limit(3).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listener_pids(factory.url(), &admin).await.len() != 1 {
+        assert!(Instant::now() < deadline, "the listener never started");
+        let _ = store
+            .wait_for_change(&key, Instant::now(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiter = busy_then_wait(&store, &key, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "nothing changed: it waits");
+    admin.complete(&key, token, &json!("done")).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+    drop(store);
+}
+
+/// The backends of `application_name` that wait for a lock.
+async fn waiting_for_a_lock(url: &str, application_name: &str) -> i64 {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    let _ = admin.close().await;
+    n
+}
+
+/// The holder completed the record in its own transaction (`complete_in`), which stays open: it
+/// holds the record's row lock, which the first wait's `watch` statement needs. A wait of 200 ms
+/// still returns after about 200 ms, and its statement does not keep waiting on the server (nor
+/// keep a pooled connection) until that transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_is_not_held_up_by_a_lock_on_the_record() {
+    let factory = factory!();
+    let holder = factory.store(TimeSource::Server).await;
+    let app = common::unique_schema("locked");
+    let store = PostgresStore::builder(common::named_pool(factory.url(), &app, 2).await)
+        .schema(holder.schema().as_str())
+        .build()
+        .await
+        .unwrap();
+    start_listening(&store).await;
+    let key = id("locked", "k");
+    let token = held(&holder, &key).await;
+    // The record is not watched yet: the wait must mark it, after the claim.
+    let since = claim_busy(&store, &key).await;
+
+    let mut tx = holder.pool().begin().await.unwrap();
+    holder
+        .complete_in(&mut tx, &key, token, &json!("done"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.wait_for_change(&key, since, Duration::from_millis(200)),
+    )
+    .await
+    .expect("a 200 ms wait still waits for the holder's open transaction after 5 s")
+    .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a 200 ms wait took {took:?} behind the holder's open transaction"
+    );
+    assert_eq!(answer, Wait::TimedOut);
+    // Its statement gave up on the server too: the pool has its connection back.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while waiting_for_a_lock(factory.url(), &app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the watch statement still waits for the row lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tx.commit().await.unwrap();
+    // Committed: the next claim gets the result.
+    let outcome = store
+        .claim(&key, &claim("waiter", 60_000, true))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ClaimOutcome::Completed { .. }),
+        "{outcome:?}"
     );
 }
 

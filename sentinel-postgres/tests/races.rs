@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use common::{PgFactory, claim, granted, id, manual_store, set_row};
 use sentinel_core::{
-    ClaimOutcome, CoordinationStore, EventKind, ExecutionState, FencingToken, Grant, HistoryQuery,
-    Keyspace, OwnerId, RecordId, RejectReason, Renewal, TimeSource, Timestamp,
+    ClaimOutcome, CoordinationStore, Error, EventKind, ExecutionState, FencingToken, Grant,
+    HistoryQuery, InvalidInput, Keyspace, OwnerId, RecordId, RejectReason, Renewal, TimeSource,
+    Timestamp,
 };
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
-use sqlx::AssertSqlSafe;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_that_meets_an_uncommitted_start_is_sent_again_and_applies() {
@@ -336,5 +338,122 @@ async fn a_claim_on_a_manual_clock_never_reads_the_server_clock() {
     assert!(
         !slowed_down(&rival).await && started.elapsed() < PAUSE,
         "no claim read the server clock"
+    );
+}
+
+/// Asserts that `error` is the build's refusal of connections at `level`, saying how to fix it.
+fn assert_refused_at(error: Error, level: &str) {
+    match &error {
+        Error::InvalidInput(InvalidInput::Malformed { what, detail }) => {
+            assert_eq!(*what, "transaction isolation");
+            assert!(
+                detail.contains(level)
+                    && detail.contains("default_transaction_isolation")
+                    && detail.contains("read committed"),
+                "the refusal names the level and the setting to change: {detail}"
+            );
+        }
+        other => panic!("expected the refusal of a {level} pool, got {other:?}"),
+    }
+}
+
+/// Whether `schema` exists on the server.
+async fn schema_exists(url: &str, schema: &str) -> bool {
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let (exists,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    let _ = admin.close().await;
+    exists
+}
+
+/// The claim function reads the clock, then the record, in statements of its own: the record it
+/// judges is never older than the time it judges it at only because READ COMMITTED gives each
+/// statement a fresh snapshot (migration 6), and the other statements count on it too. Under
+/// REPEATABLE READ or SERIALIZABLE the snapshot is taken before the clock is read, so a claim
+/// racing a renewal at the lease end could judge the holder dead. A store is therefore refused,
+/// when built, over a pool whose connections default to another level (checked once, on one
+/// connection), before anything is created, with a message that says what to change; connections
+/// set to READ COMMITTED explicitly are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_connections_are_not_read_committed_is_refused() {
+    let Some(factory) = PgFactory::new() else {
+        return;
+    };
+    let schema = factory.adopt(common::unique_schema("sentinel_isolation"));
+    let base: PgConnectOptions = factory.url().parse().unwrap();
+    let pool_at = |level: &str| {
+        let options = base
+            .clone()
+            .options([("default_transaction_isolation", level)]);
+        async move {
+            PostgresStore::pool_options()
+                .max_connections(2)
+                .connect_with(options)
+                .await
+                .unwrap()
+        }
+    };
+    for level in ["repeatable read", "serializable"] {
+        for migrate in [true, false] {
+            let refused = PostgresStore::builder(pool_at(level).await)
+                .schema(&schema)
+                .migrate(migrate)
+                .build()
+                .await
+                .unwrap_err();
+            assert_refused_at(refused, level);
+        }
+    }
+    assert!(
+        !schema_exists(factory.url(), &schema).await,
+        "refused before anything was created"
+    );
+
+    // The same setting in the URL (`options=-c default_transaction_isolation=repeatable\ read`).
+    let url = format!(
+        "{}{}options=-c%20default_transaction_isolation%3Drepeatable%5C%20read",
+        factory.url(),
+        if factory.url().contains('?') {
+            '&'
+        } else {
+            '?'
+        }
+    );
+    let pool = PostgresStore::pool_options()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    let (level,): (String,) = sqlx::query_as("SELECT current_setting('transaction_isolation')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        level, "repeatable read",
+        "the URL's options reach the server"
+    );
+    let refused = PostgresStore::builder(pool)
+        .schema(&schema)
+        .build()
+        .await
+        .unwrap_err();
+    assert_refused_at(refused, "repeatable read");
+
+    // READ COMMITTED, set explicitly, is what the store needs.
+    let store = PostgresStore::builder(pool_at("read committed").await)
+        .schema(&schema)
+        .build()
+        .await
+        .unwrap();
+    let key = id("pay", "order-isolation");
+    granted(
+        store
+            .claim(&key, &claim("worker", 60_000, true))
+            .await
+            .unwrap(),
     );
 }

@@ -20,12 +20,22 @@
 //!   `Changed` (spurious early returns are allowed, missed ones are not).
 //!
 //! A disconnect, or the server dropping a subscription (a slot that migrated), wakes the key's
-//! waiters: something may have been missed while nobody listened.
+//! waiters: something may have been missed while nobody listened. A subscription confirmed after
+//! such a loss began (a wait's own `SSUBSCRIBE` racing an unsubscribe or a disconnect) is not
+//! taken for a live one: each entry counts its losses, and a wait records its confirmation only
+//! if none happened since it sent its `SSUBSCRIBE`.
+//!
+//! No wait takes much longer than its timeout: the subscription connection is opened by a task of
+//! its own, and a wait waits for it only until its timeout passes (answering `TimedOut`; later
+//! waits find it open).
 //!
 //! Memory is bounded: entries nobody waits on are forgotten (and unsubscribed) after
-//! [`IDLE`], observations after [`OBSERVED_FOR`].
+//! [`IDLE`], observations after [`OBSERVED_FOR`]. A channel whose record is used again before
+//! its unsubscription is sent is not unsubscribed (the new entry unsubscribes it when it is
+//! forgotten in turn).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -33,7 +43,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
 use sentinel_core::store::Wait;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// An entry nobody waits on is forgotten, and its channel unsubscribed, this long after its last
@@ -132,10 +143,25 @@ impl Subscriber {
     }
 }
 
+/// The subscription connection's state.
 enum Connection {
     NotYet,
+    /// Being opened by this task, which reports the outcome to the waiters (and here).
+    Opening(JoinHandle<()>, watch::Receiver<Opened>),
     Ready(Subscriber),
     Failed(Instant),
+}
+
+/// What the task opening the subscription connection reports: `None` while it tries, then the
+/// connection, or `Some(None)` when it could not be opened.
+type Opened = Option<Option<Subscriber>>;
+
+/// `future`'s output, or `None` if `deadline` (when there is one) passes first.
+async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
 }
 
 /// The waiters of one record in this process, and what is known about its notifications.
@@ -144,6 +170,12 @@ struct Entry {
     /// Since when the channel is subscribed (the confirmation's arrival); `None` when it is not,
     /// or may not be (after a disconnect).
     subscribed: Option<Instant>,
+    /// How many times the subscription was lost (an unsubscribe or a disconnect): a wait's
+    /// confirmation counts only if none happened since it sent its `SSUBSCRIBE`.
+    losses: u64,
+    /// Whether the server may hold a subscription to the channel (a subscribe was sent, or one
+    /// was kept from a forgotten entry): the sweep then has it unsubscribed.
+    on_server: bool,
     /// When the last message for the record arrived.
     message: Option<Instant>,
     notify: Arc<Notify>,
@@ -158,6 +190,8 @@ impl Entry {
     fn new(now: Instant) -> Self {
         Entry {
             subscribed: None,
+            losses: 0,
+            on_server: false,
             message: None,
             notify: Arc::default(),
             waiters: 0,
@@ -220,11 +254,43 @@ impl State {
         let forgotten = &mut self.forgotten;
         self.keys.retain(|channel, e| {
             let keep = e.waiters > 0 || now.saturating_duration_since(e.used) < IDLE;
-            if !keep && e.subscribed.is_some() {
+            if !keep && (e.subscribed.is_some() || e.on_server) {
                 forgotten.push(channel.clone());
             }
             keep
         });
+    }
+
+    /// The forgotten channels to unsubscribe now: those whose record has no entry again. One that
+    /// has (its record was used again since) stays subscribed; its entry unsubscribes it when it
+    /// is forgotten in turn.
+    fn take_forgotten(&mut self) -> Vec<Vec<u8>> {
+        let mut forgotten = std::mem::take(&mut self.forgotten);
+        forgotten.retain(|channel| !self.keep_subscribed(channel));
+        forgotten
+    }
+
+    /// Whether `channel`, about to be unsubscribed, has an entry again (which then takes the
+    /// subscription over).
+    fn keep_subscribed(&mut self, channel: &[u8]) -> bool {
+        match self.keys.get_mut(channel) {
+            Some(e) => {
+                e.on_server = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A wait's `SSUBSCRIBE` of `channel`, sent when the entry had lost its subscription `losses`
+    /// times, was confirmed at `now`: recorded unless it was lost again since (the unsubscribe or
+    /// disconnect that did it may have come after the subscribe).
+    fn confirmed(&mut self, channel: &[u8], losses: u64, now: Instant) {
+        if let Some(e) = self.keys.get_mut(channel)
+            && e.losses == losses
+        {
+            e.subscribed.get_or_insert(now);
+        }
     }
 
     fn on_push(&mut self, push: PushInfo, now: Instant) {
@@ -249,12 +315,14 @@ impl State {
                 // subscription (its slot moved) may have lost messages: wake the waiters.
                 if let Some(e) = channel().and_then(|c| self.keys.get_mut(c)) {
                     e.subscribed = None;
+                    e.losses += 1;
                     e.notify.notify_waiters();
                 }
             }
             PushKind::Disconnection => {
                 for e in self.keys.values_mut() {
                     e.subscribed = None;
+                    e.losses += 1;
                     e.notify.notify_waiters();
                 }
             }
@@ -263,9 +331,9 @@ impl State {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update is a few field writes that cannot panic half-way: a poisoned lock is fine.
-    state
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -273,8 +341,17 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 /// One store's notifications: the lazily opened subscription connection and the waiters.
 pub(crate) struct Notifier {
     source: Source,
-    connection: tokio::sync::Mutex<Connection>,
+    /// Held only to look at or replace the state, never across I/O.
+    connection: Arc<Mutex<Connection>>,
     state: Arc<Mutex<State>>,
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Connection::Opening(task, _) = &*lock(&self.connection) {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Notifier {
@@ -306,7 +383,7 @@ impl Notifier {
     pub(crate) fn new(source: Source) -> Self {
         Notifier {
             source,
-            connection: tokio::sync::Mutex::new(Connection::NotYet),
+            connection: Arc::new(Mutex::new(Connection::NotYet)),
             state: Arc::new(Mutex::new(State::new(Instant::now()))),
         }
     }
@@ -329,59 +406,48 @@ impl Notifier {
         e.observe(sent, seq, now);
     }
 
-    /// The subscription connection, opened on first use; `None` if it cannot be opened.
-    async fn subscriber(&self) -> Option<Subscriber> {
-        let mut connection = self.connection.lock().await;
-        match &*connection {
-            Connection::Ready(s) => return Some(s.clone()),
-            Connection::Failed(at) if at.elapsed() < RETRY_CONNECT_AFTER => return None,
-            Connection::Failed(_) | Connection::NotYet => {}
-        }
-        let state = Arc::downgrade(&self.state);
-        let opened = match &self.source {
-            Source::None => return None,
-            Source::Standalone {
-                client,
-                response_timeout,
-                connection_timeout,
-            } => {
-                let config = ConnectionManagerConfig::new()
-                    .set_response_timeout(Some(*response_timeout))
-                    .set_connection_timeout(Some(*connection_timeout))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_push_sender(push_handler(state))
-                    .set_automatic_resubscription();
-                ConnectionManager::new_with_config(redis::Client::clone(client), config)
-                    .await
-                    .map(Subscriber::Standalone)
-            }
-            Source::Cluster {
-                urls,
-                response_timeout,
-                connection_timeout,
-            } => {
-                let built = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .response_timeout(*response_timeout)
-                    .connection_timeout(*connection_timeout)
-                    .push_sender(push_handler(state))
-                    .build();
-                match built {
-                    Ok(client) => client.get_async_connection().await.map(Subscriber::Cluster),
-                    Err(e) => Err(e),
+    /// The subscription connection, opened on first use by a task of its own, waited for until
+    /// `deadline` at most. `Err` is the wait's answer: `Unsupported` when it cannot be opened (or
+    /// failed lately), `TimedOut` when it is still being opened at `deadline` (the task goes on),
+    /// `Changed` when the task ended before it said (its runtime stopped: the next wait starts
+    /// another).
+    async fn subscriber(&self, deadline: Option<Instant>) -> Result<Subscriber, Wait> {
+        let mut opened = {
+            let mut connection = lock(&self.connection);
+            match &*connection {
+                Connection::Ready(s) => return Ok(s.clone()),
+                Connection::Failed(at) if at.elapsed() < RETRY_CONNECT_AFTER => {
+                    return Err(Wait::Unsupported);
+                }
+                Connection::Opening(task, opened) if !task.is_finished() => opened.clone(),
+                Connection::Opening(..) | Connection::Failed(_) | Connection::NotYet => {
+                    if matches!(self.source, Source::None) {
+                        return Err(Wait::Unsupported);
+                    }
+                    let (report, opened) = watch::channel(None);
+                    let task = tokio::spawn(open(
+                        self.source.clone(),
+                        Arc::downgrade(&self.state),
+                        Arc::downgrade(&self.connection),
+                        report,
+                    ));
+                    *connection = Connection::Opening(task, opened.clone());
+                    opened
                 }
             }
         };
-        match opened {
-            Ok(s) => {
-                *connection = Connection::Ready(s.clone());
-                Some(s)
-            }
-            Err(_) => {
-                *connection = Connection::Failed(Instant::now());
-                None
-            }
+        let outcome = within(deadline, async {
+            opened
+                .wait_for(Option::is_some)
+                .await
+                .map(|opened| opened.clone())
+        })
+        .await;
+        match outcome {
+            Some(Ok(Some(Some(subscriber)))) => Ok(subscriber),
+            Some(Ok(_)) => Err(Wait::Unsupported),
+            Some(Err(_)) => Err(Wait::Changed),
+            None => Err(Wait::TimedOut),
         }
     }
 
@@ -398,16 +464,17 @@ impl Notifier {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Option<Option<u64>>>,
     {
-        let deadline = Instant::now() + timeout;
-        let Some(subscriber) = self.subscriber().await else {
-            return Wait::Unsupported;
+        // A timeout too long to add to the clock (`Duration::MAX`, say) has no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        let subscriber = match self.subscriber(deadline).await {
+            Ok(subscriber) => subscriber,
+            Err(answer) => return answer,
         };
         let notify;
-        let (mut notified, subscribed, seen, forgotten) = {
+        let (mut notified, subscribed, losses, seen, forgotten) = {
             let now = Instant::now();
             let mut state = lock(&self.state);
             state.sweep(now);
-            let forgotten = std::mem::take(&mut state.forgotten);
             let e = state
                 .keys
                 .entry(channel.to_vec())
@@ -417,35 +484,41 @@ impl Notifier {
                 return Wait::Changed;
             }
             e.waiters += 1;
+            if e.subscribed.is_none() {
+                // Subscribed below: unsubscribed when the entry is forgotten, whatever happens.
+                e.on_server = true;
+            }
             notify = Arc::clone(&e.notify);
             let mut notified = Box::pin(notify.notified());
             // Registered under the lock that messages are handled under: none can slip between.
             notified.as_mut().enable();
-            (notified, e.subscribed, e.seen_since(since), forgotten)
+            let (subscribed, losses, seen) = (e.subscribed, e.losses, e.seen_since(since));
+            // Taken once this wait's entry exists: its own channel is not unsubscribed under it.
+            let forgotten = state.take_forgotten();
+            (notified, subscribed, losses, seen, forgotten)
         };
         let _waiting = Waiting {
             state: &self.state,
             channel,
         };
         if !forgotten.is_empty() {
-            let s = subscriber.clone();
+            let (s, state) = (subscriber.clone(), Arc::clone(&self.state));
             tokio::spawn(async move {
                 for channel in forgotten {
+                    // Its record may have been used again since: then it stays subscribed.
+                    if lock(&state).keep_subscribed(&channel) {
+                        continue;
+                    }
                     // Best effort: a failure leaves a subscription whose messages find no entry.
                     let _ = s.unsubscribe(&channel).await;
                 }
             });
         }
         if subscribed.is_none() {
-            match tokio::time::timeout_at(deadline, subscriber.subscribe(channel)).await {
-                Ok(Ok(())) => {
-                    let now = Instant::now();
-                    if let Some(e) = lock(&self.state).keys.get_mut(channel) {
-                        e.subscribed.get_or_insert(now);
-                    }
-                }
-                Ok(Err(_)) => return Wait::Unsupported,
-                Err(_) => return Wait::TimedOut,
+            match within(deadline, subscriber.subscribe(channel)).await {
+                Some(Ok(())) => lock(&self.state).confirmed(channel, losses, Instant::now()),
+                Some(Err(_)) => return Wait::Unsupported,
+                None => return Wait::TimedOut,
             }
         }
         if subscribed.is_none_or(|at| at > since) {
@@ -459,9 +532,63 @@ impl Notifier {
                 _ => return Wait::Changed,
             }
         }
-        match tokio::time::timeout_at(deadline, notified.as_mut()).await {
-            Ok(()) => Wait::Changed,
-            Err(_) => Wait::TimedOut,
+        match within(deadline, notified.as_mut()).await {
+            Some(()) => Wait::Changed,
+            None => Wait::TimedOut,
+        }
+    }
+}
+
+/// The task that opens the subscription connection: records the outcome in `connection` (if its
+/// notifier is still there) and reports it to the waiters through `report`.
+async fn open(
+    source: Source,
+    state: Weak<Mutex<State>>,
+    connection: Weak<Mutex<Connection>>,
+    report: watch::Sender<Opened>,
+) {
+    let opened = connect(&source, state).await.ok();
+    if let Some(connection) = connection.upgrade() {
+        *lock(&connection) = match &opened {
+            Some(subscriber) => Connection::Ready(subscriber.clone()),
+            None => Connection::Failed(Instant::now()),
+        };
+    }
+    report.send_replace(Some(opened));
+}
+
+/// Opens the subscription connection of `source`, its pushes handled into `state`.
+async fn connect(source: &Source, state: Weak<Mutex<State>>) -> redis::RedisResult<Subscriber> {
+    match source {
+        Source::None => Err((redis::ErrorKind::Client, "no URL to subscribe with").into()),
+        Source::Standalone {
+            client,
+            response_timeout,
+            connection_timeout,
+        } => {
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(*response_timeout))
+                .set_connection_timeout(Some(*connection_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1))
+                .set_push_sender(push_handler(state))
+                .set_automatic_resubscription();
+            ConnectionManager::new_with_config(redis::Client::clone(client), config)
+                .await
+                .map(Subscriber::Standalone)
+        }
+        Source::Cluster {
+            urls,
+            response_timeout,
+            connection_timeout,
+        } => {
+            let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
+                .use_protocol(ProtocolVersion::RESP3)
+                .response_timeout(*response_timeout)
+                .connection_timeout(*connection_timeout)
+                .push_sender(push_handler(state))
+                .build()?;
+            client.get_async_connection().await.map(Subscriber::Cluster)
         }
     }
 }
@@ -551,6 +678,61 @@ mod tests {
         assert!(state.keys[b"a".as_slice()].used >= t0);
         state.sweep(now + IDLE + SWEEP_EVERY);
         assert!(state.keys.is_empty(), "forgotten once idle");
+    }
+
+    #[test]
+    fn a_confirmation_sent_before_a_loss_is_not_recorded() {
+        let t0 = Instant::now();
+        let mut state = State::new(t0);
+        state.keys.insert(b"a".to_vec(), Entry::new(t0));
+        for lost in [
+            push(PushKind::SUnsubscribe, b"a"),
+            PushInfo {
+                kind: PushKind::Disconnection,
+                data: Vec::new(),
+            },
+        ] {
+            // A wait sends SSUBSCRIBE; the subscription is lost before its confirmation is
+            // recorded (an unsubscribe sent after it, a disconnect): not subscribed.
+            let sent = state.keys[b"a".as_slice()].losses;
+            state.on_push(lost, t0);
+            state.confirmed(b"a", sent, t0);
+            assert_eq!(state.keys[b"a".as_slice()].subscribed, None);
+            // Confirmed with nothing lost since it was sent: subscribed.
+            let sent = state.keys[b"a".as_slice()].losses;
+            state.confirmed(b"a", sent, t0);
+            assert_eq!(state.keys[b"a".as_slice()].subscribed, Some(t0));
+            state.keys.get_mut(b"a".as_slice()).unwrap().subscribed = None;
+        }
+        // Nothing to record for a record no longer there.
+        state.confirmed(b"gone", 0, t0);
+        assert!(!state.keys.contains_key(b"gone".as_slice()));
+    }
+
+    #[test]
+    fn a_forgotten_channel_used_again_is_unsubscribed_only_when_forgotten_again() {
+        let t0 = Instant::now();
+        let mut state = State::new(t0);
+        for channel in [b"again", b"gone1"] {
+            let mut entry = Entry::new(t0);
+            entry.subscribed = Some(t0);
+            state.keys.insert(channel.to_vec(), entry);
+        }
+        let swept = t0 + IDLE + SWEEP_EVERY;
+        state.sweep(swept);
+        assert!(state.keys.is_empty());
+        // `again` is used again (a busy claim's observation) before the unsubscription is sent.
+        state.keys.insert(b"again".to_vec(), Entry::new(swept));
+        assert_eq!(state.take_forgotten(), vec![b"gone1".to_vec()]);
+        assert!(state.forgotten.is_empty());
+        assert!(state.keys[b"again".as_slice()].on_server);
+        // Never subscribed by a wait, it still is on the server: unsubscribed once forgotten.
+        state.sweep(swept + IDLE + SWEEP_EVERY);
+        assert_eq!(state.take_forgotten(), vec![b"again".to_vec()]);
+        // An unsubscription already on its way skips a channel used again meanwhile.
+        state.keys.insert(b"again".to_vec(), Entry::new(swept));
+        assert!(state.keep_subscribed(b"again"));
+        assert!(!state.keep_subscribed(b"gone1"));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! standalone and on a cluster; a change between the claim and the wait is not missed; a store
 //! that cannot subscribe answers `Wait::Unsupported`; a dropped subscription connection wakes its
 //! waiters and is re-established; a wait longer than the notifier's idle time keeps its channel,
-//! while channels nobody waits on are unsubscribed.
+//! while channels nobody waits on are unsubscribed (but not the one a wait is for again); no wait
+//! takes much longer than its timeout while the subscription cannot connect, and `Duration::MAX`
+//! means no deadline.
 
 #![allow(clippy::unwrap_used)]
 
@@ -22,9 +24,13 @@ use sentinel_testkit::{Counted, servers, unique_namespace};
 use tokio::time::Instant;
 
 fn claim(who: &str) -> ClaimRequest {
+    claim_for(who, Duration::from_secs(30))
+}
+
+fn claim_for(who: &str, ttl: Duration) -> ClaimRequest {
     ClaimRequest {
         owner: OwnerId::new(who).unwrap(),
-        ttl: Ttl::new(Duration::from_secs(30)).unwrap(),
+        ttl: Ttl::new(ttl).unwrap(),
         start: true,
         request_id: RequestId::random(),
         fingerprint: None,
@@ -367,22 +373,33 @@ async fn subscribed_channels(store: &RedisStore) -> Vec<Vec<u8>> {
 }
 
 /// A record's entry in the notifier outlives its idle time (30 s) only while someone waits on
-/// it: a wait of a minute keeps its subscription and is woken by a change at 36 s, while a
-/// record nobody waits on is forgotten and its channel unsubscribed by the next wait's sweep.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// it: a wait of a minute keeps its subscription and is woken by a change at 36 s, while records
+/// nobody waits on are forgotten by the next sweep (here a busy claim's) and their channels
+/// unsubscribed by the next wait; except the channel of the record that wait is for, which stays
+/// subscribed and delivers its next change. On a current-thread runtime the wait sends its own
+/// `SSUBSCRIBE` before the unsubscribing task runs: a wait that unsubscribed its own record's
+/// channel would be left unsubscribed (and, from then on, believe it was subscribed).
+#[tokio::test]
 async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed() {
     let (a, b) = standalone_pair().await;
-    let (idle, long, other) = (id("idle"), id("long"), id("other"));
+    let (idle, gone, long) = (id("idle"), id("gone"), id("long"));
 
-    // `idle`: one short wait subscribes to its channel; nobody waits on it afterwards.
-    granted(a.claim(&idle, &claim("a")).await.unwrap());
-    let since = claim_busy(&b, &idle).await;
-    assert_eq!(
-        b.wait_for_change(&idle, since, Duration::from_millis(100))
-            .await
-            .unwrap(),
-        Wait::TimedOut
-    );
+    // `idle` and `gone`: one short wait each subscribes to their channel; nobody waits on them
+    // afterwards.
+    // (Held for longer than the test, so the keys are still busy at 36 s.)
+    let held = claim_for("a", Duration::from_secs(120));
+    let mut idle_token = None;
+    for key in [&idle, &gone] {
+        let grant = granted(a.claim(key, &held).await.unwrap());
+        idle_token.get_or_insert(grant.token);
+        let since = claim_busy(&b, key).await;
+        assert_eq!(
+            b.wait_for_change(key, since, Duration::from_millis(100))
+                .await
+                .unwrap(),
+            Wait::TimedOut
+        );
+    }
     // `long`: a wait of a minute.
     let grant = granted(a.claim(&long, &claim("a")).await.unwrap());
     let since = claim_busy(&b, &long).await;
@@ -396,16 +413,21 @@ async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed()
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let both = subscribed_channels(&b).await;
-    assert_eq!(both.len(), 2, "{both:?}");
+    let all = subscribed_channels(&b).await;
+    assert_eq!(all.len(), 3, "{all:?}");
 
-    // Past the idle time and a sweep interval, another wait sweeps.
+    // Past the idle time and a sweep interval, a busy claim of `idle` sweeps (forgetting `idle`
+    // and `gone`), and the wait that follows unsubscribes what was forgotten.
     tokio::time::sleep_until(started + Duration::from_secs(36)).await;
     assert!(!waiter.is_finished(), "nothing changed");
-    let _ = b
-        .wait_for_change(&other, Instant::now(), Duration::from_secs(2))
-        .await
-        .unwrap();
+    let since = claim_busy(&b, &idle).await;
+    assert_eq!(
+        b.wait_for_change(&idle, since, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Wait::TimedOut,
+        "nothing changed, and nothing was unsubscribed under the wait"
+    );
     let deadline = Instant::now() + Duration::from_secs(3);
     let left = loop {
         let channels = subscribed_channels(&b).await;
@@ -420,11 +442,41 @@ async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed()
         left.iter().any(|c| c.windows(ns.len()).any(|w| w == ns))
     };
     assert!(
-        !kept(&idle),
+        !kept(&gone),
         "the forgotten channel is unsubscribed: {left:?}"
     );
     assert!(kept(&long), "the waited-on channel is kept: {left:?}");
-    assert!(kept(&other), "{left:?}");
+    assert!(
+        kept(&idle),
+        "the channel waited on again stays subscribed: {left:?}"
+    );
+
+    // `idle` is subscribed, and known to be: a change wakes its next waiter at once.
+    let since = claim_busy(&b, &idle).await;
+    let idle_waiter = {
+        let (b, idle) = (b.clone(), idle.clone());
+        tokio::spawn(async move {
+            b.wait_for_change(&idle, since, Duration::from_secs(10))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!idle_waiter.is_finished(), "nothing changed");
+    let t0 = Instant::now();
+    a.complete(&idle, idle_token.unwrap(), &serde_json::json!("done"))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), idle_waiter)
+        .await
+        .expect("the wait on the channel subscribed again is woken")
+        .unwrap();
+    assert_eq!(answer, Wait::Changed);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
 
     // The long wait is still subscribed: a change wakes it.
     let t0 = Instant::now();
@@ -441,6 +493,42 @@ async fn a_long_wait_keeps_its_channel_and_forgotten_channels_are_unsubscribed()
         "{:?}",
         t0.elapsed()
     );
+}
+
+/// `Duration::MAX` is a timeout like any other (the port takes any duration): no panic, and a
+/// wait without a deadline that ends when the record changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_timeout_waits_without_a_deadline() {
+    let (a, b) = standalone_pair().await;
+    let key = id("forever");
+    // Held before `b` subscribes, so that no message of the grant can reach `b`'s wait below.
+    let grant = granted(a.claim(&key, &claim("a")).await.unwrap());
+    // No busy claim to compare with: a first wait answers at once.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.wait_for_change(&key, Instant::now(), Duration::MAX),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap();
+    assert_eq!(answer, Wait::Changed);
+    // A busy key: the wait lasts until the holder completes.
+    let since = claim_busy(&b, &key).await;
+    let waiter = {
+        let (b, key) = (b.clone(), key.clone());
+        tokio::spawn(async move { b.wait_for_change(&key, since, Duration::MAX).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "nothing changed");
+    a.complete(&key, grant.token, &serde_json::json!(1))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("woken by the completion")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, Wait::Changed);
 }
 
 /// A store over a connection the caller built has no URL to open a subscription with: it answers
@@ -557,4 +645,153 @@ async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestabl
         "subscribed again after the delay (and, subscribed after `since`, it may have missed a \
          change)"
     );
+}
+
+/// A TCP proxy in front of a Redis server, on std threads: it forwards every connection, or,
+/// while it stalls, accepts new ones and never answers them (a server that hangs, or a network
+/// that drops packets). Connections already forwarded keep working.
+struct StallingProxy {
+    port: u16,
+    stalling: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StallingProxy {
+    fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::net::{TcpListener, TcpStream};
+        let socket = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let stalling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = Arc::clone(&stalling);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for client in socket.incoming() {
+                let Ok(client) = client else { continue };
+                if stall.load(Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        StallingProxy { port, stalling }
+    }
+
+    fn stall(&self, stall: bool) {
+        self.stalling.store(stall, Ordering::SeqCst);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The subscription connection cannot be opened quickly (the server accepts the connection and
+/// never answers; each attempt takes the connection timeout, and is tried twice): a wait of
+/// 200 ms still returns after about 200 ms, and so do waits that start meanwhile. Once the
+/// server answers again, waits subscribe and are woken by changes: the slow attempt left
+/// nothing behind that breaks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_is_not_held_up_by_a_subscription_that_cannot_connect() {
+    let upstream = {
+        let url = support::redis_url();
+        let info = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_connection_info()
+            .clone();
+        match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                use std::net::ToSocketAddrs;
+                (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .unwrap()
+                    .next()
+                    .unwrap()
+            }
+            other => panic!("a TCP server expected, not {other:?}"),
+        }
+    };
+    let proxy = StallingProxy::start(upstream);
+    let prefix = support::unique_prefix();
+    let a = RedisStore::builder()
+        .prefix(prefix.clone())
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    let b = RedisStore::builder()
+        .prefix(prefix)
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(2))
+        .connect(&proxy.url())
+        .await
+        .unwrap();
+    let key = id("stalled");
+    let grant = granted(a.claim(&key, &claim("a")).await.unwrap());
+
+    proxy.stall(true);
+    let since = claim_busy(&b, &key).await;
+    let started = Instant::now();
+    let answer = b
+        .wait_for_change(&key, since, Duration::from_millis(200))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "a 200 ms wait took {took:?} while the subscription could not connect"
+    );
+    assert_eq!(answer, Wait::TimedOut);
+    let started = Instant::now();
+    let waits: Vec<_> = (0..4)
+        .map(|_| {
+            let (b, key) = (b.clone(), key.clone());
+            tokio::spawn(async move {
+                b.wait_for_change(&key, since, Duration::from_millis(200))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for wait in waits {
+        assert_eq!(wait.await.unwrap(), Wait::TimedOut);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "four 200 ms waits took {took:?}"
+    );
+
+    // Answered again: a later wait subscribes (after the failed attempt's retry delay at worst).
+    proxy.stall(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let since = Instant::now();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Subscribed after `since` with nothing to compare with: Changed once subscribed.
+        let answer = b
+            .wait_for_change(&key, since, Duration::from_millis(200))
+            .await
+            .unwrap();
+        if answer == Wait::Changed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never subscribed: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let latency = wake_latency(&b, &key, || async {
+        a.complete(&key, grant.token, &serde_json::json!("done"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(latency < Duration::from_millis(500), "{latency:?}");
 }
