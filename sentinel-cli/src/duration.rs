@@ -69,13 +69,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 /// Every unit of `d`, down to the second (`30d`, `1d1h1m1s`, `0s`): what a purge is told, in the
 /// form [`parse`] reads back.
 pub fn exact(d: Duration) -> String {
-    let secs = d.as_secs();
-    let parts = [
-        (secs / 86_400, "d"),
-        ((secs / 3_600) % 24, "h"),
-        ((secs / 60) % 60, "m"),
-        (secs % 60, "s"),
-    ];
+    let parts = units_of(d);
     let text: String = parts
         .iter()
         .filter(|(n, _)| *n > 0)
@@ -88,19 +82,24 @@ pub fn exact(d: Duration) -> String {
     }
 }
 
+/// The whole days, hours, minutes and seconds of `d`, largest first.
+fn units_of(d: Duration) -> [(u64, &'static str); 4] {
+    let secs = d.as_secs();
+    [
+        (secs / 86_400, "d"),
+        ((secs / 3_600) % 24, "h"),
+        ((secs / 60) % 60, "m"),
+        (secs % 60, "s"),
+    ]
+}
+
 /// `4m12s`, `3h`, `2d5h`, `850ms`: the two largest units.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1_000 {
         return format!("{ms}ms");
     }
-    let secs = d.as_secs();
-    let parts = [
-        (secs / 86_400, "d"),
-        ((secs / 3_600) % 24, "h"),
-        ((secs / 60) % 60, "m"),
-        (secs % 60, "s"),
-    ];
+    let parts = units_of(d);
     let first = parts.iter().position(|(n, _)| *n > 0).unwrap_or(3);
     parts[first..]
         .iter()

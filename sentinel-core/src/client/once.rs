@@ -777,67 +777,67 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
     }
 }
 
-/// Spawns a task that completes `token`'s execution with `result`, trying again while the store
-/// cannot be reached (about a minute in all): the work's result is known and a completion with
-/// the same token and result is safe to send again. A completion refused meanwhile (a
-/// reconciliation fenced the token) is logged. Without a runtime, nothing: the execution turns
-/// uncertain when its lease expires.
+/// Spawns a task that completes `token`'s execution with `result`: the work's result is known,
+/// and a completion with the same token and result is safe to send again. Without a runtime, or
+/// if it never gets through, the execution turns uncertain when its lease expires.
 fn complete_in_background(
     store: Arc<dyn CoordinationStore>,
     id: RecordId,
     token: FencingToken,
     result: serde_json::Value,
 ) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let recorded = keep_trying(|| async {
-            match store.complete(&id, token, &result).await {
-                Ok(()) => Attempt::Done,
-                Err(error) if error.is_transient() => Attempt::Again,
-                Err(error) => {
-                    tracing::warn!(%error, %id, %token, "completion refused");
-                    Attempt::Done
-                }
-            }
-        })
-        .await;
-        if recorded {
-            tracing::info!(%id, %token, "completion sent in the background");
-        } else {
-            tracing::warn!(%id, %token, "completion not recorded; the execution turns uncertain");
-        }
+    let (target, result) = (id.clone(), Arc::new(result));
+    send_in_background("completion", id, token, move || {
+        let (store, id, result) = (Arc::clone(&store), target.clone(), Arc::clone(&result));
+        async move { store.complete(&id, token, &result).await }
     });
 }
 
-/// Spawns a task that aborts `token`'s execution, trying again while the store cannot be reached
-/// (about a minute in all). Without a runtime, nothing: the lease simply expires.
+/// Spawns a task that aborts `token`'s execution. Without a runtime, or if it never gets through,
+/// the lease simply expires.
 pub(crate) fn abort_in_background(
     store: Arc<dyn CoordinationStore>,
     id: RecordId,
     token: FencingToken,
     disposition: Disposition,
 ) {
+    let target = id.clone();
+    send_in_background(disposition.as_str(), id, token, move || {
+        let (store, id) = (Arc::clone(&store), target.clone());
+        async move { store.abort(&id, token, disposition).await }
+    });
+}
+
+/// Spawns a task that sends one transition of `token`'s execution (`what` names it in the logs),
+/// trying again while the store cannot be reached (about a minute in all); a refusal (a
+/// reconciliation fenced the token, say) ends it and is logged.
+fn send_in_background<F, Fut>(what: &'static str, id: RecordId, token: FencingToken, mut send: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     runtime.spawn(async move {
-        let recorded = keep_trying(|| async {
-            match store.abort(&id, token, disposition).await {
-                Ok(()) => Attempt::Done,
-                Err(error) if error.is_transient() => Attempt::Again,
-                Err(error) => {
-                    tracing::warn!(%error, %id, %token, "abort refused");
-                    Attempt::Done
+        let recorded = keep_trying(|| {
+            let sent = send();
+            async {
+                match sent.await {
+                    Ok(()) => Attempt::Done,
+                    Err(error) if error.is_transient() => Attempt::Again,
+                    Err(error) => {
+                        tracing::warn!(%error, %id, %token, what, "refused");
+                        Attempt::Done
+                    }
                 }
             }
         })
         .await;
         if recorded {
-            tracing::info!(%id, %token, disposition = disposition.as_str(), "abort recorded");
+            tracing::info!(%id, %token, what, "sent in the background");
         } else {
-            tracing::warn!(%id, %token, "abort not recorded; the lease expires on its own");
+            tracing::warn!(%id, %token, what, "not recorded: the store could not be reached");
         }
     });
 }
