@@ -750,13 +750,20 @@ impl LossyProxy {
                 let (marker, drops, armed_) = (marker.clone(), drops_.clone(), armed.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 1 << 16];
+                    // The end of the bytes read before: a marker split across two reads is
+                    // still seen.
+                    let mut seen: Vec<u8> = Vec::new();
                     while let Ok(n @ 1..) = from.read(&mut buf) {
                         let chunk = &buf[..n];
+                        seen.extend_from_slice(chunk);
                         if drops.load(Ordering::SeqCst) > 0
-                            && chunk.windows(marker.len()).any(|w| w == marker.as_bytes())
+                            && seen.windows(marker.len()).any(|w| w == marker.as_bytes())
                         {
                             armed_.store(true, Ordering::SeqCst);
+                            seen.clear();
                         }
+                        let keep = seen.len().min(marker.len().saturating_sub(1));
+                        seen.drain(..seen.len() - keep);
                         if to.write_all(chunk).is_err() {
                             break;
                         }

@@ -107,11 +107,18 @@ pub(crate) enum Watched {
 
 /// How long the statement that marks a record watched may wait for the record's row lock when
 /// the wait has `left` to go: a tenth less, so that the server gives up first and the pooled
-/// connection comes back in order (a statement dropped mid-flight costs its connection); at least
-/// 1 ms (0 would mean no limit).
+/// connection comes back in order (a statement dropped mid-flight costs its connection), and at
+/// most [`MAX_LOCK_WAIT`]; at least 1 ms (0 would mean no limit). PostgreSQL applies it to each
+/// lock wait, and a waiter queued behind other waiters of the same row waits once per waiter
+/// ahead of it: the cap keeps that short. A transition holds the row for a statement's time; only
+/// a transaction kept open on it (a caller's `complete_in`) holds it longer, and then waiters
+/// answer `TimedOut` and claim again.
 pub(crate) fn lock_timeout(left: Duration) -> Duration {
-    (left - left / 10).max(Duration::from_millis(1))
+    (left - left / 10).clamp(Duration::from_millis(1), MAX_LOCK_WAIT)
 }
+
+/// The longest the watch statement waits for the record's row lock (see [`lock_timeout`]).
+const MAX_LOCK_WAIT: Duration = Duration::from_millis(100);
 
 /// `future`'s output, or `None` if `deadline` (when there is one) passes first.
 async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
@@ -889,12 +896,13 @@ mod tests {
     #[test]
     fn the_server_gives_up_on_the_lock_before_the_wait_ends() {
         assert_eq!(
-            lock_timeout(Duration::from_millis(200)),
-            Duration::from_millis(180)
+            lock_timeout(Duration::from_millis(100)),
+            Duration::from_millis(90)
         );
+        // At most 100 ms, whatever is left: each waiter queued ahead costs one lock wait.
         assert_eq!(
             lock_timeout(Duration::from_secs(1)),
-            Duration::from_millis(900)
+            Duration::from_millis(100)
         );
         // Never 0, which would mean no limit.
         assert_eq!(lock_timeout(Duration::ZERO), Duration::from_millis(1));

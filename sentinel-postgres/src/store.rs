@@ -1052,7 +1052,8 @@ async fn check_read_committed(pool: &PgPool) -> Result<()> {
         .fetch_one(pool)
         .await
         .map_err(|e| error::from_sqlx(e, "build", pool.options().get_acquire_timeout()))?;
-    if level == "read committed" {
+    // PostgreSQL runs READ UNCOMMITTED as READ COMMITTED.
+    if level == "read committed" || level == "read uncommitted" {
         return Ok(());
     }
     Err(sentinel_core::InvalidInput::Malformed {

@@ -527,9 +527,10 @@ impl Notifier {
             let Some(seen) = seen else {
                 return Wait::Changed;
             };
-            match read_seq().await {
-                Some(Some(now)) if now == seen => {}
-                _ => return Wait::Changed,
+            match within(deadline, read_seq()).await {
+                Some(Some(Some(now))) if now == seen => {}
+                None => return Wait::TimedOut,
+                Some(_) => return Wait::Changed,
             }
         }
         match within(deadline, notified.as_mut()).await {
