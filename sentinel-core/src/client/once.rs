@@ -618,7 +618,9 @@ impl Sentinel {
             Ok(Ok(value)) => {
                 let recorded = match serde_json::to_value(&value) {
                     Ok(json) => {
-                        in_flight.then = Afterwards::Complete(json.clone());
+                        // Shared with the guard, not copied: a result may be large.
+                        let json = Arc::new(json);
+                        in_flight.then = Afterwards::Complete(Arc::clone(&json));
                         self.record_completion(&id, token, &boundary, &json).await
                     }
                     Err(e) => Err(InvalidInput::ResultNotJson(e.to_string()).into()),
@@ -636,7 +638,7 @@ impl Sentinel {
                                 Arc::clone(&self.inner.store),
                                 id.clone(),
                                 token,
-                                json.clone(),
+                                Arc::clone(json),
                             );
                         } else {
                             in_flight.then = Afterwards::GiveUp(Some(boundary.disposition()));
@@ -784,9 +786,9 @@ fn complete_in_background(
     store: Arc<dyn CoordinationStore>,
     id: RecordId,
     token: FencingToken,
-    result: serde_json::Value,
+    result: Arc<serde_json::Value>,
 ) {
-    let (target, result) = (id.clone(), Arc::new(result));
+    let target = id.clone();
     send_in_background("completion", id, token, move || {
         let (store, id, result) = (Arc::clone(&store), target.clone(), Arc::clone(&result));
         async move { store.complete(&id, token, &result).await }
@@ -974,7 +976,7 @@ enum Afterwards {
     GiveUp(Option<Disposition>),
     /// The work returned this result: complete with it (once past the boundary), or give up as
     /// not applied before it.
-    Complete(serde_json::Value),
+    Complete(Arc<serde_json::Value>),
 }
 
 impl InFlight {
