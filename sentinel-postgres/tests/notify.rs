@@ -966,6 +966,10 @@ async fn every_logged_transition_of_a_watched_record_notifies() {
     let operator = OwnerId::new("operator").unwrap();
     let key = id("events", "k");
     let k = digest("events", "k").await;
+    // The listener opens in the background, and a wait that ends before it is open never reaches
+    // the statement that marks the record watched: open it first, so that the short waits below
+    // do (on a loaded machine the listener can take longer than their 50 ms).
+    start_listening(&store).await;
 
     let t1 = granted(store.claim(&key, &claim("a", 1_000, false)).await.unwrap());
     heard(0, "a claim of a record nobody waits on").await;
