@@ -941,6 +941,31 @@ async fn a_wait_without_end_is_a_wait_without_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_claim_the_server_ran_after_the_client_gave_up_is_found_and_given_up() {
+    // Every attempt timed out, and the server ran the claim 300 ms later all the same: the
+    // background look for it must not stop at its first look (100 ms, nothing there yet).
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    *store.late_store.lock().unwrap() = Some(store.inner().clone());
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.late_claims.store(3, Ordering::SeqCst);
+    let failed: Result<Once<u8>, _> = sentinel.once("pay-9", |_| async { Ok(1) }).await;
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let record = sentinel.inspect("pay-9").await.unwrap().unwrap();
+    assert_eq!(
+        record.state,
+        ExecutionState::Claimed,
+        "the late claim was found and given up as not applied"
+    );
+    let retried: Once<u8> = sentinel.once("pay-9", |_| async { Ok(2) }).await.unwrap();
+    assert!(retried.is_executed(), "{retried:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
     // Every claim attempt of `a` failed before reaching the store: nothing of `a`'s was applied,
     // but `a` cannot know that and looks for its claim in the background. Meanwhile `b` claims

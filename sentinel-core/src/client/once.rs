@@ -742,10 +742,13 @@ impl Sentinel {
 }
 
 /// Looks, for a while, for a claim made by `request_id` whose reply never arrived, and aborts it
-/// as not applied: nothing ran under it.
+/// as not applied: nothing ran under it. It looks through its whole schedule (about a minute),
+/// not only until it first finds one: every attempt of the call carried the same request id,
+/// and one still on its way (a statement the server runs late) may land after an abort and be
+/// granted again. Another caller's claim has another request id and is never touched.
 async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
     tokio::time::sleep(FIRST_PAUSE).await;
-    let forgotten = keep_trying(|| async {
+    keep_trying(|| async {
         match store.inspect(&id).await {
             Ok(Some(record))
                 if record.request_id == Some(request_id)
@@ -754,29 +757,26 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
                         ExecutionState::Claimed | ExecutionState::Executing
                     ) =>
             {
+                // A claim already given up is aborted again as a no-op (no event).
                 match store
                     .abort(&id, record.token, Disposition::NotApplied)
                     .await
                 {
-                    Ok(()) => {
+                    Ok(()) if record.state == ExecutionState::Executing => {
                         tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
-                        Attempt::Done
+                        Attempt::Again
                     }
-                    Err(error) if error.is_transient() => Attempt::Again,
-                    Err(_) => Attempt::Done,
+                    Ok(()) | Err(_) => Attempt::Again,
                 }
             }
             // Completed: a claim landing late can only be told so. Nothing to give up.
             Ok(Some(record)) if record.state == ExecutionState::Completed => Attempt::Done,
-            // Not (yet) applied, or someone else's record now: an attempt still on its way (a
-            // statement the server has not run yet) may land later, so keep looking.
+            // Not (yet) applied, or someone else's record now: an attempt still on its way may
+            // land later, so keep looking.
             Ok(_) | Err(_) => Attempt::Again,
         }
     })
     .await;
-    if !forgotten {
-        tracing::debug!(%id, "no lost claim found to give up");
-    }
 }
 
 /// Spawns a task that completes `token`'s execution with `result`: the work's result is known,

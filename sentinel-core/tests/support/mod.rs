@@ -117,6 +117,12 @@ pub struct Faults {
     pub lost_claim_replies: AtomicUsize,
     /// The next this-many claims fail as if the store were unreachable, applying nothing.
     pub failed_claims: AtomicUsize,
+    /// The next this-many claims fail as if the store were unreachable, and are applied 300 ms
+    /// later all the same, to [`Faults::late_store`]: a statement the server ran after the client
+    /// gave up on it.
+    pub late_claims: AtomicUsize,
+    /// The store late claims are applied to (the decorated store's inner one).
+    pub late_store: Mutex<Option<std::sync::Arc<dyn CoordinationStore>>>,
     /// The next this-many aborts fail as if the store were unreachable, applying nothing.
     pub failed_aborts: AtomicUsize,
     /// The next this-many completions fail as if the store were unreachable, applying nothing.
@@ -148,6 +154,20 @@ impl Decorator for Faults {
         self.claims.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failed_claims) {
             return Err(unavailable("connection refused"));
+        }
+        if take_one(&self.late_claims) {
+            let store = self
+                .late_store
+                .lock()
+                .unwrap()
+                .clone()
+                .expect("late_store is set");
+            let (id, request) = (id.clone(), request.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = store.claim(&id, &request).await;
+            });
+            return Err(unavailable("timed out; the statement runs on"));
         }
         let answer = store.claim(id, request).await;
         lose_reply(&self.lost_claim_replies, answer)
