@@ -22,9 +22,11 @@
 //! **Timeouts.** No wait takes much longer than its timeout: a wait waits for the listener to be
 //! opened only until its own timeout passes (answering `TimedOut`; the task keeps trying, and
 //! later waits find it listening), and the statement that marks a record watched (below) gives up
-//! waiting for the record's row lock before the wait's timeout passes (a transition of the record
-//! in a transaction still open: [`complete_in`](crate::PostgresStore::complete_in) in a caller's
-//! transaction, say), so its pooled connection is back at once, and the wait answers `TimedOut`.
+//! waiting for the record's row lock after at most [`lock_timeout`] of the time left (a
+//! transition of the record in a transaction still open:
+//! [`complete_in`](crate::PostgresStore::complete_in) in a caller's transaction, say), and the
+//! wait answers `TimedOut`. PostgreSQL counts that limit per lock wait, so a waiter queued behind
+//! others of the same record keeps its pooled connection up to one limit per waiter ahead of it.
 //!
 //! **The `since` rule** (a change after `since` that happened before the wait must not be
 //! missed). The store remembers what its busy claims saw ([`Notifier::observe`]): the record's

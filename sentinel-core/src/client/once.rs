@@ -629,8 +629,7 @@ impl Sentinel {
                     Ok(()) => Once::Executed { value, token },
                     Err(error) => {
                         if error.is_transient()
-                            && boundary.crossed()
-                            && let Afterwards::Complete(json) = &in_flight.then
+                            && let Some(json) = in_flight.completion()
                         {
                             // The store could not be reached: the result is known and the
                             // completion is safe to send again, so keep sending it.
@@ -638,7 +637,7 @@ impl Sentinel {
                                 Arc::clone(&self.inner.store),
                                 id.clone(),
                                 token,
-                                Arc::clone(json),
+                                json,
                             );
                         } else {
                             in_flight.then = Afterwards::GiveUp(Some(boundary.disposition()));
@@ -758,16 +757,13 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
                     ) =>
             {
                 // A claim already given up is aborted again as a no-op (no event).
-                match store
+                let aborted = store
                     .abort(&id, record.token, Disposition::NotApplied)
-                    .await
-                {
-                    Ok(()) if record.state == ExecutionState::Executing => {
-                        tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
-                        Attempt::Again
-                    }
-                    Ok(()) | Err(_) => Attempt::Again,
+                    .await;
+                if aborted.is_ok() && record.state == ExecutionState::Executing {
+                    tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
                 }
+                Attempt::Again
             }
             // Completed: a claim landing late can only be told so. Nothing to give up.
             Ok(Some(record)) if record.state == ExecutionState::Completed => Attempt::Done,
@@ -983,6 +979,15 @@ impl InFlight {
     fn disarm(&mut self) {
         self.id = None;
     }
+
+    /// The result to complete with, when finishing means completing: the work returned it, and
+    /// the execution is past the boundary (before it, finishing means giving up as not applied).
+    fn completion(&self) -> Option<Arc<serde_json::Value>> {
+        match &self.then {
+            Afterwards::Complete(result) if self.boundary.crossed() => Some(Arc::clone(result)),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for InFlight {
@@ -991,11 +996,12 @@ impl Drop for InFlight {
             return;
         };
         let store = Arc::clone(&self.store);
-        match std::mem::replace(&mut self.then, Afterwards::GiveUp(None)) {
-            Afterwards::Complete(result) if self.boundary.crossed() => {
-                tracing::warn!(%id, token = %self.token, "once() dropped while recording its result; completing in the background");
-                complete_in_background(store, id, self.token, result);
-            }
+        if let Some(result) = self.completion() {
+            tracing::warn!(%id, token = %self.token, "once() dropped while recording its result; completing in the background");
+            complete_in_background(store, id, self.token, result);
+            return;
+        }
+        match self.then {
             Afterwards::GiveUp(Some(disposition)) => {
                 tracing::warn!(%id, token = %self.token, disposition = disposition.as_str(), "once() dropped while giving its execution up");
                 abort_in_background(store, id, self.token, disposition);

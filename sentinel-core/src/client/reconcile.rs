@@ -61,6 +61,32 @@ impl Sentinel {
         self.call("inspect", || store.inspect(id)).await
     }
 
+    /// Sends an operator command on `id`, retried like every store call. When a retry that
+    /// followed a transient failure is refused for the record's state, an earlier attempt may
+    /// have been applied and its reply lost: `own` says whether the record, as it is now, shows
+    /// this client's own transition, and with what answer.
+    async fn call_recognised<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        id: &RecordId,
+        attempt: F,
+        own: impl FnOnce(&ExecutionRecord) -> Option<T>,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match self.call_retried(operation, attempt).await {
+            (Err(Error::Rejected(refused)), true) if refused.reason == RejectReason::WrongState => {
+                match self.inspect_id(id).await?.as_ref().and_then(own) {
+                    Some(answer) => Ok(answer),
+                    None => Err(Error::Rejected(refused)),
+                }
+            }
+            (answer, _) => answer,
+        }
+    }
+
     /// Starts resolving an uncertain execution: fences out its worker with a new token (a late
     /// completion from it is refused from now on) and moves it to `reconciling`.
     ///
@@ -99,31 +125,12 @@ impl Sentinel {
         let id = self.record_id(key)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        let call = async {
-            match self
-                .call_retried("reconcile", || store.reconcile(&id, owner))
-                .await
-            {
-                // An earlier attempt may have been applied and its reply lost: the retry then
-                // finds the record reconciling. If this client is the one reconciling it, that
-                // is the reconciliation asked for.
-                (Err(Error::Rejected(refused)), true)
-                    if refused.reason == RejectReason::WrongState
-                        && refused.state == Some(ExecutionState::Reconciling) =>
-                {
-                    match self.inspect_id(&id).await? {
-                        Some(record)
-                            if record.state == ExecutionState::Reconciling
-                                && record.owner == *owner =>
-                        {
-                            Ok(record.token)
-                        }
-                        _ => Err(Error::Rejected(refused)),
-                    }
-                }
-                (answer, _) => answer,
-            }
-        };
+        let call = self.call_recognised(
+            "reconcile",
+            &id,
+            || store.reconcile(&id, owner),
+            |r| (r.state == ExecutionState::Reconciling && r.owner == *owner).then_some(r.token),
+        );
         let token = self.operate("reconcile", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, %token, "reconciling");
         self.observed(&id, TransitionKind::Reconciled, Some(token));
@@ -155,31 +162,16 @@ impl Sentinel {
         let id = self.record_id(key)?;
         let store = &self.inner.store;
         let owner = &self.inner.owner;
-        let call = async {
-            match self
-                .call_retried("reset_to_claimed", || store.reset_to_claimed(&id, owner))
-                .await
-            {
-                // An earlier attempt may have been applied and its reply lost: the retry then
-                // finds the record claimed. If the claim is this client's reset (its owner, and
-                // no claim call's request id), that is the reset asked for.
-                (Err(Error::Rejected(refused)), true)
-                    if refused.reason == RejectReason::WrongState =>
-                {
-                    match self.inspect_id(&id).await? {
-                        Some(record)
-                            if record.state == ExecutionState::Claimed
-                                && record.owner == *owner
-                                && record.request_id.is_none() =>
-                        {
-                            Ok(())
-                        }
-                        _ => Err(Error::Rejected(refused)),
-                    }
-                }
-                (answer, _) => answer,
-            }
-        };
+        // After a reset the record is claimed by this client, with no claim call's request id.
+        let call = self.call_recognised(
+            "reset_to_claimed",
+            &id,
+            || store.reset_to_claimed(&id, owner),
+            |r| {
+                (r.state == ExecutionState::Claimed && r.owner == *owner && r.request_id.is_none())
+                    .then_some(())
+            },
+        );
         self.operate("reset_to_claimed", &id, call).await?;
         tracing::info!(namespace = %id.namespace, key = %id.key, "reset to claimed");
         self.observed(&id, TransitionKind::Reset, None);
