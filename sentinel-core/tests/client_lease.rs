@@ -247,3 +247,78 @@ async fn a_release_dropped_before_the_store_answered_still_frees_the_lease() {
         "freed by the guard's drop"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_granted_to_an_acquire_whose_every_reply_was_lost_is_released_in_the_background() {
+    // Every attempt was applied (the first granted, the retries adopted it) and every reply
+    // lost: the caller was told the acquire failed and holds no guard, so nobody would release
+    // the lease before its ttl ended (never, on this manual clock).
+    let (store, a, b) = faulty_clients();
+    store
+        .lost_acquire_replies
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    let failed = a.lease("k").await;
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b.lease("k").await.unwrap().acquired().is_some(),
+        "the lost grant was released"
+    );
+    let id = RecordId::parse("jobs", "k").unwrap();
+    let history = a
+        .store()
+        .history(Keyspace::Lease, &id, &Default::default())
+        .await
+        .unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::LeaseAcquired,
+            EventKind::LeaseReleased,
+            EventKind::LeaseAcquired
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn releasing_a_lost_grant_never_touches_another_workers_lease() {
+    // None of `a`'s attempts reached the store, but `a` cannot know that and looks for its
+    // grant in the background; `b` takes the lease meanwhile and must keep it.
+    let (store, a, b) = faulty_clients();
+    store
+        .failed_acquires
+        .store(3, std::sync::atomic::Ordering::SeqCst);
+    assert!(a.lease("k").await.is_err());
+    let guard = b.lease("k").await.unwrap().acquired().unwrap();
+    // Longer than every look `a` takes (about a minute in all). The store's clock stands
+    // still, so only a release could end `b`'s lease.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    let id = RecordId::parse("jobs", "k").unwrap();
+    let held = a.store().inspect_lease(&id).await.unwrap().unwrap();
+    assert_eq!(held.token, guard.token());
+    let history = a
+        .store()
+        .history(Keyspace::Lease, &id, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_guard_whose_release_failed_sends_it_again() {
+    let (store, a, b) = faulty_clients();
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store
+        .failed_releases
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    drop(guard);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        b.lease("k").await.unwrap().acquired().is_some(),
+        "freed by the drop's later attempt"
+    );
+}

@@ -101,6 +101,16 @@ pub trait Decorator: Send + Sync + fmt::Debug + 'static {
         store.reset_to_claimed(id, owner).await
     }
 
+    /// Intercepts [`CoordinationStore::acquire_lease`].
+    async fn acquire_lease(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        request: &LeaseRequest,
+    ) -> Result<Acquisition> {
+        store.acquire_lease(id, request).await
+    }
+
     /// Intercepts [`CoordinationStore::release_lease`].
     async fn release_lease(
         &self,
@@ -256,7 +266,9 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
     }
     async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
         self.decorator.before("acquire_lease");
-        self.store.acquire_lease(id, request).await
+        self.decorator
+            .acquire_lease(self.store.as_ref(), id, request)
+            .await
     }
     async fn release_lease(&self, id: &RecordId, token: FencingToken) -> Result<()> {
         self.decorator.before("release_lease");

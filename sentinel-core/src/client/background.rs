@@ -1,9 +1,16 @@
-//! The client's background tasks (the heartbeat, retention): started on first use, and started
-//! again when the runtime the last one ran on has shut down.
+//! The client's background tasks: the long-lived ones (the heartbeat, retention), started on
+//! first use and started again when the runtime the last one ran on has shut down; and the
+//! short-lived ones that finish what a call could not (a transition to send again, a lost
+//! claim or lease to give up), each trying for about a minute.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::key::RecordId;
+use crate::token::FencingToken;
 
 /// One background task of the client, running at most once at a time.
 #[derive(Debug, Default)]
@@ -43,6 +50,91 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.0.store(false, Ordering::SeqCst);
     }
+}
+
+/// Spawns a task that sends one transition of `token`'s execution (`what` names it in the logs),
+/// trying again while the store cannot be reached (about a minute in all); a refusal (a
+/// reconciliation fenced the token, say) ends it and is logged.
+pub(crate) fn send_in_background<F, Fut>(
+    what: &'static str,
+    id: RecordId,
+    token: FencingToken,
+    mut send: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let recorded = keep_trying(|| {
+            let sent = send();
+            async {
+                match sent.await {
+                    Ok(()) => Attempt::Done,
+                    Err(error) if error.is_transient() => Attempt::Again,
+                    Err(error) => {
+                        tracing::warn!(%error, %id, %token, what, "refused");
+                        Attempt::Done
+                    }
+                }
+            }
+        })
+        .await;
+        if recorded {
+            tracing::info!(%id, %token, what, "sent in the background");
+        } else {
+            tracing::warn!(%id, %token, what, "not recorded: the store could not be reached");
+        }
+    });
+}
+
+/// What one background attempt came to.
+pub(crate) enum Attempt {
+    /// Nothing left to do.
+    Done,
+    /// The store could not be reached: try again later.
+    Again,
+}
+
+/// Runs `attempt`, and again after a pause while it answers [`Attempt::Again`], up to
+/// [`BACKGROUND_ATTEMPTS`] times in all; pauses start at [`FIRST_PAUSE`] and double up to 5 s.
+/// Whether it got through.
+async fn keep_trying<F, Fut>(mut attempt: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut pause = FIRST_PAUSE;
+    for tried in 1..=BACKGROUND_ATTEMPTS {
+        if let Attempt::Done = attempt().await {
+            return true;
+        }
+        if tried < BACKGROUND_ATTEMPTS {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+    false
+}
+
+/// The first pause of a background task: before it looks for a lost claim (which may still be on
+/// its way), and between its first two attempts.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+
+/// How many times a background task tries before giving up (about a minute in all).
+const BACKGROUND_ATTEMPTS: u32 = 15;
+
+/// Waits [`FIRST_PAUSE`] (what it looks for may still be on its way), then runs `look` through
+/// the whole schedule of [`keep_trying`] unless it answers [`Attempt::Done`].
+pub(crate) async fn look_for_a_while<F, Fut>(look: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    tokio::time::sleep(FIRST_PAUSE).await;
+    keep_trying(look).await;
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
+use super::background::{Attempt, look_for_a_while, send_in_background};
 use super::heartbeat::Registration;
 use super::observe::TransitionKind;
 use crate::error::{Error, Result};
@@ -17,7 +18,7 @@ use crate::key::{Keyspace, RecordId};
 use crate::lease::{Acquisition, LeaseRequest};
 use crate::owner::{OwnerId, RequestId};
 use crate::rejection::RejectReason;
-use crate::store::{HistoryQuery, Renewal};
+use crate::store::{CoordinationStore, HistoryQuery, Renewal};
 use crate::time::Timestamp;
 use crate::token::FencingToken;
 
@@ -177,17 +178,38 @@ impl Drop for LeaseGuard {
             return;
         }
         drop(self.registration.take());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let store = Arc::clone(&self.sentinel.inner.store);
-            let id = self.id.clone();
-            let token = self.authority.token();
-            runtime.spawn(async move {
-                if let Err(error) = store.release_lease(&id, token).await {
-                    tracing::debug!(%error, %id, "release on drop not recorded");
+        let store = Arc::clone(&self.sentinel.inner.store);
+        let id = self.id.clone();
+        let token = self.authority.token();
+        send_in_background("lease release", self.id.clone(), token, move || {
+            let (store, id) = (Arc::clone(&store), id.clone());
+            async move {
+                match store.release_lease(&id, token).await {
+                    // Already free: an earlier attempt was applied, or the lease ended and was
+                    // released by nobody.
+                    Err(Error::Rejected(r)) if r.reason == RejectReason::NotFound => Ok(()),
+                    other => other,
                 }
-            });
-        }
+            }
+        });
     }
+}
+
+/// Looks, for a while, for a lease granted to `request_id` whose reply never arrived (every
+/// attempt of the acquire failed, so no guard holds it), and releases it. Like the search for a
+/// lost claim, it runs its whole schedule: an attempt still on its way may land after a release.
+/// A lease granted to another request is never touched.
+async fn forget_lease(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
+    look_for_a_while(|| async {
+        if let Ok(Some(lease)) = store.inspect_lease(&id).await
+            && lease.request_id == request_id
+            && store.release_lease(&id, lease.token).await.is_ok()
+        {
+            tracing::info!(%id, token = %lease.token, "released a lease whose grant was lost");
+        }
+        Attempt::Again
+    })
+    .await;
 }
 
 impl Sentinel {
@@ -233,6 +255,18 @@ impl Sentinel {
             .call("acquire", || store.acquire_lease(&id, &request))
             .instrument(span.clone())
             .await;
+        // Every attempt failed, and one may still have been applied: a lease nobody holds a
+        // guard for would keep others out until its ttl ends.
+        if let Err(error) = &acquired
+            && error.is_transient()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(forget_lease(
+                Arc::clone(store),
+                id.clone(),
+                request.request_id,
+            ));
+        }
         span.record(
             "outcome",
             match &acquired {

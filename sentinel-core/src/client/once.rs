@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
+use super::background::{Attempt, look_for_a_while, send_in_background};
 use super::failure::Failure;
 use super::observe::TransitionKind;
 use crate::error::{Error, InvalidInput, Result};
@@ -746,8 +747,7 @@ impl Sentinel {
 /// and one still on its way (a statement the server runs late) may land after an abort and be
 /// granted again. Another caller's claim has another request id and is never touched.
 async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
-    tokio::time::sleep(FIRST_PAUSE).await;
-    keep_trying(|| async {
+    look_for_a_while(|| async {
         match store.inspect(&id).await {
             Ok(Some(record))
                 if record.request_id == Some(request_id)
@@ -805,76 +805,6 @@ pub(crate) fn abort_in_background(
         async move { store.abort(&id, token, disposition).await }
     });
 }
-
-/// Spawns a task that sends one transition of `token`'s execution (`what` names it in the logs),
-/// trying again while the store cannot be reached (about a minute in all); a refusal (a
-/// reconciliation fenced the token, say) ends it and is logged.
-fn send_in_background<F, Fut>(what: &'static str, id: RecordId, token: FencingToken, mut send: F)
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>> + Send + 'static,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let recorded = keep_trying(|| {
-            let sent = send();
-            async {
-                match sent.await {
-                    Ok(()) => Attempt::Done,
-                    Err(error) if error.is_transient() => Attempt::Again,
-                    Err(error) => {
-                        tracing::warn!(%error, %id, %token, what, "refused");
-                        Attempt::Done
-                    }
-                }
-            }
-        })
-        .await;
-        if recorded {
-            tracing::info!(%id, %token, what, "sent in the background");
-        } else {
-            tracing::warn!(%id, %token, what, "not recorded: the store could not be reached");
-        }
-    });
-}
-
-/// What one background attempt came to.
-enum Attempt {
-    /// Nothing left to do.
-    Done,
-    /// The store could not be reached: try again later.
-    Again,
-}
-
-/// Runs `attempt`, and again after a pause while it answers [`Attempt::Again`], up to
-/// [`BACKGROUND_ATTEMPTS`] times in all; pauses start at [`FIRST_PAUSE`] and double up to 5 s.
-/// Whether it got through.
-async fn keep_trying<F, Fut>(mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
-{
-    let mut pause = FIRST_PAUSE;
-    for tried in 1..=BACKGROUND_ATTEMPTS {
-        if let Attempt::Done = attempt().await {
-            return true;
-        }
-        if tried < BACKGROUND_ATTEMPTS {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-    false
-}
-
-/// The first pause of a background task: before it looks for a lost claim (which may still be on
-/// its way), and between its first two attempts.
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-
-/// How many times a background task tries before giving up (about a minute in all).
-const BACKGROUND_ATTEMPTS: u32 = 15;
 
 /// The first pause between claims when the store cannot notify.
 const POLL_START: Duration = Duration::from_millis(20);

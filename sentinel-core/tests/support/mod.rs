@@ -12,8 +12,9 @@ use async_trait::async_trait;
 
 use sentinel_core::store::{Renewal, RenewalResult, Wait};
 use sentinel_core::{
-    ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, FencingToken,
-    ManualClock, OwnerId, RecordId, RejectReason, Rejection, Result, Timestamp,
+    Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error,
+    FencingToken, LeaseRequest, ManualClock, OwnerId, RecordId, RejectReason, Rejection, Result,
+    Timestamp,
 };
 use sentinel_memory::MemoryStore;
 use sentinel_testkit::{Decorated, Decorator};
@@ -131,6 +132,10 @@ pub struct Faults {
     pub lost_reconcile_replies: AtomicUsize,
     /// The next this-many resets are applied, then answered as if the connection broke.
     pub lost_reset_replies: AtomicUsize,
+    /// The next this-many lease acquires are applied, then answered as if the connection broke.
+    pub lost_acquire_replies: AtomicUsize,
+    /// The next this-many lease acquires fail as if the store were unreachable, applying nothing.
+    pub failed_acquires: AtomicUsize,
     /// The next this-many lease releases are applied, then answered as if the connection broke.
     pub lost_release_replies: AtomicUsize,
     /// The next this-many lease releases fail as if the store were unreachable, applying nothing.
@@ -217,6 +222,19 @@ impl Decorator for Faults {
     ) -> Result<()> {
         let answer = store.reset_to_claimed(id, owner).await;
         lose_reply(&self.lost_reset_replies, answer)
+    }
+
+    async fn acquire_lease(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        request: &LeaseRequest,
+    ) -> Result<Acquisition> {
+        if take_one(&self.failed_acquires) {
+            return Err(unavailable("connection refused"));
+        }
+        let answer = store.acquire_lease(id, request).await;
+        lose_reply(&self.lost_acquire_replies, answer)
     }
 
     async fn release_lease(
