@@ -58,4 +58,4 @@ mod store;
 
 pub use migrate::{EmbeddedMigration, HISTORY_TABLE, MIGRATIONS, migrate, migrator};
 pub use schema::Schema;
-pub use store::{DEFAULT_IN_FLIGHT, PostgresStore, PostgresStoreBuilder};
+pub use store::{DEFAULT_IN_FLIGHT, DEFAULT_LISTENER_PROBE, PostgresStore, PostgresStoreBuilder};

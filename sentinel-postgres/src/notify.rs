@@ -170,6 +170,8 @@ fn parse(payload: &str) -> Option<u128> {
 /// The waiting side of one store: its listener task and its waiters.
 pub(crate) struct Notifier {
     channel: String,
+    /// How long the listener may hear nothing before it probes its connection.
+    probe: Duration,
     shared: Arc<Shared>,
     /// Held only to look at or replace the task, never across I/O.
     control: Mutex<Control>,
@@ -373,9 +375,10 @@ impl Drop for Registration {
 
 impl Notifier {
     /// The notifier of a store in `schema`; opens nothing until the first wait.
-    pub(crate) fn new(schema: &Schema) -> Self {
+    pub(crate) fn new(schema: &Schema, probe: Duration) -> Self {
         Notifier {
             channel: channel(schema),
+            probe,
             shared: Arc::default(),
             control: Mutex::default(),
         }
@@ -538,7 +541,10 @@ impl Notifier {
                         Arc::clone(&self.shared),
                         pool.connect_options(),
                         self.channel.clone(),
-                        pool.options().get_acquire_timeout(),
+                        Timing {
+                            connect: pool.options().get_acquire_timeout(),
+                            probe: self.probe,
+                        },
                         report,
                     ));
                     control.task = Some((task, started.clone()));
@@ -589,14 +595,14 @@ async fn start(
     shared: Arc<Shared>,
     options: Arc<PgConnectOptions>,
     channel: String,
-    timeout: Duration,
+    timing: Timing,
     report: watch::Sender<Start>,
 ) {
-    match listen(&options, &channel, timeout).await {
+    match listen(&options, &channel, timing.connect).await {
         Ok(listener) => {
             shared.listening(Instant::now());
             report.send_replace(Start::Listening);
-            run(shared, listener, options, channel, timeout).await;
+            run(shared, listener, options, channel, timing).await;
         }
         Err(error) => {
             tracing::warn!(
@@ -636,6 +642,16 @@ async fn listen(
     }
 }
 
+/// The listener task's clocks.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// How long opening a listener, or answering its probe, may take (the pool's acquire
+    /// timeout).
+    connect: Duration,
+    /// How long the listener may hear nothing before it probes its connection.
+    probe: Duration,
+}
+
 /// Wakes every waiter when the task ends, whatever ends it (an abort, its runtime shutting down).
 struct LostOnExit(Arc<Shared>);
 
@@ -652,29 +668,53 @@ async fn run(
     mut listener: PgListener,
     options: Arc<PgConnectOptions>,
     channel: String,
-    timeout: Duration,
+    timing: Timing,
 ) {
     let _lost_on_exit = LostOnExit(Arc::clone(&shared));
     loop {
         loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => shared.received(notification.payload()),
-                Ok(None) => {
+            // `try_recv` is cancel-safe: a notification half read when the probe is due stays
+            // in the connection's buffer for the next call.
+            match tokio::time::timeout(timing.probe, listener.try_recv()).await {
+                Ok(Ok(Some(notification))) => shared.received(notification.payload()),
+                Ok(Ok(None)) => {
                     tracing::debug!(%channel, "the listener's connection was lost");
                     break;
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     tracing::debug!(%channel, %error, "the listener's connection failed");
                     break;
+                }
+                Err(_heard_nothing) => {
+                    // LISTEN again: a no-op on a channel the session listens on, which keeps
+                    // the connection shown as the listener in `pg_stat_activity`. Notifications
+                    // that arrive meanwhile are buffered for `try_recv`.
+                    let probe = sqlx::Executor::execute(
+                        &mut listener,
+                        sqlx::AssertSqlSafe(format!(r#"LISTEN "{channel}""#)),
+                    );
+                    match tokio::time::timeout(timing.connect, probe).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::debug!(%channel, %error, "the listener's probe failed");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(%channel, after = ?timing.connect, "the listener's connection did not answer its probe; opening another");
+                            break;
+                        }
+                    }
                 }
             }
         }
         shared.lost();
+        // A connection that stopped answering is closed once its socket gives up (sqlx first
+        // sends it an UNLISTEN): the operating system's retransmission timeout, not ours.
         drop(listener);
         let mut pause = RECONNECT_FIRST;
         listener = loop {
             tokio::time::sleep(pause).await;
-            match listen(&options, &channel, timeout).await {
+            match listen(&options, &channel, timing.connect).await {
                 Ok(listener) => break listener,
                 Err(error) => {
                     tracing::warn!(%channel, %error, "cannot listen for changes again yet");
@@ -794,7 +834,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn what_busy_claims_saw_is_forgotten_too() {
-        let notifier = Notifier::new(&Schema::default());
+        let notifier = Notifier::new(&Schema::default(), crate::DEFAULT_LISTENER_PROBE);
         let (a, b) = (digest("n", "a"), digest("n", "b"));
         notifier.observe(a, Instant::now(), seen(1, false));
         tokio::time::advance(SWEEP_EVERY).await;
@@ -809,7 +849,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn claims_vouch_only_for_what_every_one_saw() {
-        let notifier = Notifier::new(&Schema::default());
+        let notifier = Notifier::new(&Schema::default(), crate::DEFAULT_LISTENER_PROBE);
         let a = digest("n", "a");
         let before = Instant::now();
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -916,7 +956,7 @@ mod tests {
 
     #[test]
     fn nothing_runs_before_the_first_wait() {
-        let notifier = Notifier::new(&Schema::default());
+        let notifier = Notifier::new(&Schema::default(), crate::DEFAULT_LISTENER_PROBE);
         assert!(!notifier.running());
         assert_eq!(notifier.channel, "sentinel_sentinel");
     }

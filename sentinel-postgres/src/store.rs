@@ -146,8 +146,15 @@ pub struct PostgresStoreBuilder {
     time: TimeSource,
     migrate: bool,
     listen: bool,
+    listener_probe: Duration,
     in_flight: usize,
 }
+
+/// How long the listener may hear nothing before it checks its connection, by default (see
+/// [`PostgresStoreBuilder::listener_probe`]).
+pub const DEFAULT_LISTENER_PROBE: Duration = Duration::from_secs(30);
+/// The shortest [`PostgresStoreBuilder::listener_probe`].
+const MIN_LISTENER_PROBE: Duration = Duration::from_millis(10);
 
 /// How many claim statements, and how many complete statements, a store sends at once by
 /// default (see [`PostgresStoreBuilder::in_flight`]).
@@ -181,6 +188,19 @@ impl PostgresStoreBuilder {
     /// Transitions notify either way.
     pub fn listen(mut self, listen: bool) -> Self {
         self.listen = listen;
+        self
+    }
+
+    /// How long the listener may hear nothing before it checks its connection (default
+    /// [`DEFAULT_LISTENER_PROBE`]; at least 10 ms). It then sends its `LISTEN` again over that
+    /// connection (a no-op for the server); if no answer comes within the pool's acquire
+    /// timeout, it takes the connection for dead, wakes its waiters (they claim again) and opens
+    /// another. A connection cut off without a reset (a NAT or load balancer that forgets idle
+    /// flows) would otherwise leave the store believing it listens while no notification
+    /// arrives. The probe also keeps such a flow from going idle: set it below the device's idle
+    /// timeout.
+    pub fn listener_probe(mut self, after: Duration) -> Self {
+        self.listener_probe = after.max(MIN_LISTENER_PROBE);
         self
     }
 
@@ -238,6 +258,7 @@ impl PostgresStoreBuilder {
             schema,
             self.time,
             self.listen,
+            self.listener_probe,
             self.in_flight,
         ))
     }
@@ -312,6 +333,7 @@ impl PostgresStore {
             Schema::default(),
             TimeSource::Server,
             true,
+            DEFAULT_LISTENER_PROBE,
             DEFAULT_IN_FLIGHT,
         )
     }
@@ -324,6 +346,7 @@ impl PostgresStore {
             time: TimeSource::Server,
             migrate: true,
             listen: true,
+            listener_probe: DEFAULT_LISTENER_PROBE,
             in_flight: DEFAULT_IN_FLIGHT,
         }
     }
@@ -333,10 +356,11 @@ impl PostgresStore {
         schema: Schema,
         time: TimeSource,
         listen: bool,
+        listener_probe: Duration,
         in_flight: usize,
     ) -> Self {
         let sql = Statements::new(&schema);
-        let notifier = Notifier::new(&schema);
+        let notifier = Notifier::new(&schema, listener_probe);
         let coalesce = in_flight > 0;
         PostgresStore {
             inner: Arc::new(Inner {

@@ -426,6 +426,75 @@ async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_connection_stops_answering_is_replaced() {
+    // A flow cut off without a reset (a NAT that forgot it): nothing arrives and nothing fails,
+    // so only the listener's probe can tell.
+    let factory = factory!();
+    let options: PgConnectOptions = factory.url().parse().unwrap();
+    let (pool, proxy) = proxy::CountingProxy::pool(&options, 2).await.unwrap();
+    let store = PostgresStore::builder(pool)
+        .schema(factory.adopt(common::unique_schema("sentinel_probe")))
+        .listener_probe(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let other = other_store(&factory, &store).await;
+    start_listening(&store).await;
+    let first = listener_pids(factory.url(), &store).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // A connection that answers is probed and kept.
+    let before = proxy.counts();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let probes = proxy.counts().since(before).statements;
+    assert!((2..=4).contains(&probes), "{probes} probes in 1 s");
+    assert_eq!(listener_pids(factory.url(), &store).await, first);
+
+    let key = id("probe", "k");
+    let token = held(&other, &key).await;
+    proxy.stall_listeners();
+    let waiter = busy_then_wait(&store, &key, Duration::from_secs(60)).await;
+    // The probe goes unanswered for the pool's acquire timeout (5 s): then the listener is
+    // taken for dead, its waiters are woken, and another one is opened.
+    let woken = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("woken once the probe found the connection dead")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+    // Another connection listens. (The stalled one stays open until its socket gives up, which
+    // the proxy, acknowledging everything, never lets happen.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = listener_pids(factory.url(), &store).await;
+        if pids.len() == 2 && pids.contains(&first[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not listening again: {pids:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The new listener hears notifications.
+    let mut settled = false;
+    for _ in 0..50 {
+        let waiter = busy_then_wait(&store, &key, Duration::from_millis(20)).await;
+        if waiter.await.unwrap() == Wait::TimedOut {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "waits wait again after the reconnect");
+    let waiter = busy_then_wait(&store, &key, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiter.is_finished(), "nothing changed yet");
+    other.complete(&key, token, &json!("r")).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_that_cannot_reconnect_backs_off() {
     let factory = factory!();
     let options: PgConnectOptions = factory.url().parse().unwrap();

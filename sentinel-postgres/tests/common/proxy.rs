@@ -60,6 +60,8 @@ struct Counters {
     refusing: AtomicBool,
     /// Connections closed at once while refusing.
     refused: AtomicU64,
+    /// The stall switches of the open connections that sent a `LISTEN`.
+    listeners: std::sync::Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 /// The running proxy; dropping it stops accepting (open connections end with their peers).
@@ -146,6 +148,15 @@ impl CountingProxy {
         self.counters.refused.load(Ordering::SeqCst)
     }
 
+    /// The connections that sent a `LISTEN` so far forward nothing more either way (what is sent
+    /// is lost) and stay open: flows a NAT forgot without resetting them. Later connections are
+    /// not touched.
+    pub fn stall_listeners(&self) {
+        for stalled in self.counters.listeners.lock().unwrap().drain(..) {
+            stalled.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// The counts so far.
     pub fn counts(&self) -> Counts {
         Counts {
@@ -161,9 +172,25 @@ async fn relay(client: TcpStream, server: TcpStream, counters: Arc<Counters>) ->
     server.set_nodelay(true)?;
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
-    let down = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-        let _ = client_write.shutdown().await;
+    let stall = Arc::new(AtomicBool::new(false));
+    let stalled = {
+        let stall = Arc::clone(&stall);
+        move || stall.load(Ordering::SeqCst)
+    };
+    let down = tokio::spawn({
+        let stalled = stalled.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = server_read.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if !stalled() && client_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = client_write.shutdown().await;
+        }
     });
     let mut parser = Parser::default();
     let mut buf = vec![0u8; 64 * 1024];
@@ -173,7 +200,12 @@ async fn relay(client: TcpStream, server: TcpStream, counters: Arc<Counters>) ->
             break;
         }
         parser.feed(&buf[..n], &counters);
-        server_write.write_all(&buf[..n]).await?;
+        if std::mem::take(&mut parser.listened) {
+            counters.listeners.lock().unwrap().push(Arc::clone(&stall));
+        }
+        if !stalled() {
+            server_write.write_all(&buf[..n]).await?;
+        }
     }
     let _ = server_write.shutdown().await;
     let _ = down.await;
@@ -188,6 +220,8 @@ struct Parser {
     started: bool,
     saw_parse: bool,
     saw_execute: bool,
+    /// Whether a simple query starting with `LISTEN` went by.
+    listened: bool,
 }
 
 const PROTOCOL_3: u32 = 196_608;
@@ -212,6 +246,8 @@ impl Parser {
                 return;
             }
             if self.started {
+                self.listened |=
+                    self.pending[0] == b'Q' && self.pending[5..total].starts_with(b"LISTEN");
                 self.message(self.pending[0], counters);
             } else if len >= 8 {
                 let code = u32::from_be_bytes([
