@@ -322,3 +322,78 @@ async fn a_dropped_guard_whose_release_failed_sends_it_again() {
         "freed by the drop's later attempt"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded_is_not() {
+    use std::sync::atomic::Ordering;
+    let (store, a, b) = faulty_clients();
+    // Every attempt of the call fails: the caller is told, and the guard's drop sends it again.
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store.failed_releases.store(3, Ordering::SeqCst);
+    let failed = guard.release().await;
+    assert!(
+        matches!(failed, Err(Error::Unavailable { .. })),
+        "{failed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let next = b
+        .lease("k")
+        .await
+        .unwrap()
+        .acquired()
+        .expect("released by the guard");
+    // A release the store answered leaves the guard nothing to send.
+    let before = store.releases.load(Ordering::SeqCst);
+    next.release().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.releases.load(Ordering::SeqCst), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another_took_the_lease() {
+    use std::sync::atomic::Ordering;
+    // The first attempt never reached the store; the lease expired during the retry's pause and
+    // another worker took it, so the retry is refused as fenced. The history shows no release of
+    // this token: the work after the expiry was not protected, and the caller must hear so.
+    // Earlier acquisitions and releases fill more than one page of history (1,000 events), ahead
+    // of it.
+    let (memory, clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let (a, b) = clients(store.clone());
+    for _ in 0..501 {
+        let earlier = a.lease("k").await.unwrap().acquired().unwrap();
+        earlier.release().await.unwrap();
+    }
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store.failed_releases.store(1, Ordering::SeqCst);
+    let releasing = tokio::spawn(guard.release());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    clock.advance(Duration::from_secs(60));
+    let _taken = b.lease("k").await.unwrap().acquired().unwrap();
+    let refused = releasing.await.unwrap().unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.reason.clone()),
+        Some(RejectReason::Fenced),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_finds_its_own_release_past_the_first_page_of_history() {
+    use std::sync::atomic::Ordering;
+    // As above, but the first attempt was applied and its reply lost: the retry's "fenced" is
+    // the store having done it, and the release event is found past the first page.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let (a, b) = clients(store.clone());
+    for _ in 0..501 {
+        let earlier = a.lease("k").await.unwrap().acquired().unwrap();
+        earlier.release().await.unwrap();
+    }
+    let guard = a.lease("k").await.unwrap().acquired().unwrap();
+    store.lost_release_replies.store(1, Ordering::SeqCst);
+    let releasing = tokio::spawn(guard.release());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _taken = b.lease("k").await.unwrap().acquired().unwrap();
+    releasing.await.unwrap().unwrap();
+}

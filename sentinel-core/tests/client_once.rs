@@ -870,6 +870,42 @@ async fn a_completion_the_store_could_not_take_is_sent_again_in_the_background()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_completion_sent_in_the_background_backs_off_and_stops_at_a_refusal() {
+    // The client's three attempts and the background's first three fail; then an operator
+    // reconciles the expired execution, and the background's fourth attempt is refused: that
+    // ends it (the token is fenced, sending again cannot help).
+    let (memory, clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.failed_completions.store(6, Ordering::SeqCst);
+    let charged = sentinel
+        .once("pay-10", |_| async { Ok::<_, Failure>(10u8) })
+        .await
+        .unwrap();
+    assert!(
+        matches!(charged, Once::CompletionFailed { .. }),
+        "{charged:?}"
+    );
+    let sent_by_the_call = store.completions.lock().unwrap().len();
+    assert_eq!(sent_by_the_call, 3);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    clock.advance(Duration::from_secs(3600));
+    let operator = Sentinel::builder(store.clone()).build().unwrap();
+    operator.reconcile("pay-10").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let sent = store.completions.lock().unwrap().clone();
+    let background: Vec<Duration> = sent[sent_by_the_call..]
+        .iter()
+        .map(|at| *at - sent[sent_by_the_call])
+        .collect();
+    assert_eq!(
+        background,
+        [0, 100, 300, 700].map(Duration::from_millis),
+        "pauses of 100, 200 and 400 ms, and nothing after the refusal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_once_dropped_while_recording_its_outcome_still_records_it() {
     let (memory, _clock) = MemoryStore::with_manual_clock();
     let store = support::faulty(memory);
@@ -1055,4 +1091,45 @@ async fn purge_goes_on_until_the_store_has_nothing_left_to_remove() {
     clock.advance(Duration::from_secs(60));
     assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 1001);
     assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_runs_out_while_the_key_is_busy_answers_in_progress_at_its_deadline() {
+    // Real time: the holder works for 3 s; a 300 ms wait must end near 300 ms, with and without
+    // notifications, not carry on claiming until the holder is done.
+    for store in [
+        support::faulty(MemoryStore::new()),
+        support::without_notifications(MemoryStore::new()),
+    ] {
+        let holder = Sentinel::builder(store.clone()).build().unwrap();
+        let waiter = Sentinel::builder(store.clone()).build().unwrap();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let held = tokio::spawn(async move {
+            holder
+                .once("busy-1", |_| async move {
+                    let _ = started_tx.send(());
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok::<_, Failure>(1u8)
+                })
+                .await
+                .unwrap()
+        });
+        started.await.unwrap();
+        let begun = std::time::Instant::now();
+        let outcome: Once<u8> = waiter
+            .once_with(
+                "busy-1",
+                &OnceOptions::new().wait(Duration::from_millis(300)),
+                |_| async { unreachable!("held") },
+            )
+            .await
+            .unwrap();
+        let took = begun.elapsed();
+        assert!(matches!(outcome, Once::InProgress { .. }), "{outcome:?}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(1_500),
+            "answered after {took:?}"
+        );
+        assert!(held.await.unwrap().is_executed());
+    }
 }

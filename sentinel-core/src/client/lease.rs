@@ -183,14 +183,7 @@ impl Drop for LeaseGuard {
         let token = self.authority.token();
         send_in_background("lease release", self.id.clone(), token, move || {
             let (store, id) = (Arc::clone(&store), id.clone());
-            async move {
-                match store.release_lease(&id, token).await {
-                    // Already free: an earlier attempt was applied, or the lease ended and was
-                    // released by nobody.
-                    Err(Error::Rejected(r)) if r.reason == RejectReason::NotFound => Ok(()),
-                    other => other,
-                }
-            }
+            async move { store.release_lease(&id, token).await }
         });
     }
 }

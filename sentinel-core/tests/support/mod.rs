@@ -128,6 +128,8 @@ pub struct Faults {
     pub failed_aborts: AtomicUsize,
     /// The next this-many completions fail as if the store were unreachable, applying nothing.
     pub failed_completions: AtomicUsize,
+    /// When each completion was sent (tokio's clock), in order.
+    pub completions: Mutex<Vec<tokio::time::Instant>>,
     /// The next this-many reconciliations are applied, then answered as if the connection broke.
     pub lost_reconcile_replies: AtomicUsize,
     /// The next this-many resets are applied, then answered as if the connection broke.
@@ -140,6 +142,8 @@ pub struct Faults {
     pub lost_release_replies: AtomicUsize,
     /// The next this-many lease releases fail as if the store were unreachable, applying nothing.
     pub failed_releases: AtomicUsize,
+    /// How many lease releases were sent.
+    pub releases: AtomicUsize,
 }
 
 impl Faults {
@@ -185,6 +189,10 @@ impl Decorator for Faults {
         token: FencingToken,
         result: &serde_json::Value,
     ) -> Result<()> {
+        self.completions
+            .lock()
+            .unwrap()
+            .push(tokio::time::Instant::now());
         if take_one(&self.failed_completions) {
             return Err(unavailable("connection refused"));
         }
@@ -243,6 +251,7 @@ impl Decorator for Faults {
         id: &RecordId,
         token: FencingToken,
     ) -> Result<()> {
+        self.releases.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failed_releases) {
             return Err(unavailable("connection refused"));
         }
