@@ -108,6 +108,8 @@ pub async fn migrate(target: &Target) -> Result<(), Error> {
 }
 
 async fn postgres(target: &Target, migrate: bool) -> Result<PostgresStore, Error> {
+    // A bad name is bad input, said before anything is tried on the network.
+    sentinel_postgres::Schema::new(target.schema.as_str())?;
     let pool = PostgresStore::pool_options()
         .max_connections(2)
         .connect(&target.url)

@@ -5,6 +5,7 @@
 
 mod backend;
 mod duration;
+mod json;
 mod output;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -272,8 +273,7 @@ impl TryFrom<Command> for Action {
             Command::Reconcile { key } => Action::Reconcile(Key::new(key)?),
             Command::ForceComplete { key, result } => Action::ForceComplete(
                 Key::new(key)?,
-                serde_json::from_str(&result)
-                    .map_err(|e| Failure::Usage(format!("--result is not valid JSON: {e}")))?,
+                json::parse_exact(&result).map_err(|e| Failure::Usage(format!("--result {e}")))?,
             ),
             Command::Reset { key } => Action::Reset(Key::new(key)?),
             Command::Lease(LeaseCommand::Inspect { key }) => Action::LeaseInspect(Key::new(key)?),
@@ -457,12 +457,32 @@ impl Context {
         keyspace: Keyspace,
         id: &RecordId,
     ) -> Result<Option<Event>, Failure> {
-        // Histories are short; the last page is the tail.
-        Ok(self
-            .store
-            .history(keyspace, id, &HistoryQuery::default())
-            .await?
-            .pop())
+        Ok(last_event(self.store.as_ref(), keyspace, id).await?)
+    }
+}
+
+/// The newest event of a history, paging through it from the start (a PostgreSQL history is
+/// never trimmed: a lease taken every minute logs thousands of events a day).
+async fn last_event(
+    store: &dyn CoordinationStore,
+    keyspace: Keyspace,
+    id: &RecordId,
+) -> Result<Option<Event>, Error> {
+    let mut query = HistoryQuery::default();
+    let mut last = None;
+    loop {
+        let mut page = store.history(keyspace, id, &query).await?;
+        let full = page.len() >= query.limit as usize;
+        match page.pop() {
+            Some(event) => {
+                query.after = Some(event.id);
+                last = Some(event);
+            }
+            None => return Ok(last),
+        }
+        if !full {
+            return Ok(last);
+        }
     }
 }
 
@@ -833,7 +853,8 @@ async fn changed(
     let read = async {
         let record = client.inspect(key).await?;
         let now = ctx.store.now().await?;
-        let last = client.history(key).await?.pop();
+        let id = RecordId::new(ctx.namespace.clone(), Key::new(key)?);
+        let last = last_event(ctx.store.as_ref(), Keyspace::Execution, &id).await?;
         Ok::<_, Error>((record, now, last))
     };
     let (record, warning) = match read.await {

@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use sentinel_core::{
-    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, EventKind, Failure, Keyspace,
-    LeaseRequest, Once, OwnerId, RecordId, RequestId, Sentinel, Ttl,
+    Acquisition, ClaimOutcome, ClaimRequest, CoordinationStore, Disposition, EventKind, Failure,
+    Keyspace, LeaseRequest, Once, OwnerId, RecordId, RequestId, Sentinel, Ttl,
 };
 use sentinel_postgres::PostgresStore;
 use sentinel_redis::RedisStore;
@@ -568,6 +568,35 @@ async fn hints(cli: &Cli, store: &dyn CoordinationStore) {
     }
 }
 
+/// A history longer than a page (1,000 events; PostgreSQL never trims one): `inspect` shows
+/// its newest event, not the last of the first page.
+async fn newest_event_of_a_long_history(cli: &Cli, store: &dyn CoordinationStore) {
+    let id = RecordId::parse(&cli.namespace, "retried-501-times").unwrap();
+    let mut last = 0;
+    for round in 0..501 {
+        let request = ClaimRequest {
+            owner: OwnerId::new("worker-8").unwrap(),
+            ttl: Ttl::new(Duration::from_secs(60)).unwrap(),
+            start: true,
+            request_id: RequestId::random(),
+            fingerprint: None,
+        };
+        let ClaimOutcome::Acquired(grant) = store.claim(&id, &request).await.unwrap() else {
+            panic!("claimable again")
+        };
+        last = grant.token.get();
+        if round < 500 {
+            store
+                .abort(&id, grant.token, Disposition::NotApplied)
+                .await
+                .unwrap();
+        }
+    }
+    let record = cli.json(&["inspect", "retried-501-times"], 0);
+    assert_eq!(record["last_event"]["kind"], "claimed", "{record}");
+    assert_eq!(record["last_event"]["token"], json!(last), "{record}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reconciliation_flow() {
     let Some(server) = servers::require("postgres", servers::postgres()) else {
@@ -587,7 +616,8 @@ async fn postgres_reconciliation_flow() {
         .build()
         .await
         .unwrap();
-    reconciliation_flow(&cli, Arc::new(store)).await;
+    reconciliation_flow(&cli, Arc::new(store.clone())).await;
+    newest_event_of_a_long_history(&cli, &store).await;
     // The server is shared with later runs: leave nothing behind.
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA \"{schema}\" CASCADE"
@@ -641,6 +671,15 @@ fn usage_errors_exit_2_and_unreachable_backends_exit_3_without_printing_password
         vec!["purge", "--completed-before", "soon"],
         vec!["list", "--limit", "0"],
         vec!["frobnicate"],
+        vec!["force-complete", "k", "--result", "{", "--yes"],
+        // Would be stored as 1.2345678901234568e22.
+        vec![
+            "force-complete",
+            "k",
+            "--result",
+            r#"{"amount": 12345678901234567890123}"#,
+            "--yes",
+        ],
     ] {
         let out = any.run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -658,6 +697,16 @@ fn usage_errors_exit_2_and_unreachable_backends_exit_3_without_printing_password
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--url"));
+    // A schema name that can never be valid is bad input, found before connecting.
+    let bad_schema = Cli::new(
+        "postgres://postgres@127.0.0.1:1/x",
+        "payments",
+        &["--schema", "no such schema!"],
+    );
+    let out = bad_schema.run(&["list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("schema"), "{stderr}");
     let out = cli("mysql://root:pw@h/db").run(&["list"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("pw@"));
