@@ -1133,3 +1133,27 @@ async fn a_wait_that_runs_out_while_the_key_is_busy_answers_in_progress_at_its_d
         assert!(held.await.unwrap().is_executed());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_abort_the_store_refused_is_not_sent_again() {
+    // The work outlived its lease and an operator reconciled the key before the work said
+    // "not applied": the abort is refused (the token is fenced), and sending it again cannot
+    // help, so nothing is sent in the background.
+    let (memory, clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    let operator = Sentinel::builder(store.clone()).build().unwrap();
+    let outcome: Once<u8> = sentinel
+        .once("pay-11", |_| async {
+            clock.advance(Duration::from_secs(3600));
+            operator.reconcile("pay-11").await.unwrap();
+            Err(Failure::not_applied("declined"))
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Once::Failed { .. }), "{outcome:?}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(store.aborts.load(Ordering::SeqCst), 1);
+    let record = sentinel.inspect("pay-11").await.unwrap().unwrap();
+    assert_eq!(record.state, ExecutionState::Reconciling);
+}

@@ -765,10 +765,8 @@ async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
                 }
                 Attempt::Again
             }
-            // Completed: a claim landing late can only be told so. Nothing to give up.
-            Ok(Some(record)) if record.state == ExecutionState::Completed => Attempt::Done,
-            // Not (yet) applied, or someone else's record now: an attempt still on its way may
-            // land later, so keep looking.
+            // Not (yet) applied, or someone else's record now (even a completed one: an operator
+            // may reset it): an attempt still on its way may land later, so keep looking.
             Ok(_) | Err(_) => Attempt::Again,
         }
     })

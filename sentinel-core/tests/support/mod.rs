@@ -126,6 +126,8 @@ pub struct Faults {
     pub late_store: Mutex<Option<std::sync::Arc<dyn CoordinationStore>>>,
     /// The next this-many aborts fail as if the store were unreachable, applying nothing.
     pub failed_aborts: AtomicUsize,
+    /// How many aborts were sent.
+    pub aborts: AtomicUsize,
     /// The next this-many completions fail as if the store were unreachable, applying nothing.
     pub failed_completions: AtomicUsize,
     /// When each completion was sent (tokio's clock), in order.
@@ -206,6 +208,7 @@ impl Decorator for Faults {
         token: FencingToken,
         disposition: Disposition,
     ) -> Result<()> {
+        self.aborts.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.failed_aborts) {
             return Err(unavailable("connection refused"));
         }
