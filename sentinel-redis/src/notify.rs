@@ -71,6 +71,8 @@ pub(crate) enum Source {
         client: Box<redis::Client>,
         response_timeout: Duration,
         connection_timeout: Duration,
+        /// How long the connection may go without a probe (`PING`).
+        probe: Duration,
     },
     /// A cluster, through these node URLs.
     Cluster {
@@ -87,6 +89,7 @@ impl Source {
         client: &redis::Client,
         response_timeout: Duration,
         connection_timeout: Duration,
+        probe: Duration,
     ) -> Self {
         let info = client.get_connection_info().clone();
         let settings = info
@@ -98,6 +101,7 @@ impl Source {
                 client: Box::new(client),
                 response_timeout,
                 connection_timeout,
+                probe,
             },
             Err(_) => Source::None,
         }
@@ -148,8 +152,19 @@ enum Connection {
     NotYet,
     /// Being opened by this task, which reports the outcome to the waiters (and here).
     Opening(JoinHandle<()>, watch::Receiver<Opened>),
-    Ready(Subscriber),
+    /// Open, and probed by this task (standalone only), which ends when this is replaced or the
+    /// notifier dropped (held for its drop).
+    Ready(Subscriber, #[allow(dead_code)] Option<AbortOnDrop>),
     Failed(Instant),
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What the task opening the subscription connection reports: `None` while it tries, then the
@@ -319,14 +334,17 @@ impl State {
                     e.notify.notify_waiters();
                 }
             }
-            PushKind::Disconnection => {
-                for e in self.keys.values_mut() {
-                    e.subscribed = None;
-                    e.losses += 1;
-                    e.notify.notify_waiters();
-                }
-            }
+            PushKind::Disconnection => self.lost_all(),
             _ => {}
+        }
+    }
+
+    /// Every subscription may be gone, and messages with it: wakes every waiter.
+    fn lost_all(&mut self) {
+        for e in self.keys.values_mut() {
+            e.subscribed = None;
+            e.losses += 1;
+            e.notify.notify_waiters();
         }
     }
 }
@@ -415,7 +433,7 @@ impl Notifier {
         let mut opened = {
             let mut connection = lock(&self.connection);
             match &*connection {
-                Connection::Ready(s) => return Ok(s.clone()),
+                Connection::Ready(s, _) => return Ok(s.clone()),
                 Connection::Failed(at) if at.elapsed() < RETRY_CONNECT_AFTER => {
                     return Err(Wait::Unsupported);
                 }
@@ -548,14 +566,59 @@ async fn open(
     connection: Weak<Mutex<Connection>>,
     report: watch::Sender<Opened>,
 ) {
-    let opened = connect(&source, state).await.ok();
-    if let Some(connection) = connection.upgrade() {
-        *lock(&connection) = match &opened {
-            Some(subscriber) => Connection::Ready(subscriber.clone()),
+    let opened = connect(&source, state.clone()).await.ok();
+    if let Some(cell) = connection.upgrade() {
+        *lock(&cell) = match &opened {
+            Some(subscriber) => {
+                let probing = match (&source, subscriber) {
+                    (Source::Standalone { probe: every, .. }, Subscriber::Standalone(conn)) => {
+                        Some(AbortOnDrop(tokio::spawn(probe(
+                            conn.clone(),
+                            *every,
+                            state,
+                            connection,
+                        ))))
+                    }
+                    _ => None,
+                };
+                Connection::Ready(subscriber.clone(), probing)
+            }
             None => Connection::Failed(Instant::now()),
         };
     }
     report.send_replace(Some(opened));
+}
+
+/// Sends `PING` over the subscription connection every `every`. redis-rs reconnects after a
+/// reset, but not after a reply that never comes (a flow a NAT forgot without resetting it): on
+/// a timeout, the connection is taken for dead, every waiter is woken (they claim again) and the
+/// next wait opens another. The pings also keep such a flow from going idle.
+async fn probe(
+    conn: ConnectionManager,
+    every: Duration,
+    state: Weak<Mutex<State>>,
+    connection: Weak<Mutex<Connection>>,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let mut pinged = conn.clone();
+        match redis::cmd("PING").query_async::<Value>(&mut pinged).await {
+            Err(error) if error.is_timeout() => {
+                tracing::warn!(%error, "the subscription connection did not answer its probe; opening another");
+                if let Some(state) = state.upgrade() {
+                    lock(&state).lost_all();
+                }
+                if let Some(connection) = connection.upgrade() {
+                    // Replacing it drops this task's handle: nothing may follow.
+                    let replaced = std::mem::replace(&mut *lock(&connection), Connection::NotYet);
+                    drop(replaced);
+                }
+                return;
+            }
+            // Answered, or failed otherwise: redis-rs reconnects after a reset by itself.
+            Ok(_) | Err(_) => {}
+        }
+    }
 }
 
 /// Opens the subscription connection of `source`, its pushes handled into `state`.
@@ -566,6 +629,7 @@ async fn connect(source: &Source, state: Weak<Mutex<State>>) -> redis::RedisResu
             client,
             response_timeout,
             connection_timeout,
+            ..
         } => {
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(Some(*response_timeout))

@@ -124,6 +124,7 @@ pub struct RedisStoreBuilder {
     wait: Option<(u32, Duration)>,
     response_timeout: Duration,
     connection_timeout: Duration,
+    subscription_probe: Duration,
 }
 
 impl Default for RedisStoreBuilder {
@@ -135,6 +136,7 @@ impl Default for RedisStoreBuilder {
             wait: None,
             response_timeout: Duration::from_secs(10),
             connection_timeout: Duration::from_secs(5),
+            subscription_probe: RedisStoreBuilder::DEFAULT_SUBSCRIPTION_PROBE,
         }
     }
 }
@@ -144,6 +146,9 @@ impl RedisStoreBuilder {
     pub const DEFAULT_PREFIX: &'static str = "sentinel";
     /// How many events each record's history keeps unless told otherwise.
     pub const DEFAULT_STREAM_MAX_LEN: u64 = 1000;
+    /// How often the subscription connection is probed unless told otherwise (see
+    /// [`Self::subscription_probe`]).
+    pub const DEFAULT_SUBSCRIPTION_PROBE: Duration = Duration::from_secs(30);
 
     /// The prefix of every Redis key the store writes (1 to 64 bytes of ASCII letters, digits and
     /// `_ . : / -`). Two stores with different prefixes never see each other's records.
@@ -215,6 +220,18 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// How often the subscription connection of a standalone server is probed with `PING`
+    /// (default [`Self::DEFAULT_SUBSCRIPTION_PROBE`]; at least 10 ms). A probe not answered
+    /// within the response timeout means the connection is dead without having been reset (a
+    /// NAT or load balancer that forgets idle flows): its waiters are woken (they claim again)
+    /// and the next wait opens another. The probes also keep such a flow from going idle: set it
+    /// below the device's idle timeout. On a cluster, redis-rs manages the connections to each
+    /// node and they are not probed.
+    pub fn subscription_probe(mut self, every: Duration) -> Self {
+        self.subscription_probe = every.max(Duration::from_millis(10));
+        self
+    }
+
     fn check(&self) -> Result<()> {
         keys::check_prefix(&self.prefix).map_err(|detail| {
             Error::InvalidInput(InvalidInput::Malformed {
@@ -245,7 +262,12 @@ impl RedisStoreBuilder {
             .set_connection_timeout(Some(self.connection_timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_secs(1));
-        let source = Source::standalone(&client, self.response_timeout, self.connection_timeout);
+        let source = Source::standalone(
+            &client,
+            self.response_timeout,
+            self.connection_timeout,
+            self.subscription_probe,
+        );
         let conn = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(|e| error::map(e, "connect", self.response_timeout))?;

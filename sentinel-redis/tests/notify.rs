@@ -649,19 +649,25 @@ async fn no_subscription_means_unsupported_and_a_killed_subscription_is_reestabl
 
 /// A TCP proxy in front of a Redis server, on std threads: it forwards every connection, or,
 /// while it stalls, accepts new ones and never answers them (a server that hangs, or a network
-/// that drops packets). Connections already forwarded keep working.
+/// that drops packets). Connections already forwarded keep working, unless told to go silent
+/// ([`StallingProxy::silence_subscribers`]).
 struct StallingProxy {
     port: u16,
     stalling: Arc<std::sync::atomic::AtomicBool>,
+    /// The silence switches of the forwarded connections that sent an `SSUBSCRIBE`.
+    subscribers: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
 }
 
 impl StallingProxy {
     fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::io::{Read, Write};
         use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::AtomicBool;
         let socket = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = socket.local_addr().unwrap().port();
-        let stalling = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stall = Arc::clone(&stalling);
+        let stalling = Arc::new(AtomicBool::new(false));
+        let subscribers: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
+        let (stall, registry) = (Arc::clone(&stalling), Arc::clone(&subscribers));
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for client in socket.incoming() {
@@ -673,26 +679,152 @@ impl StallingProxy {
                 let Ok(server) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                let pipe = |mut from: TcpStream, mut to: TcpStream| {
+                let silent = Arc::new(AtomicBool::new(false));
+                // Forwards `from` to `to` until either ends; while silent, reads and drops.
+                let pipe = |mut from: TcpStream, mut to: TcpStream, watch: bool| {
+                    let (silent, registry) = (Arc::clone(&silent), Arc::clone(&registry));
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut registered = false;
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            if watch
+                                && !registered
+                                && buf[..n].windows(10).any(|w| w == b"SSUBSCRIBE")
+                            {
+                                registered = true;
+                                registry.lock().unwrap().push(Arc::clone(&silent));
+                            }
+                            if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 };
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                );
+                pipe(server, client, false);
             }
         });
-        StallingProxy { port, stalling }
+        StallingProxy {
+            port,
+            stalling,
+            subscribers,
+        }
     }
 
     fn stall(&self, stall: bool) {
         self.stalling.store(stall, Ordering::SeqCst);
     }
 
+    /// The connections that sent an `SSUBSCRIBE` so far forward nothing more either way (what
+    /// is sent is lost) and stay open: flows a NAT forgot without resetting them. Later
+    /// connections are not touched.
+    fn silence_subscribers(&self) {
+        for silent in self.subscribers.lock().unwrap().drain(..) {
+            silent.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+}
+
+/// The server's address, for a proxy in front of it.
+fn upstream() -> std::net::SocketAddr {
+    let url = support::redis_url();
+    let info = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .clone();
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port) => {
+            use std::net::ToSocketAddrs;
+            (host.as_str(), *port)
+                .to_socket_addrs()
+                .unwrap()
+                .next()
+                .unwrap()
+        }
+        other => panic!("a TCP server expected, not {other:?}"),
+    }
+}
+
+/// The subscription connection goes silent without being reset (a NAT that forgot the flow):
+/// nothing arrives and nothing fails, so only the probe can tell. Its waiters are woken once a
+/// probe goes unanswered for the response timeout, and the next wait subscribes on a new
+/// connection and is woken by changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_replaced() {
+    let proxy = StallingProxy::start(upstream());
+    let prefix = support::unique_prefix();
+    let a = RedisStore::builder()
+        .prefix(prefix.clone())
+        .connect(&support::redis_url())
+        .await
+        .unwrap();
+    let b = RedisStore::builder()
+        .prefix(prefix)
+        .response_timeout(Duration::from_secs(1))
+        .subscription_probe(Duration::from_millis(200))
+        .connect(&proxy.url())
+        .await
+        .unwrap();
+    let key = id("silenced");
+    let grant = granted(a.claim(&key, &claim("a")).await.unwrap());
+    // Subscribed, and probed a few times without being replaced: a wait waits to its end.
+    let since = claim_busy(&b, &key).await;
+    let waiting = b
+        .wait_for_change(&key, since, Duration::from_millis(700))
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting,
+        Wait::TimedOut,
+        "probes that are answered change nothing"
+    );
+
+    proxy.silence_subscribers();
+    let since = claim_busy(&b, &key).await;
+    let started = Instant::now();
+    let woken = b
+        .wait_for_change(&key, since, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(woken, Wait::Changed);
+    assert!(
+        took < Duration::from_secs(5),
+        "woken after {took:?}: the probe's 200 ms and its 1 s timeout"
+    );
+
+    // A new subscription: waits wait again, and are woken by a change.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let since = claim_busy(&b, &key).await;
+        let answer = b
+            .wait_for_change(&key, since, Duration::from_millis(100))
+            .await
+            .unwrap();
+        if answer == Wait::TimedOut {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never waits again: {answer:?}");
+    }
+    let latency = wake_latency(&b, &key, || async {
+        a.complete(&key, grant.token, &serde_json::json!("r"))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(latency < Duration::from_secs(1), "woken after {latency:?}");
 }
 
 /// The subscription connection cannot be opened quickly (the server accepts the connection and
@@ -702,25 +834,7 @@ impl StallingProxy {
 /// nothing behind that breaks them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_is_not_held_up_by_a_subscription_that_cannot_connect() {
-    let upstream = {
-        let url = support::redis_url();
-        let info = redis::Client::open(url.as_str())
-            .unwrap()
-            .get_connection_info()
-            .clone();
-        match info.addr() {
-            redis::ConnectionAddr::Tcp(host, port) => {
-                use std::net::ToSocketAddrs;
-                (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .unwrap()
-                    .next()
-                    .unwrap()
-            }
-            other => panic!("a TCP server expected, not {other:?}"),
-        }
-    };
-    let proxy = StallingProxy::start(upstream);
+    let proxy = StallingProxy::start(upstream());
     let prefix = support::unique_prefix();
     let a = RedisStore::builder()
         .prefix(prefix.clone())
