@@ -349,14 +349,14 @@ async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded
     assert_eq!(store.releases.load(Ordering::SeqCst), before + 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another_took_the_lease() {
-    use std::sync::atomic::Ordering;
-    // The first attempt never reached the store; the lease expired during the retry's pause and
-    // another worker took it, so the retry is refused as fenced. The history shows no release of
-    // this token: the work after the expiry was not protected, and the caller must hear so.
-    // Earlier acquisitions and releases fill more than one page of history (1,000 events), ahead
-    // of it.
+/// `a` takes "k" after 501 acquisitions and releases (more than a page of history, 1,000
+/// events, ahead of what the release's retry looks for), the first attempt of its release meets
+/// the fault `counter` picks, and during the retry's pause `b` takes the lease (first letting it
+/// expire, if `expire`). What the release answers.
+async fn release_retried_after_a_takeover(
+    counter: fn(&support::Faults) -> &std::sync::atomic::AtomicUsize,
+    expire: bool,
+) -> sentinel_core::Result<()> {
     let (memory, clock) = MemoryStore::with_manual_clock();
     let store = support::faulty(memory);
     let (a, b) = clients(store.clone());
@@ -365,12 +365,24 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
         earlier.release().await.unwrap();
     }
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store.failed_releases.store(1, Ordering::SeqCst);
+    counter(&store).store(1, std::sync::atomic::Ordering::SeqCst);
     let releasing = tokio::spawn(guard.release());
     tokio::time::sleep(Duration::from_millis(5)).await;
-    clock.advance(Duration::from_secs(60));
+    if expire {
+        clock.advance(Duration::from_secs(60));
+    }
     let _taken = b.lease("k").await.unwrap().acquired().unwrap();
-    let refused = releasing.await.unwrap().unwrap_err();
+    releasing.await.unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another_took_the_lease() {
+    // The first attempt never reached the store; the lease expired during the retry's pause and
+    // another worker took it, so the retry is refused as fenced. The history shows no release of
+    // this token: the work after the expiry was not protected, and the caller must hear so.
+    let refused = release_retried_after_a_takeover(|f| &f.failed_releases, true)
+        .await
+        .unwrap_err();
     assert_eq!(
         refused.rejection().map(|r| r.reason.clone()),
         Some(RejectReason::Fenced),
@@ -380,20 +392,9 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
 
 #[tokio::test(start_paused = true)]
 async fn a_retried_release_finds_its_own_release_past_the_first_page_of_history() {
-    use std::sync::atomic::Ordering;
-    // As above, but the first attempt was applied and its reply lost: the retry's "fenced" is
-    // the store having done it, and the release event is found past the first page.
-    let (memory, _clock) = MemoryStore::with_manual_clock();
-    let store = support::faulty(memory);
-    let (a, b) = clients(store.clone());
-    for _ in 0..501 {
-        let earlier = a.lease("k").await.unwrap().acquired().unwrap();
-        earlier.release().await.unwrap();
-    }
-    let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store.lost_release_replies.store(1, Ordering::SeqCst);
-    let releasing = tokio::spawn(guard.release());
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let _taken = b.lease("k").await.unwrap().acquired().unwrap();
-    releasing.await.unwrap().unwrap();
+    // The first attempt was applied and its reply lost: the retry's "fenced" is the store having
+    // done it, and the release event is found past the first page.
+    release_retried_after_a_takeover(|f| &f.lost_release_replies, false)
+        .await
+        .unwrap();
 }

@@ -366,6 +366,34 @@ async fn busy_then_wait(
     tokio::spawn(async move { store.wait_for_change(&key, since, timeout).await.unwrap() })
 }
 
+/// After `store`'s listener was replaced: once the new one listens, waits on `key` (held by
+/// `other` under `token`) wait again, and `other`'s completion wakes them.
+async fn heard_again(
+    store: &PostgresStore,
+    other: &PostgresStore,
+    key: &RecordId,
+    token: FencingToken,
+) {
+    let mut settled = false;
+    for _ in 0..50 {
+        let waiter = busy_then_wait(store, key, Duration::from_millis(20)).await;
+        if waiter.await.unwrap() == Wait::TimedOut {
+            settled = true;
+            break;
+        }
+    }
+    assert!(settled, "waits wait again after the reconnect");
+    let waiter = busy_then_wait(store, key, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!waiter.is_finished(), "a wait after the reconnect waits");
+    other.complete(key, token, &json!("r")).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap();
+    assert_eq!(woken, Wait::Changed);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
     let factory = factory!();
@@ -402,27 +430,7 @@ async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
     }
     assert_eq!(back.len(), 1, "listening again");
     assert_ne!(back[0], pids[0]);
-    // Once LISTEN has returned, waits wait again.
-    let mut settled = false;
-    for _ in 0..50 {
-        let waiter = busy_then_wait(&store, &key, Duration::from_millis(20)).await;
-        if waiter.await.unwrap() == Wait::TimedOut {
-            settled = true;
-            break;
-        }
-    }
-    assert!(settled, "waits wait again after the reconnect");
-
-    // And are woken by notifications again.
-    let waiter = busy_then_wait(&store, &key, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!waiter.is_finished(), "a wait after the reconnect waits");
-    other.complete(&key, token, &json!("r")).await.unwrap();
-    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
-        .await
-        .expect("woken by the notification")
-        .unwrap();
-    assert_eq!(woken, Wait::Changed);
+    heard_again(&store, &other, &key, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,25 +481,7 @@ async fn a_listener_whose_connection_stops_answering_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The new listener hears notifications.
-    let mut settled = false;
-    for _ in 0..50 {
-        let waiter = busy_then_wait(&store, &key, Duration::from_millis(20)).await;
-        if waiter.await.unwrap() == Wait::TimedOut {
-            settled = true;
-            break;
-        }
-    }
-    assert!(settled, "waits wait again after the reconnect");
-    let waiter = busy_then_wait(&store, &key, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    assert!(!waiter.is_finished(), "nothing changed yet");
-    other.complete(&key, token, &json!("r")).await.unwrap();
-    let woken = tokio::time::timeout(Duration::from_millis(500), waiter)
-        .await
-        .expect("woken by the notification")
-        .unwrap();
-    assert_eq!(woken, Wait::Changed);
+    heard_again(&store, &other, &key, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

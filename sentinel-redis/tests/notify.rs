@@ -757,12 +757,11 @@ fn upstream() -> std::net::SocketAddr {
     }
 }
 
-/// The subscription connection goes silent without being reset (a NAT that forgot the flow):
-/// nothing arrives and nothing fails, so only the probe can tell. Its waiters are woken once a
-/// probe goes unanswered for the response timeout, and the next wait subscribes on a new
-/// connection and is woken by changes again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_that_stops_answering_is_replaced() {
+/// A proxy in front of the test server, a store `a` connected directly and a store `b` built by
+/// `builder` through the proxy, both under one new prefix.
+async fn behind_a_proxy(
+    builder: sentinel_redis::RedisStoreBuilder,
+) -> (StallingProxy, RedisStore, RedisStore) {
     let proxy = StallingProxy::start(upstream());
     let prefix = support::unique_prefix();
     let a = RedisStore::builder()
@@ -770,13 +769,22 @@ async fn a_subscription_that_stops_answering_is_replaced() {
         .connect(&support::redis_url())
         .await
         .unwrap();
-    let b = RedisStore::builder()
-        .prefix(prefix)
-        .response_timeout(Duration::from_secs(1))
-        .subscription_probe(Duration::from_millis(200))
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let b = builder.prefix(prefix).connect(&proxy.url()).await.unwrap();
+    (proxy, a, b)
+}
+
+/// The subscription connection goes silent without being reset (a NAT that forgot the flow):
+/// nothing arrives and nothing fails, so only the probe can tell. Its waiters are woken once a
+/// probe goes unanswered for the response timeout, and the next wait subscribes on a new
+/// connection and is woken by changes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_stops_answering_is_replaced() {
+    let (proxy, a, b) = behind_a_proxy(
+        RedisStore::builder()
+            .response_timeout(Duration::from_secs(1))
+            .subscription_probe(Duration::from_millis(200)),
+    )
+    .await;
     let key = id("silenced");
     let grant = granted(a.claim(&key, &claim("a")).await.unwrap());
     // Subscribed, and probed a few times without being replaced: a wait waits to its end.
@@ -834,20 +842,12 @@ async fn a_subscription_that_stops_answering_is_replaced() {
 /// nothing behind that breaks them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_is_not_held_up_by_a_subscription_that_cannot_connect() {
-    let proxy = StallingProxy::start(upstream());
-    let prefix = support::unique_prefix();
-    let a = RedisStore::builder()
-        .prefix(prefix.clone())
-        .connect(&support::redis_url())
-        .await
-        .unwrap();
-    let b = RedisStore::builder()
-        .prefix(prefix)
-        .connection_timeout(Duration::from_secs(1))
-        .response_timeout(Duration::from_secs(2))
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let (proxy, a, b) = behind_a_proxy(
+        RedisStore::builder()
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(2)),
+    )
+    .await;
     let key = id("stalled");
     let grant = granted(a.claim(&key, &claim("a")).await.unwrap());
 

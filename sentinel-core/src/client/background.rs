@@ -126,6 +126,21 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// How many times a background task tries before giving up (about a minute in all).
 const BACKGROUND_ATTEMPTS: u32 = 15;
 
+/// When every attempt of a call that grants something (a claim, a lease) failed, one may still
+/// have been applied, a grant nobody knows of: spawns `forget()` to look for it and give it up.
+/// Without a runtime, nothing (the grant expires).
+pub(crate) fn forget_if_unanswered<T, Fut>(answer: &Result<T>, forget: impl FnOnce() -> Fut)
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    if let Err(error) = answer
+        && error.is_transient()
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(forget());
+    }
+}
+
 /// Waits [`FIRST_PAUSE`] (what it looks for may still be on its way), then runs `look` through
 /// the whole schedule of [`keep_trying`] unless it answers [`Attempt::Done`].
 pub(crate) async fn look_for_a_while<F, Fut>(look: F)

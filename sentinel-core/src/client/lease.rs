@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
-use super::background::{Attempt, look_for_a_while, send_in_background};
+use super::background::{Attempt, forget_if_unanswered, look_for_a_while, send_in_background};
 use super::heartbeat::Registration;
 use super::observe::TransitionKind;
 use crate::error::{Error, Result};
@@ -250,16 +250,9 @@ impl Sentinel {
             .await;
         // Every attempt failed, and one may still have been applied: a lease nobody holds a
         // guard for would keep others out until its ttl ends.
-        if let Err(error) = &acquired
-            && error.is_transient()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(forget_lease(
-                Arc::clone(store),
-                id.clone(),
-                request.request_id,
-            ));
-        }
+        forget_if_unanswered(&acquired, || {
+            forget_lease(Arc::clone(store), id.clone(), request.request_id)
+        });
         span.record(
             "outcome",
             match &acquired {

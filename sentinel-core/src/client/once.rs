@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
-use super::background::{Attempt, look_for_a_while, send_in_background};
+use super::background::{Attempt, forget_if_unanswered, look_for_a_while, send_in_background};
 use super::failure::Failure;
 use super::observe::TransitionKind;
 use crate::error::{Error, InvalidInput, Result};
@@ -560,16 +560,9 @@ impl Sentinel {
     async fn claim(&self, id: &RecordId, request: &ClaimRequest) -> Result<ClaimOutcome> {
         let store = &self.inner.store;
         let claimed = self.call("claim", || store.claim(id, request)).await;
-        if let Err(error) = &claimed
-            && error.is_transient()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(forget_claim(
-                Arc::clone(store),
-                id.clone(),
-                request.request_id,
-            ));
-        }
+        forget_if_unanswered(&claimed, || {
+            forget_claim(Arc::clone(store), id.clone(), request.request_id)
+        });
         claimed
     }
 
