@@ -625,6 +625,14 @@ async fn a_listener_that_failed_is_not_tried_again_at_once() {
         1,
         "one attempt; the next is due after 5 s"
     );
+    // Once the delay has passed, a wait tries again (in vain here).
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    answers_unsupported(&store, &key).await;
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "tried again after the delay"
+    );
 }
 
 /// A login role whose CONNECTION LIMIT can be reached (superusers are exempt, so the test uses a
