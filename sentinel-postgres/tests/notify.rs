@@ -455,7 +455,7 @@ async fn a_listener_whose_connection_stops_answering_is_replaced() {
     let before = proxy.counts();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let probes = proxy.counts().since(before).statements;
-    assert!((2..=4).contains(&probes), "{probes} probes in 1 s");
+    assert!((1..=4).contains(&probes), "{probes} probes in 1 s (one every 300 ms)");
     assert_eq!(listener_pids(factory.url(), &store).await, first);
 
     let key = id("probe", "k");
