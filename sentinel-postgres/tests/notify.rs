@@ -395,6 +395,47 @@ async fn heard_again(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_whose_watch_statement_fails_answers_changed() {
+    // The statement that marks the record watched fails (here a trigger refuses the update):
+    // nothing says whether the record changed, so the wait answers Changed at once and the
+    // client claims again; only a lock wait given up answers TimedOut.
+    let factory = factory!();
+    let store = factory.store(TimeSource::Server).await;
+    let other = other_store(&factory, &store).await;
+    let schema = store.schema().as_str().to_owned();
+    for statement in [
+        format!(
+            "CREATE FUNCTION \"{schema}\".refuse_watch() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'watching is refused'; END $$"
+        ),
+        format!(
+            "CREATE TRIGGER refuse_watch BEFORE UPDATE ON \"{schema}\".executions FOR EACH ROW \
+             WHEN (NEW.watched AND NOT OLD.watched) EXECUTE FUNCTION \"{schema}\".refuse_watch()"
+        ),
+    ] {
+        sqlx::raw_sql(AssertSqlSafe(statement))
+            .execute(store.pool())
+            .await
+            .unwrap();
+    }
+    start_listening(&store).await;
+    let key = id("refused", "k");
+    held(&other, &key).await;
+    let since = claim_busy(&store, &key).await;
+    let started = Instant::now();
+    let answer = store
+        .wait_for_change(&key, since, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(answer, Wait::Changed);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listener_wakes_its_waiters_and_comes_back() {
     let factory = factory!();
     let store = factory.store(TimeSource::Server).await;
@@ -455,7 +496,10 @@ async fn a_listener_whose_connection_stops_answering_is_replaced() {
     let before = proxy.counts();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let probes = proxy.counts().since(before).statements;
-    assert!((1..=4).contains(&probes), "{probes} probes in 1 s (one every 300 ms)");
+    assert!(
+        (1..=4).contains(&probes),
+        "{probes} probes in 1 s (one every 300 ms)"
+    );
     assert_eq!(listener_pids(factory.url(), &store).await, first);
 
     let key = id("probe", "k");
