@@ -1157,3 +1157,28 @@ async fn an_abort_the_store_refused_is_not_sent_again() {
     let record = sentinel.inspect("pay-11").await.unwrap().unwrap();
     assert_eq!(record.state, ExecutionState::Reconciling);
 }
+
+#[tokio::test(start_paused = true)]
+async fn prepared_work_that_never_began_and_whose_start_failed_is_given_up_as_not_applied() {
+    // The work returned without crossing its boundary, so nothing was applied; recording its
+    // value needs a start first, and every attempt of it failed. The execution is given up as
+    // not applied (the key is claimable at once), not completed in the background.
+    let (memory, _clock) = MemoryStore::with_manual_clock();
+    let store = support::faulty(memory);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    store.failed_starts.store(3, Ordering::SeqCst);
+    let outcome: Once<u8> = sentinel
+        .once_prepared("refund-9", &OnceOptions::new(), |_prep| async { Ok(9) })
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Once::CompletionFailed { .. }),
+        "{outcome:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again: Once<u8> = sentinel
+        .once("refund-9", |_| async { Ok(10) })
+        .await
+        .unwrap();
+    assert!(again.is_executed(), "claimable at once: {again:?}");
+}

@@ -59,6 +59,16 @@ pub trait Decorator: Send + Sync + fmt::Debug + 'static {
         store.claim(id, request).await
     }
 
+    /// Intercepts [`CoordinationStore::start`].
+    async fn start(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+    ) -> Result<Timestamp> {
+        store.start(id, token).await
+    }
+
     /// Intercepts [`CoordinationStore::complete`].
     async fn complete(
         &self,
@@ -202,7 +212,7 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
     }
     async fn start(&self, id: &RecordId, token: FencingToken) -> Result<Timestamp> {
         self.decorator.before("start");
-        self.store.start(id, token).await
+        self.decorator.start(self.store.as_ref(), id, token).await
     }
     async fn heartbeat(&self, renewals: &[Renewal]) -> Result<Vec<RenewalResult>> {
         self.decorator.before("heartbeat");

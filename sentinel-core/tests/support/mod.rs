@@ -128,6 +128,8 @@ pub struct Faults {
     pub failed_aborts: AtomicUsize,
     /// How many aborts were sent.
     pub aborts: AtomicUsize,
+    /// The next this-many starts fail as if the store were unreachable, applying nothing.
+    pub failed_starts: AtomicUsize,
     /// The next this-many completions fail as if the store were unreachable, applying nothing.
     pub failed_completions: AtomicUsize,
     /// When each completion was sent (tokio's clock), in order.
@@ -182,6 +184,18 @@ impl Decorator for Faults {
         }
         let answer = store.claim(id, request).await;
         lose_reply(&self.lost_claim_replies, answer)
+    }
+
+    async fn start(
+        &self,
+        store: &dyn CoordinationStore,
+        id: &RecordId,
+        token: FencingToken,
+    ) -> Result<Timestamp> {
+        if take_one(&self.failed_starts) {
+            return Err(unavailable("connection refused"));
+        }
+        store.start(id, token).await
     }
 
     async fn complete(
