@@ -656,6 +656,8 @@ struct StallingProxy {
     stalling: Arc<std::sync::atomic::AtomicBool>,
     /// The silence switches of the forwarded connections that sent an `SSUBSCRIBE`.
     subscribers: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+    /// Forwarded connections whose client has not closed them.
+    open: Arc<AtomicUsize>,
 }
 
 impl StallingProxy {
@@ -667,7 +669,12 @@ impl StallingProxy {
         let port = socket.local_addr().unwrap().port();
         let stalling = Arc::new(AtomicBool::new(false));
         let subscribers: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let (stall, registry) = (Arc::clone(&stalling), Arc::clone(&subscribers));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (stall, registry, counter) = (
+            Arc::clone(&stalling),
+            Arc::clone(&subscribers),
+            Arc::clone(&open),
+        );
         std::thread::spawn(move || {
             let mut held = Vec::new();
             for client in socket.incoming() {
@@ -680,9 +687,15 @@ impl StallingProxy {
                     continue;
                 };
                 let silent = Arc::new(AtomicBool::new(false));
-                // Forwards `from` to `to` until either ends; while silent, reads and drops.
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Forwards `from` to `to` until either ends; while silent, reads and drops. The
+                // client's side (`watch`) also looks for `SSUBSCRIBE` and counts the close.
                 let pipe = |mut from: TcpStream, mut to: TcpStream, watch: bool| {
-                    let (silent, registry) = (Arc::clone(&silent), Arc::clone(&registry));
+                    let (silent, registry, counter) = (
+                        Arc::clone(&silent),
+                        Arc::clone(&registry),
+                        Arc::clone(&counter),
+                    );
                     std::thread::spawn(move || {
                         let mut buf = vec![0u8; 64 * 1024];
                         let mut registered = false;
@@ -702,6 +715,9 @@ impl StallingProxy {
                             }
                         }
                         let _ = to.shutdown(std::net::Shutdown::Both);
+                        if watch {
+                            counter.fetch_sub(1, Ordering::SeqCst);
+                        }
                     });
                 };
                 pipe(
@@ -716,7 +732,13 @@ impl StallingProxy {
             port,
             stalling,
             subscribers,
+            open,
         }
+    }
+
+    /// How many forwarded connections their clients still hold open.
+    fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     fn stall(&self, stall: bool) {
@@ -833,6 +855,37 @@ async fn a_subscription_that_stops_answering_is_replaced() {
     })
     .await;
     assert!(latency < Duration::from_secs(1), "woken after {latency:?}");
+}
+
+/// A dropped store closes its connections, its probed subscription included: the probe's task
+/// holds a handle on the subscription and must end with the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_store_closes_its_subscription() {
+    let (proxy, a, b) =
+        behind_a_proxy(RedisStore::builder().subscription_probe(Duration::from_millis(100))).await;
+    let key = id("dropped");
+    granted(a.claim(&key, &claim("a")).await.unwrap());
+    let since = claim_busy(&b, &key).await;
+    let answer = b
+        .wait_for_change(&key, since, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(answer, Wait::TimedOut, "subscribed, and probed meanwhile");
+    assert_eq!(
+        proxy.open(),
+        2,
+        "the store's connection and its subscription"
+    );
+    drop(b);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.open() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} connections still open",
+            proxy.open()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The subscription connection cannot be opened quickly (the server accepts the connection and
