@@ -590,34 +590,31 @@ async fn open(
 }
 
 /// Sends `PING` over the subscription connection every `every`. redis-rs reconnects after a
-/// reset, but not after a reply that never comes (a flow a NAT forgot without resetting it): on
-/// a timeout, the connection is taken for dead, every waiter is woken (they claim again) and the
-/// next wait opens another. The pings also keep such a flow from going idle.
+/// reset, but not after a reply that never comes (a flow a NAT forgot without resetting it): a
+/// probe that fails (no answer within the response timeout, or any error) means the connection
+/// cannot be trusted, so every waiter is woken (they claim again) and the next wait opens another
+/// connection. The pings also keep such a flow from going idle.
 async fn probe(
     conn: ConnectionManager,
     every: Duration,
     state: Weak<Mutex<State>>,
     connection: Weak<Mutex<Connection>>,
 ) {
-    loop {
+    let error = loop {
         tokio::time::sleep(every).await;
         let mut pinged = conn.clone();
-        match redis::cmd("PING").query_async::<Value>(&mut pinged).await {
-            Err(error) if error.is_timeout() => {
-                tracing::warn!(%error, "the subscription connection did not answer its probe; opening another");
-                if let Some(state) = state.upgrade() {
-                    lock(&state).lost_all();
-                }
-                if let Some(connection) = connection.upgrade() {
-                    // Replacing it drops this task's handle: nothing may follow.
-                    let replaced = std::mem::replace(&mut *lock(&connection), Connection::NotYet);
-                    drop(replaced);
-                }
-                return;
-            }
-            // Answered, or failed otherwise: redis-rs reconnects after a reset by itself.
-            Ok(_) | Err(_) => {}
+        if let Err(error) = redis::cmd("PING").query_async::<Value>(&mut pinged).await {
+            break error;
         }
+    };
+    tracing::warn!(%error, "the subscription connection failed its probe; opening another");
+    if let Some(state) = state.upgrade() {
+        lock(&state).lost_all();
+    }
+    if let Some(connection) = connection.upgrade() {
+        // Replacing it drops this task's handle: nothing may follow.
+        let replaced = std::mem::replace(&mut *lock(&connection), Connection::NotYet);
+        drop(replaced);
     }
 }
 

@@ -221,10 +221,10 @@ impl RedisStoreBuilder {
     }
 
     /// How often the subscription connection of a standalone server is probed with `PING`
-    /// (default [`Self::DEFAULT_SUBSCRIPTION_PROBE`]; at least 10 ms). A probe not answered
-    /// within the response timeout means the connection is dead without having been reset (a
-    /// NAT or load balancer that forgets idle flows): its waiters are woken (they claim again)
-    /// and the next wait opens another. The probes also keep such a flow from going idle: set it
+    /// (default [`Self::DEFAULT_SUBSCRIPTION_PROBE`]; at least 10 ms). A probe that fails (not
+    /// answered within the response timeout, as over a flow a NAT or load balancer forgot
+    /// without resetting it, or any error) wakes the connection's waiters (they claim again) and
+    /// the next wait opens another connection. The probes also keep such a flow from going idle: set it
     /// below the device's idle timeout. On a cluster, redis-rs manages the connections to each
     /// node and they are not probed.
     pub fn subscription_probe(mut self, every: Duration) -> Self {
