@@ -52,16 +52,16 @@ impl Drop for Running {
     }
 }
 
-/// Spawns a task that sends one transition of `token`'s execution (`what` names it in the logs),
-/// trying again while the store cannot be reached (about a minute in all); a refusal (a
-/// reconciliation fenced the token, say) ends it and is logged.
+/// Spawns a task that sends one transition of `token`'s record `id` (`send(id)`; `what` names it
+/// in the logs), trying again while the store cannot be reached (about a minute in all); a
+/// refusal (a reconciliation fenced the token, say) ends it and is logged.
 pub(crate) fn send_in_background<F, Fut>(
     what: &'static str,
     id: RecordId,
     token: FencingToken,
     mut send: F,
 ) where
-    F: FnMut() -> Fut + Send + 'static,
+    F: FnMut(RecordId) -> Fut + Send + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -69,7 +69,7 @@ pub(crate) fn send_in_background<F, Fut>(
     };
     runtime.spawn(async move {
         let recorded = keep_trying(|| {
-            let sent = send();
+            let sent = send(id.clone());
             async {
                 match sent.await {
                     Ok(()) => Attempt::Done,

@@ -179,10 +179,9 @@ impl Drop for LeaseGuard {
         }
         drop(self.registration.take());
         let store = Arc::clone(&self.sentinel.inner.store);
-        let id = self.id.clone();
         let token = self.authority.token();
-        send_in_background("lease release", self.id.clone(), token, move || {
-            let (store, id) = (Arc::clone(&store), id.clone());
+        send_in_background("lease release", self.id.clone(), token, move |id| {
+            let store = Arc::clone(&store);
             async move { store.release_lease(&id, token).await }
         });
     }

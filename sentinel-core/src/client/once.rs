@@ -775,24 +775,22 @@ fn complete_in_background(
     token: FencingToken,
     result: Arc<serde_json::Value>,
 ) {
-    let target = id.clone();
-    send_in_background("completion", id, token, move || {
-        let (store, id, result) = (Arc::clone(&store), target.clone(), Arc::clone(&result));
+    send_in_background("completion", id, token, move |id| {
+        let (store, result) = (Arc::clone(&store), Arc::clone(&result));
         async move { store.complete(&id, token, &result).await }
     });
 }
 
 /// Spawns a task that aborts `token`'s execution. Without a runtime, or if it never gets through,
 /// the lease simply expires.
-pub(crate) fn abort_in_background(
+fn abort_in_background(
     store: Arc<dyn CoordinationStore>,
     id: RecordId,
     token: FencingToken,
     disposition: Disposition,
 ) {
-    let target = id.clone();
-    send_in_background(disposition.as_str(), id, token, move || {
-        let (store, id) = (Arc::clone(&store), target.clone());
+    send_in_background(disposition.as_str(), id, token, move |id| {
+        let store = Arc::clone(&store);
         async move { store.abort(&id, token, disposition).await }
     });
 }
