@@ -597,6 +597,28 @@ async fn newest_event_of_a_long_history(cli: &Cli, store: &dyn CoordinationStore
     assert_eq!(record["last_event"]["token"], json!(last), "{record}");
 }
 
+/// A store over the server at `url` in `schema`, which the CLI's `migrate` created.
+async fn migrated_store(url: &str, schema: &str) -> PostgresStore {
+    let pool = PostgresStore::pool_options().connect(url).await.unwrap();
+    PostgresStore::builder(pool)
+        .schema(schema)
+        .migrate(false)
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Drops `store`'s schema: the server is shared with later runs, so leave nothing behind.
+async fn drop_schema(store: &PostgresStore) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reconciliation_flow() {
     let Some(server) = servers::require("postgres", servers::postgres()) else {
@@ -606,25 +628,10 @@ async fn postgres_reconciliation_flow() {
     let cli = Cli::new(server.url(), "payments", &["--schema", &schema]);
     let migrated = cli.json(&["migrate"], 0);
     assert_eq!(migrated["schema"], json!(schema));
-    let pool = PostgresStore::pool_options()
-        .connect(server.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::builder(pool.clone())
-        .schema(&schema)
-        .migrate(false)
-        .build()
-        .await
-        .unwrap();
+    let store = migrated_store(server.url(), &schema).await;
     reconciliation_flow(&cli, Arc::new(store.clone())).await;
     newest_event_of_a_long_history(&cli, &store).await;
-    // The server is shared with later runs: leave nothing behind.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -973,23 +980,9 @@ async fn postgres_lost_replies_are_recognised() {
     // The CLI's owner id holds $USER: the proxy knows the CLI's writes by it.
     let cli = Cli::new(&url, "lost", &["--schema", &schema]).with_env("USER", &marker);
     cli.json(&["migrate"], 0);
-    let pool = PostgresStore::pool_options()
-        .connect(server.url())
-        .await
-        .unwrap();
-    let store = PostgresStore::builder(pool.clone())
-        .schema(&schema)
-        .migrate(false)
-        .build()
-        .await
-        .unwrap();
+    let store = migrated_store(server.url(), &schema).await;
     lost_replies(&cli, &proxy, &store).await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{schema}\" CASCADE"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
+    drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -733,34 +733,26 @@ impl LimitedRole {
 impl Drop for LimitedRole {
     fn drop(&mut self) {
         let (url, name) = (self.url.clone(), self.name.clone());
-        // Dropped inside a test's runtime: clean up on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let Ok(mut admin) = sqlx::PgConnection::connect(&url).await else {
-                    return;
-                };
-                let _ = sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
-                )
-                .bind(&name)
-                .execute(&mut admin)
-                .await;
-                for statement in [
-                    format!("DROP OWNED BY \"{name}\""),
-                    format!("DROP ROLE IF EXISTS \"{name}\""),
-                ] {
-                    let _ = sqlx::raw_sql(AssertSqlSafe(statement))
-                        .execute(&mut admin)
-                        .await;
-                }
-                let _ = admin.close().await;
-            });
+        common::clean_up(async move {
+            let Ok(mut admin) = sqlx::PgConnection::connect(&url).await else {
+                return;
+            };
+            let _ = sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            )
+            .bind(&name)
+            .execute(&mut admin)
+            .await;
+            for statement in [
+                format!("DROP OWNED BY \"{name}\""),
+                format!("DROP ROLE IF EXISTS \"{name}\""),
+            ] {
+                let _ = sqlx::raw_sql(AssertSqlSafe(statement))
+                    .execute(&mut admin)
+                    .await;
+            }
+            let _ = admin.close().await;
         });
-        let _ = cleanup.join();
     }
 }
 

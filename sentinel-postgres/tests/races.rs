@@ -216,6 +216,20 @@ where
     (grant, holder, outcome)
 }
 
+/// Asserts that an operator's reconcile of `key` is refused for `reason`: the race left nothing
+/// uncertain to reconcile.
+async fn operator_refused(store: &PostgresStore, key: &RecordId, reason: RejectReason) {
+    let refused = store
+        .reconcile(key, &OwnerId::new("operator").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| &r.reason),
+        Some(&reason),
+        "{refused}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_racing_a_renewal_at_the_lease_end_sees_the_holder_alive() {
     let Some(factory) = PgFactory::new() else {
@@ -253,15 +267,7 @@ async fn a_claim_racing_a_renewal_at_the_lease_end_sees_the_holder_alive() {
         other => panic!("expected Busy (the holder renewed in time), got {other:?}"),
     }
     // The record never was uncertain: an operator is refused, the holder still alive.
-    let refused = holder
-        .reconcile(&key, &OwnerId::new("operator").unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.rejection().map(|r| &r.reason),
-        Some(&RejectReason::StillAlive),
-        "{refused}"
-    );
+    operator_refused(&holder, &key, RejectReason::StillAlive).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,15 +291,7 @@ async fn a_claim_racing_a_completion_at_the_lease_end_gets_the_result() {
         }
         other => panic!("expected the result (the holder completed in time), got {other:?}"),
     }
-    let refused = holder
-        .reconcile(&key, &OwnerId::new("operator").unwrap())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.rejection().map(|r| &r.reason),
-        Some(&RejectReason::WrongState),
-        "{refused}"
-    );
+    operator_refused(&holder, &key, RejectReason::WrongState).await;
 }
 
 /// With a manual time the claim never reads the server clock, in any of its paths: a fresh key,

@@ -112,26 +112,31 @@ impl Drop for PgFactory {
             return;
         }
         let url = self.url.clone();
-        // Dropped inside a test's runtime: clean up on a thread of its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    for schema in schemas {
-                        let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                            .execute(&mut conn)
-                            .await;
-                    }
-                    let _ = conn.close().await;
+        clean_up(async move {
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                for schema in schemas {
+                    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
                 }
-            });
+                let _ = conn.close().await;
+            }
         });
-        let _ = cleanup.join();
     }
+}
+
+/// Runs `cleanup` to its end from a `Drop`, which may run inside a test's runtime (where
+/// blocking on it would panic): on a thread and a runtime of its own, joined before returning.
+pub fn clean_up(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(cleanup);
+    });
+    let _ = thread.join();
 }
 
 /// A store in a fresh schema on a manual clock, with its factory (which drops the schema when
