@@ -91,9 +91,9 @@ enum Command {
         /// The key.
         key: String,
     },
-    /// Show the history of a key, oldest first.
+    /// Show the history of a key, oldest first (or its newest events, newest first).
     #[command(
-        after_help = "Examples:\n  sentinel history payment-017\n  sentinel history nightly-report --lease"
+        after_help = "Examples:\n  sentinel history payment-017\n  sentinel history payment-017 --newest-first --limit 10\n  sentinel history nightly-report --lease"
     )]
     History {
         /// The key.
@@ -101,6 +101,9 @@ enum Command {
         /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// The newest events, newest first, instead of the oldest.
+        #[arg(long)]
+        newest_first: bool,
         /// The history of the lease with this key instead of the execution.
         #[arg(long)]
         lease: bool,
@@ -236,8 +239,17 @@ impl TryFrom<Command> for Action {
         let after = |after: Option<String>| after.map(Key::new).transpose().map_err(Failure::from);
         Ok(match command {
             Command::Inspect { key } => Action::Inspect(Key::new(key)?),
-            Command::History { key, limit, lease } => {
-                let query = HistoryQuery { after: None, limit };
+            Command::History {
+                key,
+                limit,
+                newest_first,
+                lease,
+            } => {
+                let query = HistoryQuery {
+                    limit,
+                    newest_first,
+                    ..HistoryQuery::default()
+                };
                 query.validate()?;
                 let keyspace = if lease {
                     Keyspace::Lease
@@ -461,29 +473,19 @@ impl Context {
     }
 }
 
-/// The newest event of a history, paging through it from the start (a PostgreSQL history is
-/// never trimmed: a lease taken every minute logs thousands of events a day).
+/// The newest event of a history, read from its newest end (a PostgreSQL history is never
+/// trimmed: a lease taken every minute logs thousands of events a day).
 async fn last_event(
     store: &dyn CoordinationStore,
     keyspace: Keyspace,
     id: &RecordId,
 ) -> Result<Option<Event>, Error> {
-    let mut query = HistoryQuery::default();
-    let mut last = None;
-    loop {
-        let mut page = store.history(keyspace, id, &query).await?;
-        let full = page.len() >= query.limit as usize;
-        match page.pop() {
-            Some(event) => {
-                query.after = Some(event.id);
-                last = Some(event);
-            }
-            None => return Ok(last),
-        }
-        if !full {
-            return Ok(last);
-        }
-    }
+    let newest = HistoryQuery {
+        limit: 1,
+        newest_first: true,
+        ..HistoryQuery::default()
+    };
+    Ok(store.history(keyspace, id, &newest).await?.pop())
 }
 
 async fn run(cli: Cli, out: Output) -> Result<(), Failure> {

@@ -326,14 +326,23 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
         "wrong_state"
     );
 
-    let history = cli.json(&["history", "payment-017"], 0);
-    let kinds: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(kinds, ["claimed", "reconciling", "force_completed"]);
+    let kinds = |args: &[&str]| -> Vec<String> {
+        let history = cli.json(args, 0);
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        kinds(&["history", "payment-017"]),
+        ["claimed", "reconciling", "force_completed"]
+    );
+    assert_eq!(
+        kinds(&["history", "payment-017", "--newest-first", "--limit", "2"]),
+        ["force_completed", "reconciling"]
+    );
 
     // The application now replays the operator's result.
     let app = Sentinel::builder_shared(store.clone())

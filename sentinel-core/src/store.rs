@@ -132,20 +132,34 @@ impl LeaseListQuery {
     }
 }
 
-/// Which part of a record's history to read, oldest first.
+/// Which part of a record's history to read: the events whose ids lie strictly between `after`
+/// and `before`, the `limit` oldest of them oldest first, or with `newest_first` the `limit`
+/// newest of them newest first.
+///
+/// Paging forwards passes the last id of a page as the next page's `after`; paging backwards
+/// (`newest_first`) passes it as the next page's `before`. The newest event is
+/// `HistoryQuery { newest_first: true, limit: 1, ..Default::default() }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     /// Only events with an id above this one.
     pub after: Option<i64>,
+    /// Only events with an id below this one.
+    #[serde(default)]
+    pub before: Option<i64>,
     /// At most this many events, 1 to [`MAX_PAGE`].
     pub limit: u32,
+    /// The newest events of the range, newest first, instead of the oldest, oldest first.
+    #[serde(default)]
+    pub newest_first: bool,
 }
 
 impl Default for HistoryQuery {
     fn default() -> Self {
         HistoryQuery {
             after: None,
+            before: None,
             limit: MAX_PAGE,
+            newest_first: false,
         }
     }
 }
@@ -236,7 +250,8 @@ pub trait CoordinationStore: Send + Sync + fmt::Debug + 'static {
     /// A page of execution records.
     async fn list(&self, query: &ListQuery) -> Result<Page<ExecutionRecord>>;
 
-    /// The history of one record, oldest first.
+    /// A page of the history of one record: the part `query` names, in its order (oldest first
+    /// unless `query.newest_first`). Event ids increase along a history.
     async fn history(
         &self,
         keyspace: Keyspace,
@@ -378,7 +393,10 @@ mod tests {
                 limit,
                 ..LeaseListQuery::new(ns.clone())
             };
-            let history = HistoryQuery { after: None, limit };
+            let history = HistoryQuery {
+                limit,
+                ..HistoryQuery::default()
+            };
             assert_eq!(list.validate().is_ok(), ok, "list {limit}");
             assert_eq!(leases.validate().is_ok(), ok, "leases {limit}");
             assert_eq!(history.validate().is_ok(), ok, "history {limit}");

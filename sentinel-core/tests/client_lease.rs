@@ -350,13 +350,14 @@ async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded
 }
 
 /// `a` takes "k" after 501 acquisitions and releases (more than a page of history, 1,000
-/// events, ahead of what the release's retry looks for), the first attempt of its release meets
-/// the fault `counter` picks, and during the retry's pause `b` takes the lease (first letting it
-/// expire, if `expire`). What the release answers.
+/// events, before the ones the release's retry looks for), the first attempt of its release
+/// meets the fault `counter` picks, and during the retry's pause `b` takes the lease (first
+/// letting it expire, if `expire`). What the release answers, and how many history pages the
+/// retry read to find out.
 async fn release_retried_after_a_takeover(
     counter: fn(&support::Faults) -> &std::sync::atomic::AtomicUsize,
     expire: bool,
-) -> sentinel_core::Result<()> {
+) -> (sentinel_core::Result<()>, usize) {
     let (memory, clock) = MemoryStore::with_manual_clock();
     let store = support::faulty(memory);
     let (a, b) = clients(store.clone());
@@ -372,7 +373,13 @@ async fn release_retried_after_a_takeover(
         clock.advance(Duration::from_secs(60));
     }
     let _taken = b.lease("k").await.unwrap().acquired().unwrap();
-    releasing.await.unwrap()
+    let answer = releasing.await.unwrap();
+    (
+        answer,
+        store
+            .history_reads
+            .load(std::sync::atomic::Ordering::SeqCst),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -380,21 +387,24 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
     // The first attempt never reached the store; the lease expired during the retry's pause and
     // another worker took it, so the retry is refused as fenced. The history shows no release of
     // this token: the work after the expiry was not protected, and the caller must hear so.
-    let refused = release_retried_after_a_takeover(|f| &f.failed_releases, true)
-        .await
-        .unwrap_err();
+    // Reading from the newest end, the search stops at the acquisition of the token: one page,
+    // not the whole history.
+    let (answer, reads) = release_retried_after_a_takeover(|f| &f.failed_releases, true).await;
+    let refused = answer.unwrap_err();
     assert_eq!(
         refused.rejection().map(|r| r.reason.clone()),
         Some(RejectReason::Fenced),
         "{refused:?}"
     );
+    assert_eq!(reads, 1, "history pages read");
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_retried_release_finds_its_own_release_past_the_first_page_of_history() {
+async fn a_retried_release_finds_its_own_release_in_a_long_history() {
     // The first attempt was applied and its reply lost: the retry's "fenced" is the store having
-    // done it, and the release event is found past the first page.
-    release_retried_after_a_takeover(|f| &f.lost_release_replies, false)
-        .await
-        .unwrap();
+    // done it, and the release event is found among the newest, in one read.
+    let (answer, reads) =
+        release_retried_after_a_takeover(|f| &f.lost_release_replies, false).await;
+    answer.unwrap();
+    assert_eq!(reads, 1, "history pages read");
 }

@@ -393,13 +393,16 @@ impl CoordinationStore for MemoryStore {
             Keyspace::Execution => shard.executions.get(id).map(|e| &e.events),
             Keyspace::Lease => shard.leases.get(id).map(|e| &e.events),
         };
-        Ok(events
-            .into_iter()
-            .flatten()
-            .filter(|e| query.after.is_none_or(|after| e.id > after))
-            .take(query.limit as usize)
-            .cloned()
-            .collect())
+        let in_range = events.into_iter().flatten().filter(|e| {
+            query.after.is_none_or(|after| e.id > after)
+                && query.before.is_none_or(|before| e.id < before)
+        });
+        let limit = query.limit as usize;
+        Ok(if query.newest_first {
+            in_range.rev().take(limit).cloned().collect()
+        } else {
+            in_range.take(limit).cloned().collect()
+        })
     }
 
     async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {

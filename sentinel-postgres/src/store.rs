@@ -938,7 +938,9 @@ impl CoordinationStore for PostgresStore {
             .bind(id.namespace.as_str())
             .bind(id.key.as_str())
             .bind(query_.after.unwrap_or(i64::MIN))
-            .bind(i64::from(query_.limit));
+            .bind(query_.before.unwrap_or(i64::MAX))
+            .bind(i64::from(query_.limit))
+            .bind(query_.newest_first);
         let rows = self.fetch_all(statement, "history").await?;
         rows.iter().map(event).collect()
     }

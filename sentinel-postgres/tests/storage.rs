@@ -7,7 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::{PgFactory, claim, granted, id, manual_store};
-use sentinel_core::{ClaimOutcome, CoordinationStore, ListFilter, ListQuery, Namespace};
+use sentinel_core::store::HistoryQuery;
+use sentinel_core::{
+    ClaimOutcome, CoordinationStore, EventKind, Keyspace, ListFilter, ListQuery, Namespace,
+};
 use sentinel_postgres::PostgresStore;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection};
@@ -176,12 +179,108 @@ async fn the_reconciliation_queue_and_purge_are_served_by_indexes() {
     );
 }
 
+/// A history of 20,000 events read from either end: the newest event, a page before it, the
+/// oldest page, each straight from the primary key, reading only the rows it returns (the
+/// branch of the other direction is never run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_history_is_read_from_either_end_by_the_primary_key() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let schema = store.schema().as_str().to_owned();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "INSERT INTO \"{schema}\".events (keyspace, namespace, key, kind, token, at)
+         SELECT 'lease', 'h', 'nightly', CASE WHEN i % 2 = 1 THEN 'lease_acquired'
+                                             ELSE 'lease_released' END, (i + 1) / 2, now()
+         FROM generate_series(1, 20000) AS i;
+         ANALYZE \"{schema}\".events;"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let read = async |query: HistoryQuery| {
+        store
+            .history(Keyspace::Lease, &id("h", "nightly"), &query)
+            .await
+            .unwrap()
+    };
+    let newest = read(HistoryQuery {
+        limit: 1,
+        newest_first: true,
+        ..HistoryQuery::default()
+    })
+    .await;
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].kind, EventKind::LeaseReleased);
+    assert_eq!(newest[0].token.get(), 10_000);
+    let before = read(HistoryQuery {
+        before: Some(newest[0].id),
+        limit: 3,
+        newest_first: true,
+        ..HistoryQuery::default()
+    })
+    .await;
+    let ids: Vec<i64> = before.iter().map(|e| e.id).collect();
+    let top = newest[0].id;
+    assert_eq!(ids, [top - 1, top - 2, top - 3]);
+    let oldest = read(HistoryQuery {
+        limit: 2,
+        ..HistoryQuery::default()
+    })
+    .await;
+    assert_eq!(oldest[0].token.get(), 1);
+    assert_eq!(oldest[1].id, oldest[0].id + 1);
+
+    // Each direction runs its own scan of the primary key, for the rows it returns; the other
+    // direction's is never run.
+    let (forwards, backwards) = (
+        "Index Scan using events_pkey on events",
+        "Index Scan Backward using events_pkey on events",
+    );
+    for (newest_first, limit, used, unused) in [
+        (true, 1, backwards, forwards),
+        (false, 1000, forwards, backwards),
+    ] {
+        let plan = explained(
+            &factory,
+            &schema,
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF)",
+            include_str!("../sql/history.sql"),
+            "text, text, text, bigint, bigint, bigint, boolean",
+            &format!(
+                "'lease', 'h', 'nightly', {}, {}, {limit}, {newest_first}",
+                i64::MIN,
+                i64::MAX
+            ),
+        )
+        .await;
+        let line = |scan: &str| plan.lines().find(|l| l.contains(scan)).unwrap_or("");
+        assert!(
+            line(used).contains(&format!("(actual rows={limit} loops=1)")),
+            "{plan}"
+        );
+        assert!(line(unused).contains("(never executed)"), "{plan}");
+        assert!(!plan.contains("Seq Scan"), "{plan}");
+    }
+}
+
 /// The generic plan of `template` (a statement of `sql/`) in `schema`, prepared with parameters
 /// of `types` and explained for `arguments`. Its notification expression (which only runs in a
 /// RETURNING list, for rows already chosen) is left out.
 async fn generic_plan(
     factory: &PgFactory,
     schema: &str,
+    template: &str,
+    types: &str,
+    arguments: &str,
+) -> String {
+    explained(factory, schema, "EXPLAIN", template, types, arguments).await
+}
+
+/// [`generic_plan`], explained by `explain` (`EXPLAIN`, or `EXPLAIN (ANALYZE, …)` to run it).
+async fn explained(
+    factory: &PgFactory,
+    schema: &str,
+    explain: &str,
     template: &str,
     types: &str,
     arguments: &str,
@@ -197,7 +296,7 @@ async fn generic_plan(
     .await
     .unwrap();
     let plan: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!(
-        "EXPLAIN EXECUTE statement ({arguments})"
+        "{explain} EXECUTE statement ({arguments})"
     )))
     .fetch_all(&mut conn)
     .await

@@ -1348,17 +1348,29 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
         query: &HistoryQuery,
     ) -> Result<Vec<Event>> {
         query.validate()?;
-        let start = match query.after {
+        // Event ids are stream ids `<id>-0`, every one at least 1; a bare `<id>` ends a range at
+        // the last id of that millisecond.
+        let first = match query.after {
             None => "-".to_owned(),
             Some(after) if after < 0 => "-".to_owned(),
             Some(i64::MAX) => return Ok(Vec::new()),
             Some(after) => format!("{}-0", after + 1),
         };
+        let last = match query.before {
+            None => "+".to_owned(),
+            Some(before) if before <= 1 => return Ok(Vec::new()),
+            Some(before) => (before - 1).to_string(),
+        };
+        let (command, from, to) = if query.newest_first {
+            ("XREVRANGE", last, first)
+        } else {
+            ("XRANGE", first, last)
+        };
         let mut conn = self.inner.conn.clone();
-        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd(command)
             .arg(self.keys(keyspace, id).history)
-            .arg(start)
-            .arg("+")
+            .arg(from)
+            .arg(to)
             .arg("COUNT")
             .arg(query.limit)
             .query_async(&mut conn)

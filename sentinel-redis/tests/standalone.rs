@@ -534,6 +534,7 @@ async fn history_streams_are_trimmed_to_the_configured_length() {
             &HistoryQuery {
                 after: Some(events[0].id),
                 limit: 10,
+                ..HistoryQuery::default()
             },
         )
         .await

@@ -54,6 +54,9 @@ enum Defect {
     UncertainIgnoresExpiry,
     /// A history page after `after` starts with the event `after` names.
     HistoryRepeatsCursor,
+    /// A history read ignores `before` and `newest_first`, as a store written before they
+    /// existed would: always the oldest events, oldest first.
+    HistoryOldestFirstOnly,
     /// A full last page of a listing says there is more (`next` is not `None`).
     FullLastPageHasNext,
     /// `wait_for_change` only hears of changes made while it waits, not of one made since
@@ -653,16 +656,23 @@ impl CoordinationStore for Mutant {
             Keyspace::Execution => data.executions.get(&id).map(|e| e.events.clone()),
             Keyspace::Lease => data.leases.get(&id).map(|e| e.events.clone()),
         };
-        Ok(events
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|e| {
-                query.after.is_none_or(|a| {
-                    e.id > a || (self.defect == Defect::HistoryRepeatsCursor && e.id == a)
-                })
-            })
-            .take(query.limit as usize)
-            .collect())
+        let repeats = self.defect == Defect::HistoryRepeatsCursor;
+        let oldest_only = self.defect == Defect::HistoryOldestFirstOnly;
+        let in_range = events.unwrap_or_default().into_iter().filter(|e| {
+            query
+                .after
+                .is_none_or(|a| e.id > a || (repeats && e.id == a))
+                && (oldest_only
+                    || query
+                        .before
+                        .is_none_or(|b| e.id < b || (repeats && e.id == b)))
+        });
+        let limit = query.limit as usize;
+        Ok(if query.newest_first && !oldest_only {
+            in_range.rev().take(limit).collect()
+        } else {
+            in_range.take(limit).collect()
+        })
     }
     async fn wait_for_change(
         &self,
@@ -936,6 +946,10 @@ defects! {
         among(Defect::EventStateBefore, &["event_log_records_every_transition"]);
     a_history_page_that_repeats_its_cursor_fails:
         among(Defect::HistoryRepeatsCursor, &["model_based"]);
+    a_history_that_reads_only_from_the_oldest_end_fails: only(
+        Defect::HistoryOldestFirstOnly,
+        &["model_based", "event_log_records_every_transition"]
+    );
     a_full_last_page_that_says_there_is_more_fails:
         among(Defect::FullLastPageHasNext, &["model_based", "list_filters_and_pages"]);
     a_wait_that_misses_an_earlier_change_fails:

@@ -298,22 +298,29 @@ impl Sentinel {
     }
 
     /// Whether `token`'s lease on `id` was released: a `lease_released` event with that token
-    /// in the lease's history (each token is granted once and released at most once).
+    /// in the lease's history (each token is granted once and released at most once). The
+    /// history is read from its newest end back to the acquisition of `token` (acquisitions are
+    /// logged in token order, and a release after its acquisition), so a long history costs
+    /// no more than the events since.
     async fn lease_released(&self, id: &RecordId, token: FencingToken) -> Result<bool> {
         let store = &self.inner.store;
-        let mut query = HistoryQuery::default();
+        let mut query = HistoryQuery {
+            newest_first: true,
+            ..HistoryQuery::default()
+        };
         loop {
             let page = self
                 .call("history", || store.history(Keyspace::Lease, id, &query))
                 .await?;
-            if page
-                .iter()
-                .any(|e| e.kind == EventKind::LeaseReleased && e.token == token)
-            {
-                return Ok(true);
+            for event in &page {
+                match event.kind {
+                    EventKind::LeaseReleased if event.token == token => return Ok(true),
+                    EventKind::LeaseAcquired if event.token <= token => return Ok(false),
+                    _ => {}
+                }
             }
             match page.last() {
-                Some(last) if page.len() >= query.limit as usize => query.after = Some(last.id),
+                Some(last) if page.len() >= query.limit as usize => query.before = Some(last.id),
                 _ => return Ok(false),
             }
         }

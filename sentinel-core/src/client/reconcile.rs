@@ -203,7 +203,8 @@ impl Sentinel {
             .await
     }
 
-    /// A page of the history of `key` in either keyspace, oldest first.
+    /// A page of the history of `key` in either keyspace, in the order `query` asks for (see
+    /// [`HistoryQuery`]).
     pub async fn history_of(
         &self,
         keyspace: Keyspace,

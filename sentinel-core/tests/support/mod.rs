@@ -148,6 +148,8 @@ pub struct Faults {
     pub failed_releases: AtomicUsize,
     /// How many lease releases were sent.
     pub releases: AtomicUsize,
+    /// How many history pages were read.
+    pub history_reads: AtomicUsize,
 }
 
 impl Faults {
@@ -158,6 +160,12 @@ impl Faults {
 
 #[async_trait]
 impl Decorator for Faults {
+    fn before(&self, operation: &'static str) {
+        if operation == "history" {
+            self.history_reads.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     async fn claim(
         &self,
         store: &dyn CoordinationStore,

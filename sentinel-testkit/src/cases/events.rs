@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use sentinel_core::store::{ListQuery, Renewal};
+use sentinel_core::store::{HistoryQuery, ListQuery, Renewal};
 use sentinel_core::{
     Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState,
     FencingToken, Keyspace, OwnerId, RejectReason,
@@ -116,7 +116,7 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
             .history(
                 Keyspace::Execution,
                 &id,
-                &sentinel_core::store::HistoryQuery {
+                &HistoryQuery {
                     after,
                     ..Default::default()
                 },
@@ -130,6 +130,77 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
             "[event_log] after {after:?}"
         );
     }
+    // The same bounds from the other end: nothing lies below the first id, the whole history
+    // below the largest; read newest first, the same events in reverse.
+    let read = async |query: HistoryQuery| {
+        h.store
+            .history(Keyspace::Execution, &id, &query)
+            .await
+            .expect("history")
+    };
+    for (before, want) in [
+        (Some(i64::MIN), 0),
+        (Some(0), 0),
+        (Some(1), 0),
+        (Some(history[0].id), 0),
+        (Some(history[1].id), 1),
+        (Some(i64::MAX), history.len()),
+        (None, history.len()),
+    ] {
+        for newest_first in [false, true] {
+            let mut page = read(HistoryQuery {
+                before,
+                newest_first,
+                ..Default::default()
+            })
+            .await;
+            if newest_first {
+                page.reverse();
+            }
+            assert_eq!(
+                page,
+                history[..want],
+                "[event_log] before {before:?}, newest first: {newest_first}"
+            );
+        }
+    }
+    // A range, from either end, cut to its limit at the end it starts from.
+    let (after, before) = (Some(history[2].id), Some(history[7].id));
+    let oldest = read(HistoryQuery {
+        after,
+        before,
+        limit: 2,
+        newest_first: false,
+    })
+    .await;
+    assert_eq!(
+        oldest,
+        history[3..5],
+        "[event_log] the oldest two of a range"
+    );
+    let newest = read(HistoryQuery {
+        after,
+        before,
+        limit: 2,
+        newest_first: true,
+    })
+    .await;
+    assert_eq!(
+        newest,
+        [history[6].clone(), history[5].clone()],
+        "[event_log] the newest two of a range, newest first"
+    );
+    let last = read(HistoryQuery {
+        limit: 1,
+        newest_first: true,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        last,
+        history[history.len() - 1..],
+        "[event_log] the newest event"
+    );
     let rejected = &history[9];
     assert_eq!(
         rejected.detail,

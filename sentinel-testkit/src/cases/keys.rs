@@ -255,7 +255,10 @@ pub async fn invalid_input_writes_nothing<F: StoreFactory>(factory: &F) {
             matches!(h.store.list(&query).await, Err(Error::InvalidInput(_))),
             "[invalid] the store refuses page size {limit}"
         );
-        let history = HistoryQuery { after: None, limit };
+        let history = HistoryQuery {
+            limit,
+            ..HistoryQuery::default()
+        };
         assert!(
             matches!(
                 h.store

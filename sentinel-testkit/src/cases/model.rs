@@ -673,32 +673,53 @@ impl<S: CoordinationStore> Run<'_, S> {
     }
 
     /// The history of a record, read whole, and checked against the same read two events at a
-    /// time, each page after the last event of the page before.
+    /// time, each page after the last event of the page before, and again newest first, each
+    /// page before the last event of the page before.
     async fn history(
         &self,
         keyspace: Keyspace,
         id: &RecordId,
     ) -> Result<Vec<sentinel_core::Event>, TestCaseError> {
-        let read = |after, limit| async move {
+        let read = |query: HistoryQuery| async move {
             self.store
-                .history(keyspace, id, &HistoryQuery { after, limit })
+                .history(keyspace, id, &query)
                 .await
                 .map_err(|e| TestCaseError::fail(format!("history: {e}")))
         };
-        let all = read(None, HistoryQuery::default().limit).await?;
-        let mut paged = Vec::new();
-        let mut after = None;
-        loop {
-            let page = read(after, 2).await?;
-            let last = page.len() < 2;
-            after = page.last().map(|e| e.id);
-            paged.extend(page);
-            prop_assert!(paged.len() <= all.len(), "history pages repeat events");
-            if last {
-                break;
+        let all = read(HistoryQuery::default()).await?;
+        for newest_first in [false, true] {
+            let mut query = HistoryQuery {
+                limit: 2,
+                newest_first,
+                ..HistoryQuery::default()
+            };
+            let mut paged = Vec::new();
+            loop {
+                let page = read(query).await?;
+                let last = page.len() < 2;
+                let cursor = page.last().map(|e| e.id);
+                if newest_first {
+                    query.before = cursor;
+                } else {
+                    query.after = cursor;
+                }
+                paged.extend(page);
+                prop_assert!(paged.len() <= all.len(), "history pages repeat events");
+                if last {
+                    break;
+                }
             }
+            if newest_first {
+                paged.reverse();
+            }
+            prop_assert_eq!(
+                &paged,
+                &all,
+                "history of {:?}, two events a page, newest first: {}",
+                id.key,
+                newest_first
+            );
         }
-        prop_assert_eq!(&paged, &all, "history of {:?}, two events a page", id.key);
         Ok(all)
     }
 }
