@@ -352,11 +352,12 @@ async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded
 /// `a` takes "k" after 501 acquisitions and releases (more than a page of history, 1,000
 /// events, before the ones the release's retry looks for), the first attempt of its release
 /// meets the fault `counter` picks, and during the retry's pause `b` takes the lease (first
-/// letting it expire, if `expire`). What the release answers, and how many history pages the
-/// retry read to find out.
+/// letting it expire, if `expire`), taking and releasing it `cycles` times before it takes it
+/// for good. What the release answers, and how many history pages the retry read to find out.
 async fn release_retried_after_a_takeover(
     counter: fn(&support::Faults) -> &std::sync::atomic::AtomicUsize,
     expire: bool,
+    cycles: usize,
 ) -> (sentinel_core::Result<()>, usize) {
     let (memory, clock) = MemoryStore::with_manual_clock();
     let store = support::faulty(memory);
@@ -372,6 +373,10 @@ async fn release_retried_after_a_takeover(
     if expire {
         clock.advance(Duration::from_secs(60));
     }
+    for _ in 0..cycles {
+        let later = b.lease("k").await.unwrap().acquired().unwrap();
+        later.release().await.unwrap();
+    }
     let _taken = b.lease("k").await.unwrap().acquired().unwrap();
     let answer = releasing.await.unwrap();
     (
@@ -382,6 +387,16 @@ async fn release_retried_after_a_takeover(
     )
 }
 
+/// `answer` is the store's refusal of a fenced release.
+fn fenced(answer: sentinel_core::Result<()>) {
+    let refused = answer.unwrap_err();
+    assert_eq!(
+        refused.rejection().map(|r| r.reason.clone()),
+        Some(RejectReason::Fenced),
+        "{refused:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another_took_the_lease() {
     // The first attempt never reached the store; the lease expired during the retry's pause and
@@ -389,14 +404,17 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
     // this token: the work after the expiry was not protected, and the caller must hear so.
     // Reading from the newest end, the search stops at the acquisition of the token: one page,
     // not the whole history.
-    let (answer, reads) = release_retried_after_a_takeover(|f| &f.failed_releases, true).await;
-    let refused = answer.unwrap_err();
-    assert_eq!(
-        refused.rejection().map(|r| r.reason.clone()),
-        Some(RejectReason::Fenced),
-        "{refused:?}"
-    );
+    let (answer, reads) = release_retried_after_a_takeover(|f| &f.failed_releases, true, 0).await;
+    fenced(answer);
     assert_eq!(reads, 1, "history pages read");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_is_not_taken_for_the_release_of_a_later_token() {
+    // As above, and the worker that took the lease released it once before taking it again:
+    // that release is of another token, and says nothing of this one.
+    let (answer, _) = release_retried_after_a_takeover(|f| &f.failed_releases, true, 1).await;
+    fenced(answer);
 }
 
 #[tokio::test(start_paused = true)]
@@ -404,7 +422,17 @@ async fn a_retried_release_finds_its_own_release_in_a_long_history() {
     // The first attempt was applied and its reply lost: the retry's "fenced" is the store having
     // done it, and the release event is found among the newest, in one read.
     let (answer, reads) =
-        release_retried_after_a_takeover(|f| &f.lost_release_replies, false).await;
+        release_retried_after_a_takeover(|f| &f.lost_release_replies, false, 0).await;
     answer.unwrap();
     assert_eq!(reads, 1, "history pages read");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_release_finds_its_own_release_under_a_page_of_later_events() {
+    // As above, and the lease was taken and released 500 times meanwhile: the release is on the
+    // second page from the newest end.
+    let (answer, reads) =
+        release_retried_after_a_takeover(|f| &f.lost_release_replies, false, 500).await;
+    answer.unwrap();
+    assert_eq!(reads, 2, "history pages read");
 }
