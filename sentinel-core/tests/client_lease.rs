@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use sentinel_core::{
@@ -206,9 +207,7 @@ async fn a_release_whose_reply_was_lost_is_not_reported_as_fenced_when_another_t
     // is success, not "work done after it expired was not protected".
     let (store, a, b) = faulty_clients();
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store
-        .lost_release_replies
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    store.lost_release_replies.store(1, SeqCst);
     let releasing = tokio::spawn(guard.release());
     tokio::time::sleep(Duration::from_millis(10)).await;
     let taken = b
@@ -236,9 +235,7 @@ async fn a_release_whose_reply_was_lost_is_not_reported_as_fenced_when_another_t
 async fn a_release_dropped_before_the_store_answered_still_frees_the_lease() {
     let (store, a, b) = faulty_clients();
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store
-        .failed_releases
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+    store.failed_releases.store(1, SeqCst);
     let dropped = tokio::time::timeout(Duration::from_millis(10), guard.release()).await;
     assert!(dropped.is_err(), "dropped during the retry's pause");
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -254,9 +251,7 @@ async fn a_lease_granted_to_an_acquire_whose_every_reply_was_lost_is_released_in
     // lost: the caller was told the acquire failed and holds no guard, so nobody would release
     // the lease before its ttl ended (never, on this manual clock).
     let (store, a, b) = faulty_clients();
-    store
-        .lost_acquire_replies
-        .store(3, std::sync::atomic::Ordering::SeqCst);
+    store.lost_acquire_replies.store(3, SeqCst);
     let failed = a.lease("k").await;
     assert!(
         matches!(failed, Err(Error::Unavailable { .. })),
@@ -289,9 +284,7 @@ async fn releasing_a_lost_grant_never_touches_another_workers_lease() {
     // None of `a`'s attempts reached the store, but `a` cannot know that and looks for its
     // grant in the background; `b` takes the lease meanwhile and must keep it.
     let (store, a, b) = faulty_clients();
-    store
-        .failed_acquires
-        .store(3, std::sync::atomic::Ordering::SeqCst);
+    store.failed_acquires.store(3, SeqCst);
     assert!(a.lease("k").await.is_err());
     let guard = b.lease("k").await.unwrap().acquired().unwrap();
     // Longer than every look `a` takes (about a minute in all). The store's clock stands
@@ -312,9 +305,7 @@ async fn releasing_a_lost_grant_never_touches_another_workers_lease() {
 async fn a_dropped_guard_whose_release_failed_sends_it_again() {
     let (store, a, b) = faulty_clients();
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store
-        .failed_releases
-        .store(2, std::sync::atomic::Ordering::SeqCst);
+    store.failed_releases.store(2, SeqCst);
     drop(guard);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
@@ -325,11 +316,10 @@ async fn a_dropped_guard_whose_release_failed_sends_it_again() {
 
 #[tokio::test(start_paused = true)]
 async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded_is_not() {
-    use std::sync::atomic::Ordering;
     let (store, a, b) = faulty_clients();
     // Every attempt of the call fails: the caller is told, and the guard's drop sends it again.
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    store.failed_releases.store(3, Ordering::SeqCst);
+    store.failed_releases.store(3, SeqCst);
     let failed = guard.release().await;
     assert!(
         matches!(failed, Err(Error::Unavailable { .. })),
@@ -343,19 +333,19 @@ async fn a_release_that_failed_is_sent_again_by_the_guard_and_one_that_succeeded
         .acquired()
         .expect("released by the guard");
     // A release the store answered leaves the guard nothing to send.
-    let before = store.releases.load(Ordering::SeqCst);
+    let before = store.releases.load(SeqCst);
     next.release().await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(store.releases.load(Ordering::SeqCst), before + 1);
+    assert_eq!(store.releases.load(SeqCst), before + 1);
 }
 
 /// `a` takes "k" after 501 acquisitions and releases (more than a page of history, 1,000
 /// events, before the ones the release's retry looks for), the first attempt of its release
-/// meets the fault `counter` picks, and during the retry's pause `b` takes the lease (first
+/// meets the faults `fault` sets, and during the retry's pause `b` takes the lease (first
 /// letting it expire, if `expire`), taking and releasing it `cycles` times before it takes it
 /// for good. What the release answers, and how many history pages the retry read to find out.
 async fn release_retried_after_a_takeover(
-    counter: fn(&support::Faults) -> &std::sync::atomic::AtomicUsize,
+    fault: fn(&support::Faults),
     expire: bool,
     cycles: usize,
 ) -> (sentinel_core::Result<()>, usize) {
@@ -367,7 +357,7 @@ async fn release_retried_after_a_takeover(
         earlier.release().await.unwrap();
     }
     let guard = a.lease("k").await.unwrap().acquired().unwrap();
-    counter(&store).store(1, std::sync::atomic::Ordering::SeqCst);
+    fault(&store);
     let releasing = tokio::spawn(guard.release());
     tokio::time::sleep(Duration::from_millis(5)).await;
     if expire {
@@ -379,12 +369,7 @@ async fn release_retried_after_a_takeover(
     }
     let _taken = b.lease("k").await.unwrap().acquired().unwrap();
     let answer = releasing.await.unwrap();
-    (
-        answer,
-        store
-            .history_reads
-            .load(std::sync::atomic::Ordering::SeqCst),
-    )
+    (answer, store.history_reads.load(SeqCst))
 }
 
 /// `answer` is the store's refusal of a fenced release.
@@ -404,7 +389,8 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
     // this token: the work after the expiry was not protected, and the caller must hear so.
     // Reading from the newest end, the search stops at the acquisition of the token: one page,
     // not the whole history.
-    let (answer, reads) = release_retried_after_a_takeover(|f| &f.failed_releases, true, 0).await;
+    let (answer, reads) =
+        release_retried_after_a_takeover(|f| f.failed_releases.store(1, SeqCst), true, 0).await;
     fenced(answer);
     assert_eq!(reads, 1, "history pages read");
 }
@@ -413,7 +399,8 @@ async fn a_retried_release_that_never_applied_is_reported_as_fenced_when_another
 async fn a_retried_release_is_not_taken_for_the_release_of_a_later_token() {
     // As above, and the worker that took the lease released it once before taking it again:
     // that release is of another token, and says nothing of this one.
-    let (answer, _) = release_retried_after_a_takeover(|f| &f.failed_releases, true, 1).await;
+    let (answer, _) =
+        release_retried_after_a_takeover(|f| f.failed_releases.store(1, SeqCst), true, 1).await;
     fenced(answer);
 }
 
@@ -422,7 +409,8 @@ async fn a_retried_release_finds_its_own_release_in_a_long_history() {
     // The first attempt was applied and its reply lost: the retry's "fenced" is the store having
     // done it, and the release event is found among the newest, in one read.
     let (answer, reads) =
-        release_retried_after_a_takeover(|f| &f.lost_release_replies, false, 0).await;
+        release_retried_after_a_takeover(|f| f.lost_release_replies.store(1, SeqCst), false, 0)
+            .await;
     answer.unwrap();
     assert_eq!(reads, 1, "history pages read");
 }
@@ -432,7 +420,37 @@ async fn a_retried_release_finds_its_own_release_under_a_page_of_later_events() 
     // As above, and the lease was taken and released 500 times meanwhile: the release is on the
     // second page from the newest end.
     let (answer, reads) =
-        release_retried_after_a_takeover(|f| &f.lost_release_replies, false, 500).await;
+        release_retried_after_a_takeover(|f| f.lost_release_replies.store(1, SeqCst), false, 500)
+            .await;
     answer.unwrap();
     assert_eq!(reads, 2, "history pages read");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_whose_history_does_not_go_back_in_time_is_an_error_not_an_answer() {
+    // A store written before histories could be read from the newest end answers the oldest
+    // events, oldest first: read as newest first, they would end the search at the first
+    // acquisition and call an applied release fenced. One that ignores only `before` answers
+    // the same newest page again and again: the search would never end.
+    for ignores_order in [true, false] {
+        let fault = if ignores_order {
+            |f: &support::Faults| {
+                f.lost_release_replies.store(1, SeqCst);
+                f.history_oldest_first_only.store(true, SeqCst);
+            }
+        } else {
+            |f: &support::Faults| {
+                f.lost_release_replies.store(1, SeqCst);
+                f.history_ignores_before.store(true, SeqCst);
+            }
+        };
+        // 500 later cycles: the release looked for is past the first page.
+        let (answer, _) = release_retried_after_a_takeover(fault, false, 500).await;
+        let error = answer.unwrap_err();
+        assert!(
+            matches!(&error, Error::Backend { source, .. }
+                if source.to_string().contains("out of order")),
+            "ignores the order too: {ignores_order}: {error:?}"
+        );
+    }
 }

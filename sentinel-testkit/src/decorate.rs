@@ -111,6 +111,17 @@ pub trait Decorator: Send + Sync + fmt::Debug + 'static {
         store.reset_to_claimed(id, owner).await
     }
 
+    /// Intercepts [`CoordinationStore::history`].
+    async fn history(
+        &self,
+        store: &dyn CoordinationStore,
+        keyspace: Keyspace,
+        id: &RecordId,
+        query: &HistoryQuery,
+    ) -> Result<Vec<Event>> {
+        store.history(keyspace, id, query).await
+    }
+
     /// Intercepts [`CoordinationStore::acquire_lease`].
     async fn acquire_lease(
         &self,
@@ -272,7 +283,9 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
         query: &HistoryQuery,
     ) -> Result<Vec<Event>> {
         self.decorator.before("history");
-        self.store.history(keyspace, id, query).await
+        self.decorator
+            .history(self.store.as_ref(), keyspace, id, query)
+            .await
     }
     async fn acquire_lease(&self, id: &RecordId, request: &LeaseRequest) -> Result<Acquisition> {
         self.decorator.before("acquire_lease");

@@ -301,7 +301,8 @@ impl Sentinel {
     /// in the lease's history (each token is granted once and released at most once). The
     /// history is read from its newest end back to the acquisition of `token` (acquisitions are
     /// logged in token order, and a release after its acquisition), so a long history costs
-    /// no more than the events since.
+    /// no more than the events since. A store whose pages do not go back in time (one that
+    /// ignores `newest_first` or `before`) is an error, not an answer.
     async fn lease_released(&self, id: &RecordId, token: FencingToken) -> Result<bool> {
         let store = &self.inner.store;
         let mut query = HistoryQuery {
@@ -312,6 +313,17 @@ impl Sentinel {
             let page = self
                 .call("history", || store.history(Keyspace::Lease, id, &query))
                 .await?;
+            let ids = query.before.into_iter().chain(page.iter().map(|e| e.id));
+            if let Some((newer, older)) = ids.clone().zip(ids.skip(1)).find(|(n, o)| o >= n) {
+                return Err(Error::Backend {
+                    store: store.backend(),
+                    source: format!(
+                        "the history of lease {id} came back out of order: asked for the newest \
+                         events first, event {older} came after event {newer}"
+                    )
+                    .into(),
+                });
+            }
             for event in &page {
                 match event.kind {
                     EventKind::LeaseReleased if event.token == token => return Ok(true),

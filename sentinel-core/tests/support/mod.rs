@@ -5,16 +5,16 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use sentinel_core::store::{Renewal, RenewalResult, Wait};
+use sentinel_core::store::{HistoryQuery, Renewal, RenewalResult, Wait};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error,
-    FencingToken, LeaseRequest, ManualClock, OwnerId, RecordId, RejectReason, Rejection, Result,
-    Timestamp,
+    Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
+    FencingToken, Keyspace, LeaseRequest, ManualClock, OwnerId, RecordId, RejectReason, Rejection,
+    Result, Timestamp,
 };
 use sentinel_memory::MemoryStore;
 use sentinel_testkit::{Decorated, Decorator};
@@ -150,6 +150,11 @@ pub struct Faults {
     pub releases: AtomicUsize,
     /// How many history pages were read.
     pub history_reads: AtomicUsize,
+    /// History reads ignore `before` (a page from the newest end is always the newest events).
+    pub history_ignores_before: AtomicBool,
+    /// History reads ignore `before` and `newest_first`, as a store written before they existed
+    /// would: always the oldest events, oldest first.
+    pub history_oldest_first_only: AtomicBool,
 }
 
 impl Faults {
@@ -255,6 +260,24 @@ impl Decorator for Faults {
     ) -> Result<()> {
         let answer = store.reset_to_claimed(id, owner).await;
         lose_reply(&self.lost_reset_replies, answer)
+    }
+
+    async fn history(
+        &self,
+        store: &dyn CoordinationStore,
+        keyspace: Keyspace,
+        id: &RecordId,
+        query: &HistoryQuery,
+    ) -> Result<Vec<Event>> {
+        let mut query = *query;
+        if self.history_ignores_before.load(Ordering::SeqCst) {
+            query.before = None;
+        }
+        if self.history_oldest_first_only.load(Ordering::SeqCst) {
+            query.before = None;
+            query.newest_first = false;
+        }
+        store.history(keyspace, id, &query).await
     }
 
     async fn acquire_lease(

@@ -103,65 +103,55 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
     ];
     assert_history(&h, Keyspace::Execution, "pay", &expected).await;
     let history = h.history(Keyspace::Execution, "pay").await;
-    // Event ids are positive: any `after` below the first is the whole history, the largest id
-    // there can be is nothing.
-    for (after, want) in [
-        (Some(i64::MIN), history.len()),
-        (Some(-1), history.len()),
-        (Some(0), history.len()),
-        (Some(i64::MAX), 0),
-    ] {
-        let page = h
-            .store
-            .history(
-                Keyspace::Execution,
-                &id,
-                &HistoryQuery {
-                    after,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("history");
-        assert_eq!(page.len(), want, "[event_log] history after {after:?}");
-        assert_eq!(
-            page,
-            history[history.len() - want..],
-            "[event_log] after {after:?}"
-        );
-    }
-    // The same bounds from the other end: nothing lies below the first id, the whole history
-    // below the largest; read newest first, the same events in reverse.
+    // Every pair of bounds, from either end: the events strictly between them, in the order
+    // asked for. Bounds below, on, between (ids need not be consecutive) and beyond the
+    // history's ids (event ids are positive: any bound below the first is the whole history),
+    // and ranges that hold nothing (`after` at or above `before`).
     let read = async |query: HistoryQuery| {
         h.store
             .history(Keyspace::Execution, &id, &query)
             .await
             .expect("history")
     };
-    for (before, want) in [
-        (Some(i64::MIN), 0),
-        (Some(0), 0),
-        (Some(1), 0),
-        (Some(history[0].id), 0),
-        (Some(history[1].id), 1),
-        (Some(i64::MAX), history.len()),
-        (None, history.len()),
-    ] {
-        for newest_first in [false, true] {
-            let mut page = read(HistoryQuery {
-                before,
-                newest_first,
-                ..Default::default()
-            })
-            .await;
-            if newest_first {
-                page.reverse();
+    let ids: Vec<i64> = history.iter().map(|e| e.id).collect();
+    let bounds = [
+        None,
+        Some(i64::MIN),
+        Some(-1),
+        Some(0),
+        Some(1),
+        Some(ids[0]),
+        Some(ids[1]),
+        Some(ids[3]),
+        Some(ids[4] - 1),
+        Some(ids[5]),
+        Some(ids[ids.len() - 1]),
+        Some(ids[ids.len() - 1] + 1),
+        Some(i64::MAX),
+    ];
+    for after in bounds {
+        for before in bounds {
+            let mut want: Vec<_> = history
+                .iter()
+                .filter(|e| after.is_none_or(|a| e.id > a) && before.is_none_or(|b| e.id < b))
+                .cloned()
+                .collect();
+            for newest_first in [false, true] {
+                if newest_first {
+                    want.reverse();
+                }
+                let page = read(HistoryQuery {
+                    after,
+                    before,
+                    newest_first,
+                    ..Default::default()
+                })
+                .await;
+                assert_eq!(
+                    page, want,
+                    "[event_log] after {after:?}, before {before:?}, newest first: {newest_first}"
+                );
             }
-            assert_eq!(
-                page,
-                history[..want],
-                "[event_log] before {before:?}, newest first: {newest_first}"
-            );
         }
     }
     // A range, from either end, cut to its limit at the end it starts from.
