@@ -1348,8 +1348,9 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
         query: &HistoryQuery,
     ) -> Result<Vec<Event>> {
         query.validate()?;
-        // Event ids are stream ids `<id>-0`, every one at least 1; a bare `<id>` ends a range at
-        // the last id of that millisecond.
+        // Event ids are stream ids `<id>-0`, every one at least 1. A bare `<id>` at the end of
+        // a range stands for `<id>` with the largest sequence number, so `before - 1` includes
+        // `before - 1` itself and nothing above it.
         let first = match query.after {
             None => "-".to_owned(),
             Some(after) if after < 0 => "-".to_owned(),
