@@ -25,7 +25,7 @@ use sentinel_core::{
 use backend::{Target, redact};
 use output::{Output, liveness, printable, relative, shell_word, table};
 
-/// The page size of `list` and `lease list` when none is given.
+/// The page size of `list`, `lease list` and `history` when none is given.
 const DEFAULT_LIMIT: u32 = 100;
 
 const EXAMPLES: &str = "\
@@ -98,12 +98,19 @@ enum Command {
     History {
         /// The key.
         key: String,
-        /// At most this many events.
-        #[arg(long, default_value_t = 100)]
+        /// At most this many events (1 to 1000).
+        #[arg(long, default_value_t = DEFAULT_LIMIT)]
         limit: u32,
         /// The newest events, newest first, instead of the oldest.
         #[arg(long)]
         newest_first: bool,
+        /// Only events with an id above this one (the last id of the previous page).
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
+        /// Only events with an id below this one (the last id of the previous page, newest
+        /// first).
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
         /// The history of the lease with this key instead of the execution.
         #[arg(long)]
         lease: bool,
@@ -243,12 +250,15 @@ impl TryFrom<Command> for Action {
                 key,
                 limit,
                 newest_first,
+                after,
+                before,
                 lease,
             } => {
                 let query = HistoryQuery {
+                    after,
+                    before,
                     limit,
                     newest_first,
-                    ..HistoryQuery::default()
                 };
                 query.validate()?;
                 let keyspace = if lease {
@@ -758,6 +768,16 @@ async fn history(
         &["TIME", "WHEN", "EVENT", "STATE", "TOKEN", "BY", "DETAIL"],
         &rows,
     ))?;
+    if let Some(last) = events
+        .last()
+        .filter(|_| events.len() >= query.limit as usize)
+    {
+        ctx.out.print(&format!(
+            "\nmore: sentinel history{}{}",
+            ctx.namespace_option(),
+            next_history_page(key, query, keyspace, last.id)
+        ))?;
+    }
     Ok(())
 }
 
@@ -840,6 +860,33 @@ fn page_options(limit: u32, next: &Key) -> String {
         format!(" --limit {limit}")
     };
     format!("{limit} --after={}", shell_word(next.as_str()))
+}
+
+/// The options and key of the command that reads the history page after one that ended at
+/// `last`: the same query, its cursor moved past `last`, the key after `--` when it starts with
+/// `-` (so that it is not taken for an option).
+fn next_history_page(key: &str, query: &HistoryQuery, keyspace: Keyspace, last: i64) -> String {
+    let mut next = String::new();
+    if keyspace == Keyspace::Lease {
+        next.push_str(" --lease");
+    }
+    if query.limit != DEFAULT_LIMIT {
+        next.push_str(&format!(" --limit {}", query.limit));
+    }
+    let (after, before) = if query.newest_first {
+        next.push_str(" --newest-first");
+        (query.after, Some(last))
+    } else {
+        (Some(last), query.before)
+    };
+    if let Some(after) = after {
+        next.push_str(&format!(" --after {after}"));
+    }
+    if let Some(before) = before {
+        next.push_str(&format!(" --before {before}"));
+    }
+    let separator = if key.starts_with('-') { " --" } else { "" };
+    format!("{next}{separator} {}", shell_word(key))
 }
 
 /// Prints the record after a change. The change is applied by now: if the record cannot be read

@@ -604,6 +604,61 @@ async fn newest_event_of_a_long_history(cli: &Cli, store: &dyn CoordinationStore
     let record = cli.json(&["inspect", "retried-501-times"], 0);
     assert_eq!(record["last_event"]["kind"], "claimed", "{record}");
     assert_eq!(record["last_event"]["token"], json!(last), "{record}");
+
+    // Paging: a full page ends with the command that reads the next one, from either end.
+    let ids = |args: &[&str]| -> Vec<i64> {
+        let page = cli.json(args, 0);
+        page.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect()
+    };
+    let newest_four = ids(&[
+        "history",
+        "retried-501-times",
+        "--newest-first",
+        "--limit",
+        "4",
+    ]);
+    let oldest_four = ids(&["history", "retried-501-times", "--limit", "4"]);
+    assert_eq!(newest_four.len(), 4);
+    for (first, want) in [
+        (vec!["--newest-first", "--limit", "2"], &newest_four[2..]),
+        (vec!["--limit", "2"], &oldest_four[2..]),
+    ] {
+        let mut args = vec!["history", "retried-501-times"];
+        args.extend(first);
+        let table = cli.text(&args, 0);
+        let more = table
+            .lines()
+            .find_map(|l| l.strip_prefix("more: sentinel "))
+            .unwrap_or_else(|| panic!("no next page: {table}"));
+        // The words of the next command, less the namespace (the test adds its own).
+        let words: Vec<&str> = more.split_whitespace().collect();
+        let next: Vec<&str> = words
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| **w != "-n" && (*i == 0 || words[i - 1] != "-n"))
+            .map(|(_, w)| *w)
+            .collect();
+        assert_eq!(ids(&next), want, "{more}");
+    }
+    // The last page, shorter than its limit (999 events of 1,001), says nothing more.
+    let second = oldest_four[1].to_string();
+    let lines = cli.text(
+        &[
+            "history",
+            "retried-501-times",
+            "--limit",
+            "1000",
+            "--after",
+            &second,
+        ],
+        0,
+    );
+    assert!(!lines.contains("more:"), "{lines}");
+    assert_eq!(lines.lines().filter(|l| l.contains("aborted")).count(), 499);
 }
 
 /// A store over the server at `url` in `schema`, which the CLI's `migrate` created.
