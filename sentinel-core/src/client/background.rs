@@ -91,7 +91,7 @@ pub(crate) fn send_in_background<F, Fut>(
 }
 
 /// What one background attempt came to.
-pub(crate) enum Attempt {
+enum Attempt {
     /// Nothing left to do.
     Done,
     /// The store could not be reached: try again later.
@@ -141,15 +141,23 @@ where
     }
 }
 
-/// Waits [`FIRST_PAUSE`] (what it looks for may still be on its way), then runs `look` through
-/// the whole schedule of [`keep_trying`] unless it answers [`Attempt::Done`].
-pub(crate) async fn look_for_a_while<F, Fut>(look: F)
+/// Waits [`FIRST_PAUSE`] (what it looks for may still be on its way), then runs `look` at every
+/// step of the whole schedule of [`keep_trying`]: finding what it looks for once is no reason to
+/// stop, since an attempt still on its way may land later.
+pub(crate) async fn look_for_a_while<F, Fut>(mut look: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
+    Fut: Future<Output = ()>,
 {
     tokio::time::sleep(FIRST_PAUSE).await;
-    keep_trying(look).await;
+    keep_trying(|| {
+        let looked = look();
+        async {
+            looked.await;
+            Attempt::Again
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

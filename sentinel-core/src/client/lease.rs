@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
-use super::background::{Attempt, forget_if_unanswered, look_for_a_while, send_in_background};
+use super::background::{forget_if_unanswered, look_for_a_while, send_in_background};
 use super::heartbeat::Registration;
 use super::observe::TransitionKind;
 use crate::error::{Error, Result};
@@ -199,7 +199,6 @@ async fn forget_lease(store: Arc<dyn CoordinationStore>, id: RecordId, request_i
         {
             tracing::info!(%id, token = %lease.token, "released a lease whose grant was lost");
         }
-        Attempt::Again
     })
     .await;
 }

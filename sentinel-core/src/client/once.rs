@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::Sentinel;
 use super::authority::{Authority, LostReason};
-use super::background::{Attempt, forget_if_unanswered, look_for_a_while, send_in_background};
+use super::background::{forget_if_unanswered, look_for_a_while, send_in_background};
 use super::failure::Failure;
 use super::observe::TransitionKind;
 use crate::error::{Error, InvalidInput, Result};
@@ -740,27 +740,23 @@ impl Sentinel {
 /// and one still on its way (a statement the server runs late) may land after an abort and be
 /// granted again. Another caller's claim has another request id and is never touched.
 async fn forget_claim(store: Arc<dyn CoordinationStore>, id: RecordId, request_id: RequestId) {
+    // Not (yet) applied, or someone else's record now (even a completed one: an operator may
+    // reset it): an attempt still on its way may land later, so it keeps looking.
     look_for_a_while(|| async {
-        match store.inspect(&id).await {
-            Ok(Some(record))
-                if record.request_id == Some(request_id)
-                    && matches!(
-                        record.state,
-                        ExecutionState::Claimed | ExecutionState::Executing
-                    ) =>
-            {
-                // A claim already given up is aborted again as a no-op (no event).
-                let aborted = store
-                    .abort(&id, record.token, Disposition::NotApplied)
-                    .await;
-                if aborted.is_ok() && record.state == ExecutionState::Executing {
-                    tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
-                }
-                Attempt::Again
+        if let Ok(Some(record)) = store.inspect(&id).await
+            && record.request_id == Some(request_id)
+            && matches!(
+                record.state,
+                ExecutionState::Claimed | ExecutionState::Executing
+            )
+        {
+            // A claim already given up is aborted again as a no-op (no event).
+            let aborted = store
+                .abort(&id, record.token, Disposition::NotApplied)
+                .await;
+            if aborted.is_ok() && record.state == ExecutionState::Executing {
+                tracing::info!(%id, token = %record.token, "gave up a claim whose reply was lost");
             }
-            // Not (yet) applied, or someone else's record now (even a completed one: an operator
-            // may reset it): an attempt still on its way may land later, so keep looking.
-            Ok(_) | Err(_) => Attempt::Again,
         }
     })
     .await;
