@@ -899,10 +899,10 @@ async fn changed(
     mut extra: Value,
     summary: &str,
 ) -> Result<(), Failure> {
+    let id = ctx.id(key)?;
     let read = async {
         let record = client.inspect(key).await?;
         let now = ctx.store.now().await?;
-        let id = RecordId::new(ctx.namespace.clone(), Key::new(key)?);
         let last = last_event(ctx.store.as_ref(), Keyspace::Execution, &id).await?;
         Ok::<_, Error>((record, now, last))
     };
