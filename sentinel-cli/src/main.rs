@@ -352,6 +352,12 @@ impl From<sentinel_core::InvalidInput> for Failure {
     }
 }
 
+/// Writes one line to standard error. A failed write (a closed pipe, a full disk) is ignored:
+/// the exit code still says what happened, and a change already applied must not end in a panic.
+fn to_stderr(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.global.json);
@@ -362,7 +368,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("sentinel: cannot start: {e}");
+            to_stderr(format_args!("sentinel: cannot start: {e}"));
             return ExitCode::from(4);
         }
     };
@@ -392,11 +398,14 @@ fn report(failure: Failure, out: Output) -> ExitCode {
     // In JSON mode the error is a JSON document on stdout; when stdout is what failed, the error
     // goes to stderr.
     if !(out.json && out.json(&error).is_ok()) {
-        eprintln!("sentinel: {}", out.alarm(&printable(&message)));
+        to_stderr(format_args!(
+            "sentinel: {}",
+            out.alarm(&printable(&message))
+        ));
         if code == 3 {
-            eprintln!(
+            to_stderr(format_args!(
                 "sentinel: check --url (or SENTINEL_URL / DATABASE_URL) and that the server is up"
-            );
+            ));
         }
     }
     ExitCode::from(code)
@@ -447,8 +456,9 @@ impl Context {
         if self.yes || !std::io::stdin().is_terminal() {
             return Ok(());
         }
-        eprint!("{question} [y/N] ");
-        let _ = std::io::stderr().flush();
+        let mut stderr = std::io::stderr().lock();
+        let _ = write!(stderr, "{question} [y/N] ").and_then(|()| stderr.flush());
+        drop(stderr);
         let mut answer = String::new();
         std::io::stdin()
             .lock()
@@ -940,7 +950,7 @@ async fn changed(
         }
     }
     if let Some(warning) = warning {
-        eprintln!("sentinel: {}", printable(&warning));
+        to_stderr(format_args!("sentinel: {}", printable(&warning)));
     }
     Ok(())
 }

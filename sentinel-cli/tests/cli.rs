@@ -70,18 +70,25 @@ impl Cli {
         command
     }
 
-    /// Runs with stdout going to `/dev/full`, where every write fails.
-    fn run_into_full_disk(&self, args: &[&str]) -> Output {
+    /// Runs with stdout going to `/dev/full`, where every write fails; stderr too if
+    /// `stderr_too` (then the output holds no stderr).
+    fn run_into_full_disk(&self, args: &[&str], stderr_too: bool) -> Output {
         let mut argv = self.argv(args);
         let program = argv.next().unwrap();
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
+        let full = || {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap()
+        };
         self.command(program)
             .args(argv)
-            .stdout(full)
-            .stderr(Stdio::piped())
+            .stdout(full())
+            .stderr(if stderr_too {
+                Stdio::from(full())
+            } else {
+                Stdio::piped()
+            })
             .output()
             .unwrap()
     }
@@ -251,10 +258,13 @@ async fn reconciliation_flow(cli: &Cli, store: Arc<dyn CoordinationStore>) {
         vec!["inspect", "payment-017"],
         vec!["list", "--uncertain"],
     ] {
-        let out = cli.run_into_full_disk(&args);
+        let out = cli.run_into_full_disk(&args, false);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(4), "{args:?}: {stderr}");
         assert!(stderr.contains("cannot write"), "{args:?}: {stderr}");
+        // With stderr unwritable too, the exit code still says it (no panic: exit 101).
+        let out = cli.run_into_full_disk(&args, true);
+        assert_eq!(out.status.code(), Some(4), "{args:?}, stderr full too");
     }
 
     let reconciled = cli.json(&["reconcile", "payment-017", "--yes"], 0);
