@@ -181,7 +181,7 @@ impl RedisStoreBuilder {
     }
 
     /// How many events each record's history stream keeps (`XADD MAXLEN`); older ones are
-    /// trimmed. At least 1.
+    /// trimmed. From 1 to `i64::MAX`.
     pub fn stream_max_len(mut self, events: u64) -> Self {
         self.stream_max_len = events;
         self
@@ -192,6 +192,11 @@ impl RedisStoreBuilder {
     /// time is reported as [`Error::Unavailable`] (the command may be applied on the primary
     /// only, and sending it again is safe). This narrows, but does not close, the window in which
     /// a failover to a lagging replica loses a transition: see the crate docs. Reads do not wait.
+    ///
+    /// The timeout must fit `WAIT` (at most `i64::MAX` ms), and with
+    /// [`connect`](Self::connect) or [`connect_cluster`](Self::connect_cluster) be under the
+    /// [response timeout](Self::response_timeout); otherwise connecting answers
+    /// [`Error::InvalidInput`].
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), sentinel_core::Error> {
@@ -239,13 +244,39 @@ impl RedisStoreBuilder {
                 detail,
             })
         })?;
-        if self.stream_max_len == 0 {
+        if self.stream_max_len == 0 || i64::try_from(self.stream_max_len).is_err() {
             return Err(Error::InvalidInput(InvalidInput::Malformed {
                 what: "stream max len",
-                detail: "a history stream must keep at least one event".to_owned(),
+                detail: format!(
+                    "a history stream keeps from 1 to {} events, not {}",
+                    i64::MAX,
+                    self.stream_max_len
+                ),
             }));
         }
+        if let Some((_, timeout)) = self.wait
+            && i64::try_from(timeout.as_millis()).is_err()
+        {
+            return Err(wait_too_long(format!(
+                "{timeout:?} is beyond what WAIT accepts ({} ms)",
+                i64::MAX
+            )));
+        }
         Ok(())
+    }
+
+    /// [`check`](Self::check), and a wait for replicas that ends before the connection gives up
+    /// on the reply: otherwise a lagging replica would be reported as a timeout, and every write
+    /// would hold the shared connection for the whole response timeout.
+    fn check_connecting(&self) -> Result<()> {
+        self.check()?;
+        match self.wait {
+            Some((_, timeout)) if timeout >= self.response_timeout => Err(wait_too_long(format!(
+                "{timeout:?} is not under the response timeout ({:?})",
+                self.response_timeout
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Connects to a standalone server (`redis://host:port/db`) through a reconnecting
@@ -255,7 +286,7 @@ impl RedisStoreBuilder {
     /// application: with `redis = { version = "1.8", features = ["tokio-rustls-comp"] }` in your
     /// `Cargo.toml`, Cargo builds one redis-rs with it, and this store's connections use it.
     pub async fn connect(self, url: &str) -> Result<RedisStore<ConnectionManager>> {
-        self.check()?;
+        self.check_connecting()?;
         let client = redis::Client::open(url).map_err(|e| bad_url(url, e))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(self.response_timeout))
@@ -281,7 +312,7 @@ impl RedisStoreBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.check()?;
+        self.check_connecting()?;
         let urls: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
         let client = redis::cluster::ClusterClient::builder(urls.iter().map(String::as_str))
             .response_timeout(self.response_timeout)
@@ -342,6 +373,14 @@ impl RedisStoreBuilder {
             }),
         }
     }
+}
+
+/// The refusal of a `wait_for_replicas` timeout.
+fn wait_too_long(detail: String) -> Error {
+    Error::InvalidInput(InvalidInput::Malformed {
+        what: "wait for replicas timeout",
+        detail,
+    })
 }
 
 fn bad_url(url: &str, e: RedisError) -> Error {

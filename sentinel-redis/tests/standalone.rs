@@ -540,13 +540,48 @@ async fn history_streams_are_trimmed_to_the_configured_length() {
         .await
         .unwrap();
     assert_eq!(after, events[1..]);
+    // Settings Redis cannot take, or that could only end in a timeout, are refused before
+    // anything is sent.
+    let url = support::redis_url();
+    let b = RedisStore::builder;
+    for (what, builder) in [
+        ("no event kept", b().stream_max_len(0)),
+        ("beyond XADD MAXLEN", b().stream_max_len(u64::MAX)),
+        ("beyond WAIT", b().wait_for_replicas(1, Duration::MAX)),
+        (
+            "as long as the reply",
+            b().wait_for_replicas(1, Duration::from_secs(10)),
+        ),
+        (
+            "longer than the reply",
+            b().wait_for_replicas(1, Duration::from_secs(2))
+                .response_timeout(Duration::from_secs(1)),
+        ),
+    ] {
+        let refused = builder.connect(&url).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidInput(_))),
+            "{what}: {:?}",
+            refused.err()
+        );
+    }
+    b().stream_max_len(i64::MAX as u64)
+        .wait_for_replicas(1, Duration::from_millis(9_999))
+        .connect(&url)
+        .await
+        .unwrap();
+    // A connection of your own has its own response timeout: only WAIT's bound applies.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let own = || async { client.get_connection_manager().await.unwrap() };
     assert!(
-        RedisStore::builder()
-            .stream_max_len(0)
-            .connect(&support::redis_url())
-            .await
-            .is_err()
+        b().wait_for_replicas(1, Duration::from_secs(3600))
+            .build(own().await)
+            .is_ok()
     );
+    assert!(matches!(
+        b().wait_for_replicas(1, Duration::MAX).build(own().await),
+        Err(Error::InvalidInput(_))
+    ));
 }
 
 /// A transition and a read of a corrupt record both report it as such, and the transition logged
