@@ -621,10 +621,11 @@ fn claim_outcome(outcome: &str, row: &PgRow) -> Result<ClaimOutcome> {
         },
         "completed" => ClaimOutcome::Completed {
             token: token()?,
-            result: get::<Option<String>>(row, "result")?
-                .map(|t| rows::json(&t))
-                .transpose()?
-                .unwrap_or(Value::Null),
+            // Never replayed as `null`: a caller would take it for the recorded result.
+            result: rows::json(
+                &get::<Option<String>>(row, "result")?
+                    .ok_or_else(|| corrupt("a completed record has no result"))?,
+            )?,
         },
         "reconciling" => ClaimOutcome::Reconciling {
             owner: owner()?,

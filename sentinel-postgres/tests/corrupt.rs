@@ -127,3 +127,22 @@ async fn corrupt_lease_rows_are_reported() {
         assert!(is_corrupt(&read), "{set}: inspect_lease answered {read:?}");
     }
 }
+
+/// A completed row that lost its result is reported, never replayed as a `null` result: a
+/// caller would take `null` (or `()`) for the recorded outcome of the work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_row_without_its_result_is_reported_not_replayed_as_null() {
+    let factory = factory!();
+    let (store, _clock) = manual_store(&factory).await;
+    let k = id("corrupt-completed", "k");
+    let token = granted(store.claim(&k, &claim("a", 1_000, true)).await.unwrap());
+    store
+        .complete(&k, token, &serde_json::json!({"charge": "ch_1"}))
+        .await
+        .unwrap();
+    set_row(store.pool(), &store, "executions", &k, "result = NULL").await;
+    let before = written(&store, &k).await;
+    let claimed = store.claim(&k, &claim("b", 1_000, true)).await;
+    assert!(is_corrupt(&claimed), "the claim answered {claimed:?}");
+    assert_eq!(written(&store, &k).await, before, "the claim wrote nothing");
+}

@@ -48,7 +48,8 @@ if (r.fp or '') ~= fp then
 end
 local state = r.state
 if state == 'completed' then
-  return {'completed', r.token, result_of(r) or 'null'}
+  -- Without its result the reply is one field short, and the store reports the record corrupt.
+  return {'completed', r.token, result_of(r)}
 end
 if state == 'reconciling' then
   return {'reconciling', r.owner, r.token}

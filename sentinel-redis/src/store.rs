@@ -1209,7 +1209,11 @@ impl<C: RedisConnection> CoordinationStore for RedisStore<C> {
             },
             Some("completed") => ClaimOutcome::Completed {
                 token: token(field(&r, 1)?)?,
-                result: json(field(&r, 2)?)?,
+                // Never replayed as `null`: a caller would take it for the recorded result.
+                result: json(
+                    r.get(2)
+                        .ok_or_else(|| corrupt("a completed record has no result"))?,
+                )?,
             },
             Some("reconciling") => ClaimOutcome::Reconciling {
                 owner: owner(field(&r, 1)?)?,

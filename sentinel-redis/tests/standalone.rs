@@ -628,6 +628,29 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
     )
     .await;
 
+    // A completed record that lost its result (both places it can be kept): the claim reports
+    // it, never replays `null` as the recorded result, and logs nothing.
+    let k = id("completed-without-result");
+    let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+    store
+        .complete(&k, g.token, &json!({"charge": "ch_1"}))
+        .await
+        .unwrap();
+    let (hash, stream) = store.key_names(Keyspace::Execution, &k);
+    let _: () = conn.hdel(&hash, &["c", "result"]).await.unwrap();
+    let _: () = conn.del(&stream).await.unwrap();
+    let claimed = store.claim(&k, &claim("b", ttl, true)).await;
+    assert!(
+        matches!(claimed, Err(Error::CorruptRecord { .. })),
+        "{claimed:?}"
+    );
+    let len: u64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "nothing was logged");
+
     // An unknown state, every other field in place: a transition and a read both refuse it.
     let k = id("unknown-state");
     let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
