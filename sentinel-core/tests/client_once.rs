@@ -1093,6 +1093,19 @@ async fn purge_goes_on_until_the_store_has_nothing_left_to_remove() {
     assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
 }
 
+#[tokio::test]
+async fn a_store_that_reports_more_purged_than_its_limit_is_an_error_not_a_count() {
+    let store = support::faulty(MemoryStore::new());
+    store.purge_overcounts.store(1, Ordering::SeqCst);
+    let sentinel = Sentinel::builder(store.clone()).build().unwrap();
+    let err = sentinel.purge(Duration::from_secs(30)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Backend { source, .. } if source.to_string().contains("501")),
+        "{err}"
+    );
+    assert_eq!(sentinel.purge(Duration::from_secs(30)).await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_that_runs_out_while_the_key_is_busy_answers_in_progress_at_its_deadline() {
     // Real time: the holder works for 3 s; a 300 ms wait must end near 300 ms, with and without

@@ -111,6 +111,17 @@ pub trait Decorator: Send + Sync + fmt::Debug + 'static {
         store.reset_to_claimed(id, owner).await
     }
 
+    /// Intercepts [`CoordinationStore::purge`].
+    async fn purge(
+        &self,
+        store: &dyn CoordinationStore,
+        namespace: &Namespace,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<u64> {
+        store.purge(namespace, older_than, limit).await
+    }
+
     /// Intercepts [`CoordinationStore::history`].
     async fn history(
         &self,
@@ -266,7 +277,9 @@ impl<D: Decorator> CoordinationStore for Decorated<D> {
     }
     async fn purge(&self, namespace: &Namespace, older_than: Duration, limit: u32) -> Result<u64> {
         self.decorator.before("purge");
-        self.store.purge(namespace, older_than, limit).await
+        self.decorator
+            .purge(self.store.as_ref(), namespace, older_than, limit)
+            .await
     }
     async fn inspect(&self, id: &RecordId) -> Result<Option<ExecutionRecord>> {
         self.decorator.before("inspect");

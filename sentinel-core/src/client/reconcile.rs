@@ -229,6 +229,16 @@ impl Sentinel {
             let removed = self
                 .call("purge", || store.purge(namespace, older_than, PURGE_BATCH))
                 .await?;
+            if removed > u64::from(PURGE_BATCH) {
+                return Err(Error::Backend {
+                    store: store.backend(),
+                    source: format!(
+                        "purge reported {removed} records removed in a batch of at most \
+                         {PURGE_BATCH} ({total} removed before it)"
+                    )
+                    .into(),
+                });
+            }
             total += removed;
             if removed < u64::from(PURGE_BATCH) {
                 if total > 0 {

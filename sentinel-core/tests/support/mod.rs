@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use sentinel_core::store::{HistoryQuery, Renewal, RenewalResult, Wait};
 use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
-    FencingToken, Keyspace, LeaseRequest, ManualClock, OwnerId, RecordId, RejectReason, Rejection,
-    Result, Timestamp,
+    FencingToken, Keyspace, LeaseRequest, ManualClock, Namespace, OwnerId, RecordId, RejectReason,
+    Rejection, Result, Timestamp,
 };
 use sentinel_memory::MemoryStore;
 use sentinel_testkit::{Decorated, Decorator};
@@ -155,6 +155,9 @@ pub struct Faults {
     /// History reads ignore `before` and `newest_first`, as a store written before they existed
     /// would: always the oldest events, oldest first.
     pub history_oldest_first_only: AtomicBool,
+    /// The next this-many purges report one record more than their limit allows (after removing
+    /// what they remove).
+    pub purge_overcounts: AtomicUsize,
 }
 
 impl Faults {
@@ -278,6 +281,20 @@ impl Decorator for Faults {
             query.newest_first = false;
         }
         store.history(keyspace, id, &query).await
+    }
+
+    async fn purge(
+        &self,
+        store: &dyn CoordinationStore,
+        namespace: &Namespace,
+        older_than: Duration,
+        limit: u32,
+    ) -> Result<u64> {
+        let removed = store.purge(namespace, older_than, limit).await?;
+        if take_one(&self.purge_overcounts) {
+            return Ok(u64::from(limit) + 1);
+        }
+        Ok(removed)
     }
 
     async fn acquire_lease(
