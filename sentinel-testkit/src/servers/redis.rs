@@ -106,7 +106,9 @@ pub(crate) fn command(port: u16, args: &[&str]) -> io::Result<String> {
         ));
     }
     let line = line.trim_end_matches(['\r', '\n']);
-    let (kind, rest) = line.split_at(line.len().min(1));
+    // Not `split_at`: whatever answers on the port may not be Redis, and may not start with
+    // one byte.
+    let (kind, rest) = line.split_at_checked(1).unwrap_or(("", line));
     match kind {
         "+" | ":" => Ok(rest.to_owned()),
         "-" => Err(io::Error::other(rest.to_owned())),
@@ -117,6 +119,10 @@ pub(crate) fn command(port: u16, args: &[&str]) -> io::Result<String> {
             let Ok(len) = usize::try_from(len) else {
                 return Ok(String::new());
             };
+            // The replies this reads are a few bytes: a length beyond this is no Redis reply.
+            if len > 1 << 20 {
+                return Err(io::Error::other(format!("bulk length {len} is too long")));
+            }
             let mut body = vec![0; len + 2];
             reader.read_exact(&mut body)?;
             body.truncate(len);
@@ -504,5 +510,40 @@ impl Drop for LocalRedisCluster {
         }
         process::remove_dir(&self.dir);
         self.watchdog.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::command;
+
+    /// What `command` makes of `reply` from a one-shot server on a free port.
+    fn answered(reply: &'static [u8]) -> std::io::Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("an address").port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("a client");
+            let mut request = [0; 64];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(reply);
+        });
+        let answer = command(port, &["PING"]);
+        server.join().expect("the server thread");
+        answer
+    }
+
+    #[test]
+    fn replies_are_read_and_strange_ones_are_errors_not_panics() {
+        assert_eq!(answered(b"+PONG\r\n").unwrap(), "PONG");
+        assert_eq!(answered(b"$3\r\nabc\r\n").unwrap(), "abc");
+        assert_eq!(answered(b"$-1\r\n").unwrap(), "");
+        assert_eq!(answered(b"-ERR no\r\n").unwrap_err().to_string(), "ERR no");
+        // Not Redis on the port: a multi-byte first character, an absurd or huge length.
+        for reply in [&b"\xc3\xa9t\xc3\xa9\r\n"[..], b"$9223372036854775807\r\n"] {
+            assert!(answered(reply).is_err(), "{reply:?}");
+        }
     }
 }
