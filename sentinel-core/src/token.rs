@@ -36,7 +36,9 @@ impl FencingToken {
     ///
     /// The time term keeps tokens increasing even when a store lost its recent writes (a Redis
     /// restart without persistence, a failover to a lagging replica), because the store's clock
-    /// kept moving. Timestamps stop at the year 9999, so the result always fits in an `i64`.
+    /// kept moving. Timestamps stop at the year 9999, so the result always fits in an `i64`; a
+    /// store reaches the end of `i64` only through about 9 × 10¹⁸ grants of one record, and a
+    /// `last` of `i64::MAX` (a record edited by hand) is answered with itself, not a larger one.
     pub fn next(last: Option<FencingToken>, now: Timestamp) -> FencingToken {
         let after_last = last.map_or(1, |t| t.0.saturating_add(1));
         FencingToken(after_last.max(now.as_micros()))
