@@ -125,6 +125,22 @@ async fn refused_renewals_signal_the_guard() {
     assert!(!guard.is_held());
 }
 
+/// A guard's deadline runs from when the acquire was sent, not from when its answer came (DESIGN
+/// §4): with the answer 2 s late and no renewal getting through, the guard is lost 3 s (the ttl)
+/// after the call began, when the store's lease ends, not 5 s.
+#[tokio::test(start_paused = true)]
+async fn a_guards_deadline_runs_from_when_the_acquire_was_sent() {
+    let (faulty, sentinel) = support::renewing_client();
+    *faulty.slow_replies.lock().unwrap() = Duration::from_secs(2);
+    faulty.set(Renewals::Unreachable);
+    let started = tokio::time::Instant::now();
+    let guard = sentinel.lease("slow").await.unwrap().acquired().unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert_eq!(guard.lost().await, LostReason::Expired);
+    let lost = started.elapsed();
+    assert!(lost <= Duration::from_secs(3), "lost at {lost:?}");
+}
+
 #[tokio::test]
 async fn releasing_after_another_worker_took_over_reports_the_fence() {
     let (store, clock) = MemoryStore::with_manual_clock();

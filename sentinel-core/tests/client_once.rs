@@ -334,6 +334,32 @@ async fn an_unreachable_store_signals_lost_authority_no_later_than_the_ttl() {
     );
 }
 
+/// The client's deadline runs from when the claim was sent, not from when its answer came: the
+/// store measured the lease from when it applied the claim (DESIGN §4). With the answer 2 s late
+/// and no renewal getting through, authority is lost 3 s (the ttl) after the call began, not 5 s.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_runs_from_when_the_claim_was_sent() {
+    let (store, sentinel) = support::renewing_client();
+    *store.slow_replies.lock().unwrap() = Duration::from_secs(2);
+    store.set(Renewals::Unreachable);
+    let started = tokio::time::Instant::now();
+    let outcome = sentinel
+        .once("order-8", |ctx| async move {
+            let began = started.elapsed();
+            let reason = ctx.authority_lost().await;
+            Ok::<_, Failure>((began, reason, started.elapsed()))
+        })
+        .await
+        .unwrap();
+    let (began, reason, lost) = outcome.into_value().unwrap();
+    assert!(
+        began >= Duration::from_secs(2),
+        "the work began at {began:?}"
+    );
+    assert_eq!(reason, LostReason::Expired);
+    assert!(lost <= Duration::from_secs(3), "lost at {lost:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn one_heartbeat_call_renews_every_held_execution_and_lease() {
     let (store, sentinel) = support::renewing_client();

@@ -337,7 +337,7 @@ async fn run(shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicU64, AtomicUsize};
 
     use async_trait::async_trait;
     use serde_json::Value;
@@ -361,6 +361,8 @@ mod tests {
         short: AtomicBool,
         /// Never answers its first heartbeat call.
         hangs_once: AtomicBool,
+        /// Answers every heartbeat call this many milliseconds after it was sent.
+        answers_after_ms: AtomicU64,
     }
 
     fn unused<T>() -> Result<T> {
@@ -388,6 +390,10 @@ mod tests {
             self.heartbeats.fetch_add(1, Ordering::SeqCst);
             if self.hangs_once.swap(false, Ordering::SeqCst) {
                 std::future::pending::<()>().await;
+            }
+            let delay = self.answers_after_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let answered = if self.short.load(Ordering::SeqCst) {
                 renewals.len() - 1
@@ -523,6 +529,28 @@ mod tests {
             store.heartbeats
         );
         assert!(authority.is_held(), "held past its 3 s ttl");
+        drop(registration);
+    }
+
+    /// A renewal extends authority from when it was sent, not from when its answer came: the
+    /// store measured the new lease from the moment it applied it, which is no earlier than the
+    /// send (DESIGN §4). A slow answer must not stretch the client's deadline past the store's.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_extends_authority_from_when_it_was_sent() {
+        let (heartbeat, store) = heartbeat();
+        store.answers_after_ms.store(500, Ordering::SeqCst);
+        let ttl = renewed_every_second();
+        let start = Instant::now();
+        let (registration, authority) = heartbeat.register(renewal(0), ttl, start);
+        assert_eq!(authority.deadline(), start + Duration::from_secs(3));
+        // The first renewal is sent at 1 s and answered at 1.5 s.
+        tokio::time::sleep_until(start + Duration::from_millis(1_600)).await;
+        assert_eq!(store.heartbeats.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            authority.deadline(),
+            start + Duration::from_secs(4),
+            "sent at 1 s, plus the 3 s ttl"
+        );
         drop(registration);
     }
 

@@ -155,6 +155,8 @@ pub struct Faults {
     /// History reads ignore `before` and `newest_first`, as a store written before they existed
     /// would: always the oldest events, oldest first.
     pub history_oldest_first_only: AtomicBool,
+    /// Claims and lease acquires are answered this long after the store applied them.
+    pub slow_replies: Mutex<Duration>,
     /// The next this-many purges report one record more than their limit allows (after removing
     /// what they remove).
     pub purge_overcounts: AtomicUsize,
@@ -163,6 +165,14 @@ pub struct Faults {
 impl Faults {
     pub fn set(&self, mode: Renewals) {
         self.renewals.store(mode as u8, Ordering::SeqCst);
+    }
+
+    /// Holds an answer back for [`Faults::slow_replies`].
+    async fn answer_slowly(&self) {
+        let delay = *self.slow_replies.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -199,6 +209,7 @@ impl Decorator for Faults {
             return Err(unavailable("timed out; the statement runs on"));
         }
         let answer = store.claim(id, request).await;
+        self.answer_slowly().await;
         lose_reply(&self.lost_claim_replies, answer)
     }
 
@@ -307,6 +318,7 @@ impl Decorator for Faults {
             return Err(unavailable("connection refused"));
         }
         let answer = store.acquire_lease(id, request).await;
+        self.answer_slowly().await;
         lose_reply(&self.lost_acquire_replies, answer)
     }
 
