@@ -184,6 +184,19 @@ mod tests {
             Namespace::new("").unwrap_err(),
             InvalidInput::Empty { what: "namespace" }
         );
+        assert_eq!(
+            Namespace::new("n".repeat(1025)),
+            Err(InvalidInput::TooLong {
+                what: "namespace",
+                len: 1025,
+                max: 1024
+            })
+        );
+        assert_eq!(
+            Namespace::new("a\0b"),
+            Err(InvalidInput::Nul { what: "namespace" })
+        );
+        assert!(Namespace::new("é".repeat(512)).is_ok());
     }
 
     #[test]

@@ -632,6 +632,8 @@ async fn bad_input_is_refused_with_a_typed_error_and_writes_nothing() {
     ));
     for builder in [
         Sentinel::builder(store.clone()).namespace(""),
+        Sentinel::builder(store.clone()).namespace("n".repeat(1025)),
+        Sentinel::builder(store.clone()).namespace("a\0b"),
         Sentinel::builder(store.clone()).ttl(Duration::ZERO),
         Sentinel::builder(store.clone())
             .ttl(Duration::from_secs(5))
