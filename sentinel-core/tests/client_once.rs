@@ -1058,7 +1058,8 @@ async fn giving_up_a_lost_claim_never_touches_another_workers_execution() {
 
 #[tokio::test]
 async fn once_spends_two_store_calls_on_a_fresh_key_and_one_on_a_completed_key() {
-    // DESIGN §6: claim (started) and complete; a replay is the claim alone. Nothing else, and
+    // DESIGN §6: claim (started) and complete; a replay, a busy or an uncertain key is the claim
+    // alone; a lease is one call to acquire and one to release. Nothing else, and
     // nothing left behind once the call returned. Counts are cumulative.
     let store = sentinel_testkit::Counted::counting(MemoryStore::new());
     let sentinel = Sentinel::builder(store.clone()).build().unwrap();
@@ -1088,6 +1089,55 @@ async fn once_spends_two_store_calls_on_a_fresh_key_and_one_on_a_completed_key()
         .unwrap();
     assert!(failed.is_uncertain());
     calls_so_far(&[("abort", 1), ("claim", 3), ("complete", 1)]).await;
+    // An uncertain key, and a busy one: the claim alone.
+    let uncertain: Once<u8> = sentinel
+        .once("j", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(uncertain.is_uncertain());
+    calls_so_far(&[("abort", 1), ("claim", 4), ("complete", 1)]).await;
+    let (hold, held) = tokio::sync::oneshot::channel::<()>();
+    let (began, running) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn({
+        let sentinel = sentinel.clone();
+        async move {
+            sentinel
+                .once("b", |_| async move {
+                    began.send(()).unwrap();
+                    held.await.unwrap();
+                    Ok::<_, Failure>(2u8)
+                })
+                .await
+        }
+    });
+    running.await.unwrap();
+    let busy: Once<u8> = sentinel
+        .once("b", |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(busy.is_execution_alive(), "{busy:?}");
+    calls_so_far(&[("abort", 1), ("claim", 6), ("complete", 1)]).await;
+    hold.send(()).unwrap();
+    assert!(holder.await.unwrap().unwrap().is_executed());
+    calls_so_far(&[("abort", 1), ("claim", 6), ("complete", 2)]).await;
+    // A lease: one call to acquire it, one to release it.
+    let guard = sentinel.lease("l").await.unwrap().acquired().unwrap();
+    calls_so_far(&[
+        ("abort", 1),
+        ("acquire_lease", 1),
+        ("claim", 6),
+        ("complete", 2),
+    ])
+    .await;
+    guard.release().await.unwrap();
+    calls_so_far(&[
+        ("abort", 1),
+        ("acquire_lease", 1),
+        ("claim", 6),
+        ("complete", 2),
+        ("release_lease", 1),
+    ])
+    .await;
 }
 
 #[tokio::test]

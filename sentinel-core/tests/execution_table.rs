@@ -57,7 +57,15 @@ fn ok(slot: &ExecutionSlot, command: C, now: Timestamp) -> (ExecutionSlot, Execu
 fn rejected(slot: &ExecutionSlot, command: C, now: Timestamp) -> RejectReason {
     let s = step(slot, command, now);
     assert_eq!(s.slot, None, "a rejected command changes nothing");
-    s.outcome.expect_err("the command should be refused").reason
+    let rejection = s.outcome.expect_err("the command should be refused");
+    // Every refusal names the record's current state and token (DESIGN §3).
+    let current = slot.record.as_ref();
+    assert_eq!(
+        (rejection.state, rejection.token),
+        (current.map(|r| r.state), current.map(|r| r.token)),
+        "{rejection:?}"
+    );
+    rejection.reason
 }
 
 /// A slot claimed at t=0 by `a`, started or not, and its token.
@@ -185,7 +193,7 @@ fn claim_of_an_expired_execution_is_uncertain() {
             expired_at: at(TTL_MS),
         }))
     );
-    assert_eq!(s.slot, None);
+    assert_eq!((s.slot, s.event), (None, None), "a read, not logged");
     // What `list` filters and operators see: uncertain from the instant the lease ends, and
     // only for an execution that started.
     let record = slot.record.as_ref().unwrap();
@@ -212,14 +220,15 @@ fn claim_of_a_completed_record_returns_its_result() {
 #[test]
 fn claim_of_a_reconciling_record_says_so() {
     let (slot, token) = reconciling();
-    let (_, outcome) = ok(&slot, C::Claim(request("b", true)), at(TTL_MS * 3));
+    let s = step(&slot, C::Claim(request("b", true)), at(TTL_MS * 3));
     assert_eq!(
-        outcome,
-        ExecutionOutcome::Claim(ClaimOutcome::Reconciling {
+        s.outcome,
+        Ok(ExecutionOutcome::Claim(ClaimOutcome::Reconciling {
             owner: owner("op"),
             token
-        })
+        }))
     );
+    assert_eq!((s.slot, s.event), (None, None), "a read, not logged");
 }
 
 #[test]
@@ -416,7 +425,38 @@ fn abort_not_applied_makes_the_key_claimable_at_once() {
         assert!(
             matches!(outcome, ExecutionOutcome::Claim(ClaimOutcome::Acquired(g)) if g.token > token)
         );
+        // Sent again (its reply was lost): nothing more to change or log.
+        let again = step(
+            &slot,
+            C::Abort {
+                token,
+                disposition: Disposition::NotApplied,
+            },
+            at(101),
+        );
+        assert_eq!(
+            (again.outcome, again.slot, again.event),
+            (Ok(ExecutionOutcome::Aborted), None, None)
+        );
     }
+    // After the lease ran out, the worker that still holds the current token may say so too:
+    // the key becomes claimable, and the lease is not extended.
+    let (slot, token) = claimed(true);
+    let s = step(
+        &slot,
+        C::Abort {
+            token,
+            disposition: Disposition::NotApplied,
+        },
+        at(TTL_MS + 500),
+    );
+    assert_eq!(s.outcome, Ok(ExecutionOutcome::Aborted));
+    assert_eq!(s.event.map(|e| e.kind), Some(EventKind::Aborted));
+    let record = s.slot.unwrap().record.unwrap();
+    assert_eq!(
+        (record.state, record.lease_expires_at),
+        (ExecutionState::Claimed, at(TTL_MS))
+    );
 }
 
 #[test]
