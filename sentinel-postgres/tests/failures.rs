@@ -7,7 +7,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{PgFactory, claim, granted, id};
-use sentinel_core::{CoordinationStore, Error, ExecutionState, OwnerId, TimeSource};
+use sentinel_core::{
+    CoordinationStore, Error, EventKind, ExecutionState, HistoryQuery, Keyspace, OwnerId,
+    TimeSource,
+};
 use sentinel_postgres::PostgresStore;
 use sentinel_testkit::servers;
 use serde_json::json;
@@ -101,6 +104,12 @@ async fn a_connection_killed_mid_call_is_a_typed_error_and_invents_nothing() {
     let record = holder.inspect(&key).await.unwrap().unwrap();
     assert_eq!(record.state, ExecutionState::Executing);
     assert_eq!(record.token, token);
+    let history = holder
+        .history(Keyspace::Execution, &key, &HistoryQuery::default())
+        .await
+        .unwrap();
+    let kinds: Vec<EventKind> = history.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Claimed], "no reconciliation was logged");
     // Sent again, the reconcile goes through.
     let reconciled = operator
         .reconcile(&key, &OwnerId::new("operator").unwrap())
