@@ -276,6 +276,53 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
     assert!(others.is_empty(), "no other commands: {others:?}");
 }
 
+/// On the server's clock every transition reads Redis's own `TIME`, inside its script, once
+/// (DESIGN §2: the store's time, never the client's); on a manual clock, never.
+#[tokio::test]
+async fn transitions_read_the_servers_time_inside_their_scripts() {
+    let server = private_redis(RedisOptions::default());
+    let mut admin = raw(server.url()).await;
+    let ttl = Ttl::with_hard(Duration::from_secs(10), Duration::from_secs(60)).unwrap();
+    for (time, expected) in [
+        (TimeSource::Server, 1),
+        (TimeSource::Manual(ManualClock::new()), 0),
+    ] {
+        let store = RedisStore::builder()
+            .prefix(format!("time-{expected}"))
+            .time(time)
+            .connect(server.url())
+            .await
+            .unwrap();
+        let warm = load_scripts(&store, ttl).await;
+        store
+            .complete(&id("warm"), warm.token, &json!(0))
+            .await
+            .unwrap();
+        let k = id(&format!("timed-{expected}"));
+        let before = command_calls(&mut admin).await;
+        let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+        let after = command_calls(&mut admin).await;
+        assert_eq!(calls_since(&before, &after, "time"), expected, "a claim");
+        let renewal = Renewal {
+            keyspace: Keyspace::Execution,
+            id: k.clone(),
+            token: g.token,
+        };
+        let before = after;
+        store.heartbeat(&[renewal]).await.unwrap();
+        let after = command_calls(&mut admin).await;
+        assert_eq!(calls_since(&before, &after, "time"), expected, "a renewal");
+        let before = after;
+        store.complete(&k, g.token, &json!(1)).await.unwrap();
+        let after = command_calls(&mut admin).await;
+        assert_eq!(
+            calls_since(&before, &after, "time"),
+            expected,
+            "a completion"
+        );
+    }
+}
+
 #[tokio::test]
 async fn records_live_in_one_hash_and_one_stream_per_key() {
     let store = standalone(TimeSource::Server).await;
@@ -785,6 +832,75 @@ async fn corrupt_and_foreign_data_give_typed_errors_and_write_nothing() {
         let after: std::collections::HashMap<String, String> = conn.hgetall(&hash).await.unwrap();
         assert_eq!(before, after, "{key}: the record was not written");
         assert_eq!(after["state"], "executing");
+    }
+}
+
+/// Every other transition that logs an event meets a foreign key in place of its history stream
+/// the same way: refused as corrupt before it writes anything, so a transition and its event are
+/// one step (DESIGN §5) in every script, not only in the claim, abort and completion above. (A
+/// purge drops the old history, whatever is in its place, before it logs.)
+#[tokio::test]
+async fn every_logging_script_writes_nothing_when_its_event_cannot_be_logged() {
+    let clock = ManualClock::new();
+    let store = standalone(TimeSource::Manual(clock.clone())).await;
+    let mut conn = raw(&support::redis_url()).await;
+    let ttl = Ttl::new(Duration::from_secs(30)).unwrap();
+    let op = owner("operator");
+    let lease = LeaseRequest {
+        owner: owner("a"),
+        ttl,
+        request_id: RequestId::random(),
+    };
+    type Hash = std::collections::HashMap<String, String>;
+    for name in [
+        "start",
+        "reconcile",
+        "force_complete",
+        "reset",
+        "acquire",
+        "release",
+    ] {
+        let k = RecordId::parse(&format!("logged-{name}"), "k").unwrap();
+        let keyspace = if matches!(name, "acquire" | "release") {
+            Keyspace::Lease
+        } else {
+            Keyspace::Execution
+        };
+        let (hash, stream) = store.key_names(keyspace, &k);
+        // Bring the record to where the transition applies.
+        let token = match name {
+            "start" => Some(grant(store.claim(&k, &claim("a", ttl, false)).await.unwrap()).token),
+            "reconcile" | "force_complete" | "reset" => {
+                let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
+                clock.advance(Duration::from_secs(31));
+                if name != "reconcile" {
+                    store.reconcile(&k, &op).await.unwrap();
+                }
+                Some(g.token)
+            }
+            "release" => match store.acquire_lease(&k, &lease).await.unwrap() {
+                Acquisition::Acquired(g) => Some(g.token),
+                other => panic!("the lease is free: {other:?}"),
+            },
+            _ => None,
+        };
+        let _: () = conn.del(&stream).await.unwrap();
+        let _: () = conn.set(&stream, "not a stream").await.unwrap();
+        let before: Hash = conn.hgetall(&hash).await.unwrap();
+        let refused = match name {
+            "start" => store.start(&k, token.unwrap()).await.map(drop),
+            "reconcile" => store.reconcile(&k, &op).await.map(drop),
+            "force_complete" => store.force_complete(&k, &op, &json!(2)).await,
+            "reset" => store.reset_to_claimed(&k, &op).await,
+            "acquire" => store.acquire_lease(&k, &lease).await.map(drop),
+            _ => store.release_lease(&k, token.unwrap()).await,
+        };
+        assert!(
+            matches!(refused, Err(Error::CorruptRecord { .. })),
+            "{name}: {refused:?}"
+        );
+        let after: Hash = conn.hgetall(&hash).await.unwrap();
+        assert_eq!(before, after, "{name}: the record was not written");
     }
 }
 
