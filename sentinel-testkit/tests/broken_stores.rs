@@ -19,7 +19,7 @@ use sentinel_core::{
     Acquisition, ClaimOutcome, ClaimRequest, Clock, CoordinationStore, Disposition, Error, Event,
     ExecutionOutcome, ExecutionRecord, ExecutionSlot, ExecutionState, FencingToken, Key, Keyspace,
     LeaseOutcome, LeaseRecord, LeaseRequest, LeaseSlot, ManualClock, Namespace, OwnerId, RecordId,
-    RequestId, Result, Step, SystemClock, TimeSource, Timestamp,
+    RejectReason, Rejection, RequestId, Result, Step, SystemClock, TimeSource, Timestamp,
 };
 use sentinel_testkit::{MemoryFactory, StoreFactory};
 
@@ -105,6 +105,59 @@ enum Defect {
     FingerprintIgnored,
     /// `wait_for_change` gives up after 30 ms, whatever time it was given.
     WaitGivesUpEarly,
+    /// Reconcile takes over a live execution, as if its lease had run out.
+    ReconcileWhileAlive,
+    /// A completion is refused as expired once the lease has run out, although its token is
+    /// current.
+    CompleteRequiresAlive,
+    /// A completion is refused as expired once the hard expiry has passed, although its token is
+    /// current.
+    CompleteRequiresHard,
+    /// A renewal in this keyspace extends the lease to now + ttl, past the hard expiry.
+    HeartbeatIgnoresHard(Keyspace),
+    /// A restart forgets the tombstones of this keyspace: the last token of a purged execution or
+    /// of a released lease.
+    RestartForgetsTombstones(Keyspace),
+    /// A renewal in this keyspace that moves the lease is logged (as `started` or
+    /// `lease_acquired`).
+    RenewalLogged(Keyspace),
+    /// A claim given this answer is logged, as the Python original writes a row for every
+    /// refused acquire.
+    ClaimAnswerLogged(Answer),
+    /// This read appends an event to the history of what it read.
+    ReadLogged(Read),
+}
+
+/// An answer to a claim that grants nothing and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Uncertain,
+    Reconciling,
+    Completed,
+    FingerprintMismatch,
+}
+
+impl Answer {
+    fn is(self, outcome: &std::result::Result<ExecutionOutcome, Rejection>) -> bool {
+        use ExecutionOutcome::Claim;
+        match (self, outcome) {
+            (Answer::Uncertain, Ok(Claim(ClaimOutcome::Uncertain { .. })))
+            | (Answer::Reconciling, Ok(Claim(ClaimOutcome::Reconciling { .. })))
+            | (Answer::Completed, Ok(Claim(ClaimOutcome::Completed { .. }))) => true,
+            (Answer::FingerprintMismatch, Err(r)) => {
+                matches!(r.reason, RejectReason::FingerprintMismatch { .. })
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A read of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    ListLeases,
+    History,
+    WaitForChange,
 }
 
 /// One criterion of a `ListFilter`.
@@ -258,9 +311,77 @@ impl Mutant {
         }
         let renewal = matches!(command, ExecutionCommand::Heartbeat { .. });
         let expires = entry.slot.record.as_ref().map(|r| r.lease_expires_at);
-        let at = self.judged_at(now, renewal, expires);
+        let at = match (&command, self.defect, expires) {
+            (ExecutionCommand::Reconcile { .. }, Defect::ReconcileWhileAlive, Some(expires)) => {
+                now.max(expires)
+            }
+            _ => self.judged_at(now, renewal, expires),
+        };
         let old = entry.slot.clone();
         let mut step = execution::transition(id, &entry.slot, &command, at);
+        if let (ExecutionCommand::Complete { token, .. }, Some(record)) =
+            (&command, old.record.as_ref())
+        {
+            let deadline = match self.defect {
+                Defect::CompleteRequiresAlive => Some(record.lease_expires_at),
+                Defect::CompleteRequiresHard => Some(record.hard_expires_at),
+                _ => None,
+            };
+            if deadline.is_some_and(|d| now >= d)
+                && record.token == *token
+                && record.state == ExecutionState::Executing
+            {
+                step = Step {
+                    slot: None,
+                    outcome: Err(Rejection {
+                        reason: RejectReason::Expired,
+                        state: Some(record.state),
+                        token: Some(record.token),
+                    }),
+                    event: None,
+                    clears_history: false,
+                };
+            }
+        }
+        if renewal && let Some(record) = old.record.as_ref() {
+            if self.defect == Defect::HeartbeatIgnoresHard(Keyspace::Execution)
+                && let Ok(ExecutionOutcome::Renewed { lease_expires_at }) = step.outcome.as_mut()
+            {
+                let uncapped = at.saturating_add(record.ttl.ttl()).max(*lease_expires_at);
+                *lease_expires_at = uncapped;
+                let mut slot = old.clone();
+                if let Some(r) = slot.record.as_mut() {
+                    r.lease_expires_at = uncapped;
+                }
+                step.slot = Some(slot);
+            }
+            if self.defect == Defect::RenewalLogged(Keyspace::Execution)
+                && step.slot.is_some()
+                && step.event.is_none()
+            {
+                step.event = Some(sentinel_core::EventDraft {
+                    kind: sentinel_core::EventKind::Started,
+                    token: record.token,
+                    owner: Some(record.owner.clone()),
+                    state: Some(record.state),
+                    at: now,
+                    detail: None,
+                });
+            }
+        }
+        if let (ExecutionCommand::Claim(request), Defect::ClaimAnswerLogged(answer), Some(record)) =
+            (&command, self.defect, old.record.as_ref())
+            && answer.is(&step.outcome)
+        {
+            step.event = Some(sentinel_core::EventDraft {
+                kind: sentinel_core::EventKind::Claimed,
+                token: record.token,
+                owner: Some(request.owner.clone()),
+                state: Some(record.state),
+                at: now,
+                detail: None,
+            });
+        }
         if self.defect == Defect::PurgeKeepsHistory {
             step.clears_history = false;
         }
@@ -343,6 +464,32 @@ impl Mutant {
         if renewal && self.defect == Defect::LeaseRenewalNotWritten {
             unwritten(&mut step);
         }
+        if renewal && let Some(record) = entry.slot.record.as_ref() {
+            if self.defect == Defect::HeartbeatIgnoresHard(Keyspace::Lease)
+                && let Ok(LeaseOutcome::Renewed { lease_expires_at }) = step.outcome.as_mut()
+            {
+                let uncapped = now.saturating_add(record.ttl.ttl()).max(*lease_expires_at);
+                *lease_expires_at = uncapped;
+                let mut slot = entry.slot.clone();
+                if let Some(r) = slot.record.as_mut() {
+                    r.lease_expires_at = uncapped;
+                }
+                step.slot = Some(slot);
+            }
+            if self.defect == Defect::RenewalLogged(Keyspace::Lease)
+                && step.slot.is_some()
+                && step.event.is_none()
+            {
+                step.event = Some(sentinel_core::EventDraft {
+                    kind: sentinel_core::EventKind::LeaseAcquired,
+                    token: record.token,
+                    owner: Some(record.owner.clone()),
+                    state: None,
+                    at: now,
+                    detail: None,
+                });
+            }
+        }
         if let (LeaseCommand::Release { .. }, Defect::ReleaseForgetsToken, Some(slot)) =
             (&command, self.defect, step.slot.as_mut())
         {
@@ -408,6 +555,32 @@ impl Mutant {
             _ => {}
         }
         request
+    }
+
+    /// Appends a copy of the last event of `id`'s history in `keyspace`, for the defect that logs
+    /// `read`.
+    fn log_read(&self, read: Read, keyspace: Keyspace, id: &RecordId) {
+        if self.defect != Defect::ReadLogged(read) {
+            return;
+        }
+        let mut data = self.data.lock().unwrap();
+        let Data {
+            executions,
+            leases,
+            next_event,
+        } = &mut *data;
+        let id = self.stored_id(id);
+        let events = match keyspace {
+            Keyspace::Execution => executions.get_mut(&id).map(|e| &mut e.events),
+            Keyspace::Lease => leases.get_mut(&id).map(|e| &mut e.events),
+        };
+        if let Some(events) = events
+            && let Some(mut event) = events.last().cloned()
+        {
+            *next_event += 1;
+            event.id = *next_event;
+            events.push(event);
+        }
     }
 
     fn records(&self, namespace: &Namespace) -> Vec<ExecutionRecord> {
@@ -651,10 +824,10 @@ impl CoordinationStore for Mutant {
             query.validate()?;
         }
         let data = self.data.lock().unwrap();
-        let id = self.stored_id(id);
+        let stored = self.stored_id(id);
         let events = match keyspace {
-            Keyspace::Execution => data.executions.get(&id).map(|e| e.events.clone()),
-            Keyspace::Lease => data.leases.get(&id).map(|e| e.events.clone()),
+            Keyspace::Execution => data.executions.get(&stored).map(|e| e.events.clone()),
+            Keyspace::Lease => data.leases.get(&stored).map(|e| e.events.clone()),
         };
         let repeats = self.defect == Defect::HistoryRepeatsCursor;
         let oldest_only = self.defect == Defect::HistoryOldestFirstOnly;
@@ -668,18 +841,22 @@ impl CoordinationStore for Mutant {
                         .is_none_or(|b| e.id < b || (repeats && e.id == b)))
         });
         let limit = query.limit as usize;
-        Ok(if query.newest_first && !oldest_only {
+        let events = if query.newest_first && !oldest_only {
             in_range.rev().take(limit).collect()
         } else {
             in_range.take(limit).collect()
-        })
+        };
+        drop(data);
+        self.log_read(Read::History, keyspace, id);
+        Ok(events)
     }
     async fn wait_for_change(
         &self,
-        _id: &RecordId,
+        id: &RecordId,
         _since: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Wait> {
+        self.log_read(Read::WaitForChange, Keyspace::Execution, id);
         match self.defect {
             // Hears only of what changes from now on: whatever changed since `since` is missed.
             Defect::WaitMissesEarlierChange => Ok(
@@ -723,15 +900,21 @@ impl CoordinationStore for Mutant {
         if self.defect != Defect::PageSizeUnchecked {
             query.validate()?;
         }
-        let data = self.data.lock().unwrap();
-        let items = data
+        let items: Vec<_> = self
+            .data
+            .lock()
+            .unwrap()
             .leases
             .values()
             .filter_map(|e| e.slot.record.clone())
             .filter(|r| r.namespace == query.namespace)
             .map(|r| (r.key.clone(), r))
             .collect();
-        Ok(page(items, query.after.as_ref(), query.limit, self.defect))
+        let listed = page(items, query.after.as_ref(), query.limit, self.defect);
+        for record in &listed.items {
+            self.log_read(Read::ListLeases, Keyspace::Lease, &record.id());
+        }
+        Ok(listed)
     }
 }
 
@@ -772,6 +955,21 @@ impl StoreFactory for MutantFactory {
         })
     }
     async fn reopen(&self, store: &Mutant, time: TimeSource) -> Result<Mutant> {
+        if let Defect::RestartForgetsTombstones(keyspace) = self.0 {
+            let mut data = store.data.lock().unwrap();
+            match keyspace {
+                Keyspace::Execution => data
+                    .executions
+                    .values_mut()
+                    .filter(|e| e.slot.record.is_none())
+                    .for_each(|e| e.slot.last_token = None),
+                Keyspace::Lease => data
+                    .leases
+                    .values_mut()
+                    .filter(|e| e.slot.record.is_none())
+                    .for_each(|e| e.slot.last_token = None),
+            }
+        }
         Ok(Mutant {
             defect: self.0,
             clock: clock_of(time, self.0),
@@ -874,8 +1072,75 @@ macro_rules! defects {
 }
 
 defects! {
-    a_reconcile_that_keeps_the_old_token_fails:
-        among(Defect::ReconcileKeepsToken, &["model_based", "tokens_strictly_increase"]);
+    a_reconcile_that_keeps_the_old_token_fails: among(
+        Defect::ReconcileKeepsToken,
+        &["model_based", "tokens_strictly_increase", "expiry_is_exclusive"],
+    );
+    a_reconcile_of_a_live_execution_fails:
+        among(Defect::ReconcileWhileAlive, &["expiry_is_exclusive"]).saying("StillAlive");
+    a_completion_refused_once_the_lease_ran_out_fails:
+        among(Defect::CompleteRequiresAlive, &["expiry_is_exclusive"])
+            .saying("at the expiry instant");
+    a_completion_refused_past_the_hard_expiry_fails:
+        among(Defect::CompleteRequiresHard, &["expiry_is_exclusive"])
+            .saying("an hour after the hard expiry");
+    execution_renewals_past_the_hard_expiry_fail: among(
+        Defect::HeartbeatIgnoresHard(Keyspace::Execution),
+        &["heartbeat_batch"],
+    )
+    .saying("the execution renewed 4500 ms after its grant");
+    lease_renewals_past_the_hard_expiry_fail:
+        among(Defect::HeartbeatIgnoresHard(Keyspace::Lease), &["heartbeat_batch"])
+            .saying("the lease renewed 4500 ms after its grant");
+    a_restart_that_forgets_purged_tokens_fails: among(
+        Defect::RestartForgetsTombstones(Keyspace::Execution),
+        &["tokens_survive_restart"],
+    )
+    .saying("the purged key's tombstone survives a restart");
+    a_restart_that_forgets_released_lease_tokens_fails: among(
+        Defect::RestartForgetsTombstones(Keyspace::Lease),
+        &["tokens_survive_restart"],
+    )
+    .saying("the released lease's last token survives a restart");
+    logged_execution_renewals_fail: among(
+        Defect::RenewalLogged(Keyspace::Execution),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a renewal logged something");
+    logged_lease_renewals_fail: among(
+        Defect::RenewalLogged(Keyspace::Lease),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a renewal logged something");
+    logged_uncertain_claims_fail: among(
+        Defect::ClaimAnswerLogged(Answer::Uncertain),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a claim answered uncertain logged something");
+    logged_reconciling_claims_fail: among(
+        Defect::ClaimAnswerLogged(Answer::Reconciling),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a claim answered reconciling logged something");
+    logged_completed_claims_fail: among(
+        Defect::ClaimAnswerLogged(Answer::Completed),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a claim answered completed logged something");
+    logged_fingerprint_refusals_fail: among(
+        Defect::ClaimAnswerLogged(Answer::FingerprintMismatch),
+        &["event_log_ignores_reads_and_refusals"],
+    )
+    .saying("a claim refused for its fingerprint logged something");
+    logged_lease_listings_fail:
+        among(Defect::ReadLogged(Read::ListLeases), &["event_log_ignores_reads_and_refusals"])
+            .saying("list_leases logged something");
+    logged_history_reads_fail:
+        among(Defect::ReadLogged(Read::History), &["event_log_ignores_reads_and_refusals"])
+            .saying("reading a history logged something");
+    logged_waits_fail:
+        among(Defect::ReadLogged(Read::WaitForChange), &["event_log_ignores_reads_and_refusals"])
+            .saying("wait_for_change logged something");
     busy_answers_that_misname_the_state_fail:
         among(Defect::BusyAlwaysClaimed, &["claim_race"]);
     transitions_that_are_not_atomic_fail: among(

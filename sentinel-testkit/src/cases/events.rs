@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use sentinel_core::store::{HistoryQuery, ListQuery, Renewal};
+use sentinel_core::store::{HistoryQuery, LeaseListQuery, ListQuery, Renewal};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionState,
-    FencingToken, Keyspace, OwnerId, RejectReason,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, Event, EventKind, ExecutionState,
+    FencingToken, Fingerprint, Keyspace, OwnerId, RejectReason,
 };
 
 use crate::StoreFactory;
@@ -258,16 +258,48 @@ pub async fn event_log_records_every_transition<F: StoreFactory>(factory: &F) {
     .await;
 }
 
-/// Reads, heartbeats, refused commands and repeated commands leave the history as it was.
+/// Reads, heartbeats, refused commands and repeated commands leave the history as it was: every
+/// read (`inspect`, `list`, `list_leases`, `history`, `wait_for_change`), claims answered busy,
+/// uncertain, reconciling, completed or refused for a fingerprint, a held lease, a renewal that
+/// moves a lease in either keyspace.
 pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "quiet").await;
     let id = h.id("k");
+    // A record in every state a claim can find but `claimed`: uncertain, reconciling, completed.
+    h.acquire("uncertain", "a", true).await;
+    h.acquire("reconciling", "a", true).await;
+    h.advance(Duration::from_secs(2));
+    h.store
+        .reconcile(&h.id("reconciling"), &owner("op"))
+        .await
+        .expect("reconcile");
+    let done = h.acquire("done", "a", true).await;
+    h.store
+        .complete(&h.id("done"), done.token, &result(9))
+        .await
+        .expect("complete");
     let grant = h.acquire("k", "a", true).await;
     let lease = h.acquire_lease("k", "a").await;
     let executions = h.history(Keyspace::Execution, "k").await;
     let leases = h.history(Keyspace::Lease, "k").await;
+    let all = histories(&h).await;
+    // Panics naming `what` when a history is no longer what it was before the first read.
+    let unchanged = async |what: &str| {
+        assert_eq!(
+            histories(&h).await,
+            all,
+            "[event_log] {what} logged something"
+        );
+    };
 
-    // Reads.
+    // Reads, the history first (every comparison reads it again).
+    for keyspace in [Keyspace::Execution, Keyspace::Lease] {
+        h.store
+            .history(keyspace, &id, &HistoryQuery::default())
+            .await
+            .expect("history");
+    }
+    unchanged("reading a history").await;
     h.store.inspect(&id).await.expect("inspect");
     h.store.inspect_lease(&id).await.expect("inspect_lease");
     h.store
@@ -275,6 +307,18 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         .await
         .expect("list");
     h.store.now().await.expect("now");
+    unchanged("inspect, inspect_lease, list or now").await;
+    h.store
+        .list_leases(&LeaseListQuery::new(h.namespace.clone()))
+        .await
+        .expect("list_leases");
+    unchanged("list_leases").await;
+    let waited = h
+        .store
+        .wait_for_change(&id, tokio::time::Instant::now(), Duration::from_millis(20))
+        .await;
+    assert!(waited.is_ok(), "[event_log] wait_for_change: {waited:?}");
+    unchanged("wait_for_change").await;
     // A busy claim and a held lease are reads too.
     assert!(matches!(
         h.store.claim(&id, &claim_request("b", true)).await,
@@ -284,7 +328,42 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         h.store.acquire_lease(&id, &lease_request("b")).await,
         Ok(Acquisition::Held { .. })
     ));
-    // Heartbeats.
+    unchanged("a busy claim or a held lease").await;
+    // So are claims answered with what the record holds, and one refused for its fingerprint.
+    let claim = async |key: &str| h.store.claim(&h.id(key), &claim_request("b", true)).await;
+    let answer = claim("uncertain").await;
+    assert!(
+        matches!(answer, Ok(ClaimOutcome::Uncertain { .. })),
+        "[event_log] a claim of an uncertain execution: {answer:?}"
+    );
+    unchanged("a claim answered uncertain").await;
+    let answer = claim("reconciling").await;
+    assert!(
+        matches!(answer, Ok(ClaimOutcome::Reconciling { .. })),
+        "[event_log] a claim of a reconciling execution: {answer:?}"
+    );
+    unchanged("a claim answered reconciling").await;
+    let answer = claim("done").await;
+    assert!(
+        matches!(answer, Ok(ClaimOutcome::Completed { .. })),
+        "[event_log] a claim of a completed execution: {answer:?}"
+    );
+    unchanged("a claim answered completed").await;
+    let mut other = claim_request("b", true);
+    other.fingerprint = Some(Fingerprint::new("sha256:other").expect("a valid fingerprint"));
+    let answer = h.store.claim(&id, &other).await;
+    assert!(
+        matches!(
+            answer
+                .as_ref()
+                .map_err(|e| e.rejection().map(|r| r.reason.clone())),
+            Err(Some(RejectReason::FingerprintMismatch { .. }))
+        ),
+        "[event_log] a claim with another fingerprint: {answer:?}"
+    );
+    unchanged("a claim refused for its fingerprint").await;
+    // Heartbeats: half a ttl on, each renewal moves its lease, and is still not logged.
+    h.advance(Duration::from_millis(500));
     let renewals = [
         Renewal {
             keyspace: Keyspace::Execution,
@@ -298,7 +377,16 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         },
     ];
     let renewed = h.store.heartbeat(&renewals).await.expect("heartbeat");
-    assert!(renewed.iter().all(Result::is_ok));
+    let moved = h.clock.now().saturating_add(Duration::from_secs(1));
+    assert!(
+        grant.lease_expires_at < moved && lease.lease_expires_at < moved,
+        "[event_log] the renewal moves the leases"
+    );
+    assert!(
+        renewed.iter().all(|r| r.as_ref().ok() == Some(&moved)),
+        "[event_log] renewals half a ttl on: {renewed:?}"
+    );
+    unchanged("a renewal").await;
     // Refusals.
     let op = owner("op");
     assert!(h.store.start(&id, bogus_token()).await.is_err());
@@ -323,6 +411,7 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         .start(&id, grant.token)
         .await
         .expect("a repeated start is accepted");
+    unchanged("a refusal or a repeated start").await;
     assert_eq!(
         h.history(Keyspace::Execution, "k").await,
         executions,
@@ -379,4 +468,18 @@ pub async fn event_log_ignores_reads_and_refusals<F: StoreFactory>(factory: &F) 
         completed,
         "[event_log] a repeated or refused force_complete logged something"
     );
+}
+
+/// The keys of `event_log_ignores_reads_and_refusals`.
+const QUIET_KEYS: [&str; 4] = ["k", "uncertain", "reconciling", "done"];
+
+/// The history of every key of [`QUIET_KEYS`] in both keyspaces.
+async fn histories<S: CoordinationStore + Clone>(h: &Harness<S>) -> Vec<Vec<Event>> {
+    let mut all = Vec::new();
+    for key in QUIET_KEYS {
+        for keyspace in [Keyspace::Execution, Keyspace::Lease] {
+            all.push(h.history(keyspace, key).await);
+        }
+    }
+    all
 }

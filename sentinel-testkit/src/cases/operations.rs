@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use sentinel_core::store::{LeaseListQuery, ListFilter, ListQuery, Page, Renewal};
 use sentinel_core::{
-    Acquisition, ClaimOutcome, CoordinationStore, Disposition, ExecutionRecord, ExecutionState,
-    Key, Keyspace, RejectReason, Timestamp,
+    Acquisition, ClaimOutcome, CoordinationStore, Disposition, EventKind, ExecutionRecord,
+    ExecutionState, Key, Keyspace, RejectReason, Timestamp,
 };
 
 use crate::StoreFactory;
@@ -301,7 +301,9 @@ pub async fn purge_in_batches<F: StoreFactory>(factory: &F) {
 }
 
 /// One heartbeat call carries executions and leases, current and stale tokens, live and expired
-/// and missing records, and answers each in order.
+/// and missing records, and answers each in order. Renewals stop at the hard expiry in both
+/// keyspaces: each answers `min(now + ttl, hard)`, the record keeps it, and a renewal at the hard
+/// expiry is refused as expired.
 pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "heartbeat").await;
     let live = h.acquire("live", "w", true).await;
@@ -370,6 +372,67 @@ pub async fn heartbeat_batch<F: StoreFactory>(factory: &F) {
             .await
             .expect("an empty batch")
             .is_empty()
+    );
+
+    // The hard expiry caps every renewal, in both keyspaces: renewed every 0.9 s with a ttl of
+    // 1 s, a lease reaches the hard expiry (5 s) and ends there.
+    let capped = h.acquire("capped", "w", true).await;
+    let capped_lock = h.acquire_lease("capped-lock", "w").await;
+    let start = h.clock.now();
+    let batch = [
+        keep(Keyspace::Execution, "capped", capped.token),
+        keep(Keyspace::Lease, "capped-lock", capped_lock.token),
+    ];
+    for (grant, what) in [(&capped, "execution"), (&capped_lock, "lease")] {
+        assert_eq!(
+            grant.hard_expires_at,
+            start.saturating_add(ttl().hard()),
+            "[heartbeat_batch] the hard expiry of the {what}"
+        );
+    }
+    for step in 1..=5u32 {
+        h.clock
+            .set(start.saturating_add(Duration::from_millis(900) * step));
+        let now = h.clock.now();
+        let answers = h.store.heartbeat(&batch).await.expect("heartbeat");
+        for (answer, (grant, what)) in answers
+            .iter()
+            .zip([(&capped, "execution"), (&capped_lock, "lease")])
+        {
+            let want = now.saturating_add(ttl().ttl()).min(grant.hard_expires_at);
+            assert_eq!(
+                answer.as_ref().ok(),
+                Some(&want),
+                "[heartbeat_batch] the {what} renewed {} ms after its grant: min(now + ttl, hard \
+                 expiry), got {answer:?}",
+                900 * step
+            );
+        }
+    }
+    let hard = capped.hard_expires_at;
+    let execution = h.store.inspect(&h.id("capped")).await.expect("inspect");
+    assert_eq!(
+        execution.as_ref().map(|r| r.lease_expires_at),
+        Some(hard),
+        "[heartbeat_batch] the execution's lease stops at its hard expiry: {execution:?}"
+    );
+    let lease = h
+        .store
+        .inspect_lease(&h.id("capped-lock"))
+        .await
+        .expect("inspect_lease");
+    assert_eq!(
+        lease.as_ref().map(|r| r.lease_expires_at),
+        Some(capped_lock.hard_expires_at),
+        "[heartbeat_batch] the lease stops at its hard expiry: {lease:?}"
+    );
+    h.clock.set(hard);
+    let answers = h.store.heartbeat(&batch).await.expect("heartbeat");
+    assert!(
+        answers
+            .iter()
+            .all(|a| matches!(a, Err(r) if r.reason == RejectReason::Expired)),
+        "[heartbeat_batch] renewals at the hard expiry are refused as expired: {answers:?}"
     );
 }
 
@@ -459,8 +522,11 @@ pub async fn retries_after_a_lost_reply<F: StoreFactory>(factory: &F) {
 /// and heartbeat refused, a claim taken over or reported uncertain, listed as expired or
 /// uncertain, a lease taken), one microsecond before it is alive. And what `start` answers: the
 /// renewed expiry when it starts the execution, the record's current one when it was already
-/// started. Listings draw the line of `older_than` the same way: a record is older than `d` from
-/// `d` after its last change on.
+/// started. A reconcile one microsecond before the expiry is refused as `StillAlive` and changes
+/// nothing; at the instant it succeeds under a higher token. A completion with the current token
+/// succeeds at the expiry instant and long after the hard expiry, and is logged. Listings draw the
+/// line of `older_than` the same way: a record is older than `d` from `d` after its last change
+/// on.
 pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "expiry").await;
     let micro = Duration::from_micros(1);
@@ -568,6 +634,97 @@ pub async fn expiry_is_exclusive<F: StoreFactory>(factory: &F) {
         ),
         "[expiry_is_exclusive] a lease is free at its expiry instant"
     );
+
+    // Reconcile: refused one microsecond before the expiry (the execution is alive), the record
+    // and its history as they were; at the expiry instant it fences the worker out under a new
+    // token.
+    h.clock.set(t0);
+    let worker = h.acquire("reconciled", "w", true).await;
+    let id = h.id("reconciled");
+    let before = h.store.inspect(&id).await.expect("inspect");
+    let history = h.history(Keyspace::Execution, "reconciled").await;
+    h.clock.set(worker.lease_expires_at.saturating_sub(micro));
+    let refused = h.store.reconcile(&id, &owner("op")).await;
+    assert!(
+        matches!(
+            refused
+                .as_ref()
+                .map_err(|e| e.rejection().map(|r| r.reason.clone())),
+            Err(Some(RejectReason::StillAlive))
+        ),
+        "[expiry_is_exclusive] a reconcile one microsecond before the expiry: expected \
+         StillAlive, got {refused:?}"
+    );
+    assert_eq!(
+        h.store.inspect(&id).await.expect("inspect"),
+        before,
+        "[expiry_is_exclusive] a refused reconcile changed the record"
+    );
+    assert_eq!(
+        h.history(Keyspace::Execution, "reconciled").await,
+        history,
+        "[expiry_is_exclusive] a refused reconcile was logged"
+    );
+    h.clock.set(worker.lease_expires_at);
+    let token = h
+        .store
+        .reconcile(&id, &owner("op"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!("[expiry_is_exclusive] a reconcile at the expiry instant: refused with {e}")
+        });
+    assert!(
+        token > worker.token,
+        "[expiry_is_exclusive] the reconcile's token {token} is not above the worker's {}",
+        worker.token
+    );
+    let record = h.store.inspect(&id).await.expect("inspect");
+    assert!(
+        record
+            .as_ref()
+            .is_some_and(|r| r.state == ExecutionState::Reconciling && r.token == token),
+        "[expiry_is_exclusive] reconciling under token {token} after a reconcile at the expiry \
+         instant: {record:?}"
+    );
+
+    // A completion with the current token is accepted once the lease has expired: at the expiry
+    // instant, and an hour after the hard expiry (no other generation exists).
+    for (key, late, when) in [
+        ("completed-at-expiry", false, "at the expiry instant"),
+        ("completed-past-hard", true, "an hour after the hard expiry"),
+    ] {
+        h.clock.set(t0);
+        let worker = h.acquire(key, "w", true).await;
+        let id = h.id(key);
+        h.clock.set(if late {
+            worker
+                .hard_expires_at
+                .saturating_add(Duration::from_secs(3600))
+        } else {
+            worker.lease_expires_at
+        });
+        let completed = h.store.complete(&id, worker.token, &result(5)).await;
+        assert!(
+            completed.is_ok(),
+            "[expiry_is_exclusive] a completion with the current token {when}: {completed:?}"
+        );
+        let record = h.store.inspect(&id).await.expect("inspect");
+        assert!(
+            record
+                .as_ref()
+                .is_some_and(|r| r.state == ExecutionState::Completed
+                    && r.token == worker.token
+                    && r.result == Some(result(5))),
+            "[expiry_is_exclusive] completed with its result by a completion {when}: {record:?}"
+        );
+        let history = h.history(Keyspace::Execution, key).await;
+        assert!(
+            history
+                .last()
+                .is_some_and(|e| e.kind == EventKind::Completed && e.token == worker.token),
+            "[expiry_is_exclusive] the history ends with the completion {when}: {history:?}"
+        );
+    }
 
     // Listings, on the same lines: an execution and a claim not started, each through filters
     // with and without a state (a store may serve them by different queries).

@@ -113,9 +113,32 @@ pub async fn tokens_strictly_increase<F: StoreFactory>(factory: &F) {
 }
 
 /// A second store instance over the same data (a restart) keeps records, histories and the token
-/// sequence.
+/// sequence, tombstones included: with the clock set far back after the restart, a purged key and
+/// a released lease are granted exactly their last token + 1.
 pub async fn tokens_survive_restart<F: StoreFactory>(factory: &F) {
     let h = Harness::new(factory, "restart").await;
+    // Tombstones: a purged execution and a released lease leave no record, only their last
+    // token.
+    let purged = h.acquire("purged", "a", true).await;
+    h.store
+        .complete(&h.id("purged"), purged.token, &result(1))
+        .await
+        .expect("complete");
+    let released = h.acquire_lease("released", "a").await;
+    h.store
+        .release_lease(&h.id("released"), released.token)
+        .await
+        .expect("release");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(
+        h.store
+            .purge(&h.namespace, Duration::from_secs(5), 100)
+            .await
+            .expect("purge"),
+        1,
+        "[restart] purge removes the one old completed record"
+    );
+    h.assert_purged("purged", purged.token, "[restart]").await;
     let done = h.acquire("done", "a", true).await;
     h.store
         .complete(&h.id("done"), done.token, &result(7))
@@ -173,5 +196,34 @@ pub async fn tokens_survive_restart<F: StoreFactory>(factory: &F) {
     assert!(
         next.token > lease.token,
         "[restart] lease tokens keep increasing after a restart"
+    );
+
+    // The clock far back: only the tombstones kept through the restart keep tokens increasing.
+    h.clock.set(Timestamp::from_micros(1));
+    let Ok(ClaimOutcome::Acquired(again)) = restarted
+        .claim(&h.id("purged"), &crate::harness::claim_request("b", true))
+        .await
+    else {
+        panic!("[restart] the purged key can be claimed again")
+    };
+    assert_eq!(
+        again.token,
+        FencingToken::next(Some(purged.token), h.clock.now()),
+        "[restart] the purged key's tombstone survives a restart: its next token follows its \
+         last one ({}) with the clock far behind it",
+        purged.token
+    );
+    let Ok(Acquisition::Acquired(again)) = restarted
+        .acquire_lease(&h.id("released"), &lease_request("b"))
+        .await
+    else {
+        panic!("[restart] the released lease can be acquired again")
+    };
+    assert_eq!(
+        again.token,
+        FencingToken::next(Some(released.token), h.clock.now()),
+        "[restart] the released lease's last token survives a restart: its next token follows \
+         its last one ({}) with the clock far behind it",
+        released.token
     );
 }
