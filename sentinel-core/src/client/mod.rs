@@ -34,6 +34,10 @@ use crate::ttl::Ttl;
 /// Cheap to clone; clones share one heartbeat task, which renews every execution and lease the
 /// client holds in one store call per tick (about a third of the shortest ttl held).
 ///
+/// Its calls run on a tokio runtime with the time driver enabled (`#[tokio::main]`,
+/// `Runtime::new`, or a builder with `enable_time()` / `enable_all()`): deadlines, retries and
+/// heartbeats are tokio timers, and tokio panics when a timer is used without its driver.
+///
 /// ```
 /// use std::time::Duration;
 /// use sentinel_core::Sentinel;
