@@ -978,19 +978,7 @@ async fn a_wait_without_end_is_a_wait_without_deadline() {
         .await
         .unwrap();
     assert!(fresh.is_executed(), "{fresh:?}");
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let holder = sentinel.clone();
-    let held = tokio::spawn(async move {
-        holder
-            .once("order-11", |_| async move {
-                started_tx.send(()).unwrap();
-                finish_rx.await.unwrap();
-                Ok::<_, Failure>(7u8)
-            })
-            .await
-    });
-    started_rx.await.unwrap();
+    let (finish_tx, held) = support::holding(&sentinel, "order-11", 7).await;
     let waiter = sentinel.clone();
     let waited = tokio::spawn(async move {
         waiter
@@ -1096,21 +1084,7 @@ async fn once_spends_two_store_calls_on_a_fresh_key_and_one_on_a_completed_key()
         .unwrap();
     assert!(uncertain.is_uncertain());
     calls_so_far(&[("abort", 1), ("claim", 4), ("complete", 1)]).await;
-    let (hold, held) = tokio::sync::oneshot::channel::<()>();
-    let (began, running) = tokio::sync::oneshot::channel::<()>();
-    let holder = tokio::spawn({
-        let sentinel = sentinel.clone();
-        async move {
-            sentinel
-                .once("b", |_| async move {
-                    began.send(()).unwrap();
-                    held.await.unwrap();
-                    Ok::<_, Failure>(2u8)
-                })
-                .await
-        }
-    });
-    running.await.unwrap();
+    let (hold, holder) = support::holding(&sentinel, "b", 2).await;
     let busy: Once<u8> = sentinel
         .once("b", |_| async { unreachable!() })
         .await

@@ -85,6 +85,32 @@ pub fn renewing_client() -> (Faulty, sentinel_core::Sentinel) {
     (store, sentinel)
 }
 
+/// Runs `once(key)` in a task whose work returns `value` when the returned sender fires; returns
+/// once the work has begun, so the key is held, executing, until then.
+pub async fn holding(
+    sentinel: &sentinel_core::Sentinel,
+    key: &str,
+    value: u8,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<sentinel_core::Once<u8>>>,
+) {
+    let (began, running) = tokio::sync::oneshot::channel::<()>();
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let (sentinel, key) = (sentinel.clone(), key.to_owned());
+    let held = tokio::spawn(async move {
+        sentinel
+            .once(&key, |_| async move {
+                began.send(()).unwrap();
+                finished.await.unwrap();
+                Ok::<_, sentinel_core::Failure>(value)
+            })
+            .await
+    });
+    running.await.unwrap();
+    (finish, held)
+}
+
 /// A faulty store whose `wait_for_change` answers `Unsupported`, as a store without
 /// notifications does.
 pub fn without_notifications(inner: MemoryStore) -> Faulty {
