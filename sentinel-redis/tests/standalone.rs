@@ -47,9 +47,9 @@ fn grant(outcome: ClaimOutcome) -> sentinel_core::Grant {
     }
 }
 
-/// Loads the claim and heartbeat scripts on `store`'s server (claims and renews the key "warm"),
-/// so that counted calls see no `NOSCRIPT`; the warm claim's grant.
-async fn load_scripts(store: &RedisStore, ttl: Ttl) -> sentinel_core::Grant {
+/// Loads the claim, heartbeat and complete scripts on `store`'s server (claims, renews and
+/// completes the key "warm"), so that counted calls see no `NOSCRIPT`.
+async fn load_scripts(store: &RedisStore, ttl: Ttl) {
     let warm = grant(
         store
             .claim(&id("warm"), &claim("w", ttl, true))
@@ -64,7 +64,10 @@ async fn load_scripts(store: &RedisStore, ttl: Ttl) -> sentinel_core::Grant {
         }])
         .await
         .unwrap();
-    warm
+    store
+        .complete(&id("warm"), warm.token, &json!(0))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -199,11 +202,7 @@ async fn every_transition_is_one_script_call_and_a_heartbeat_tick_is_one() {
     );
     let ttl = Ttl::with_hard(Duration::from_secs(10), Duration::from_secs(60)).unwrap();
     // Load the scripts first so NOSCRIPT retries do not count.
-    let warm = load_scripts(&store, ttl).await;
-    store
-        .complete(&id("warm"), warm.token, &json!(0))
-        .await
-        .unwrap();
+    load_scripts(&store, ttl).await;
     let mut renewals = Vec::new();
     let before = command_calls(&mut admin).await;
     for i in 0..300 {
@@ -293,11 +292,7 @@ async fn transitions_read_the_servers_time_inside_their_scripts() {
             .connect(server.url())
             .await
             .unwrap();
-        let warm = load_scripts(&store, ttl).await;
-        store
-            .complete(&id("warm"), warm.token, &json!(0))
-            .await
-            .unwrap();
+        load_scripts(&store, ttl).await;
         let k = id(&format!("timed-{expected}"));
         let before = command_calls(&mut admin).await;
         let g = grant(store.claim(&k, &claim("a", ttl, true)).await.unwrap());
