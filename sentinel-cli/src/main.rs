@@ -760,6 +760,7 @@ async fn history(
         .iter()
         .map(|e| {
             vec![
+                e.id.to_string(),
                 e.at.to_string(),
                 relative(e.at, now),
                 e.kind.to_string(),
@@ -775,7 +776,9 @@ async fn history(
         })
         .collect();
     ctx.out.print(&table(
-        &["TIME", "WHEN", "EVENT", "STATE", "TOKEN", "BY", "DETAIL"],
+        &[
+            "ID", "TIME", "WHEN", "EVENT", "STATE", "TOKEN", "BY", "DETAIL",
+        ],
         &rows,
     ))?;
     if let Some(last) = events

@@ -633,13 +633,25 @@ async fn newest_event_of_a_long_history(cli: &Cli, store: &dyn CoordinationStore
     ]);
     let oldest_four = ids(&["history", "retried-501-times", "--limit", "4"]);
     assert_eq!(newest_four.len(), 4);
-    for (first, want) in [
-        (vec!["--newest-first", "--limit", "2"], &newest_four[2..]),
-        (vec!["--limit", "2"], &oldest_four[2..]),
+    for (first, shown, want) in [
+        (
+            vec!["--newest-first", "--limit", "2"],
+            &newest_four[..2],
+            &newest_four[2..],
+        ),
+        (vec!["--limit", "2"], &oldest_four[..2], &oldest_four[2..]),
     ] {
         let mut args = vec!["history", "retried-501-times"];
         args.extend(first);
         let table = cli.text(&args, 0);
+        // The table's first column is each event's id, the one `--after` / `--before` take.
+        let ids_shown: Vec<i64> = table
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(ids_shown, shown, "{table}");
         let more = table
             .lines()
             .find_map(|l| l.strip_prefix("more: sentinel "))
